@@ -1,0 +1,348 @@
+"""open_clip wrapper that yields global vectors *and* per-token features in the joint space.
+
+The stock `CLIP.encode_text` returns only the EOT vector, and the vision tower
+returns its tokens before the output projection; the fine-grained matcher needs
+every word and every patch projected into the same d-dimensional space as the
+globals. This module is the one place that knows how, so indexing, training and
+serving cannot disagree about what a "token" is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONFIG_DIR = Path(__file__).with_name("model_configs")
+TINY_MODEL = "finesearch-tiny"
+open_clip.add_model_config(CONFIG_DIR)
+
+
+class BackboneError(RuntimeError):
+    """The backbone cannot be built as asked; the message says what to provide instead."""
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    if requested and requested != "auto":
+        dev = torch.device(requested)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise BackboneError(f"device {requested!r} requested but CUDA is not available on this machine")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """fp16 autocast on GPU by default; CPU stays fp32 (half matmuls are slower there)."""
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision not in table:
+        raise BackboneError(f"unknown precision {precision!r}; use one of auto, fp32, fp16, bf16")
+    return table[precision]
+
+
+def register_model_config(name: str, config: dict[str, Any]) -> None:
+    """Make a config (e.g. one stored in a model bundle) known to open_clip's factory by name."""
+    if name in open_clip.list_models():
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
+
+
+def model_config(name: str) -> dict[str, Any]:
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise BackboneError(
+            f"unknown open_clip architecture {name!r}; known ones include "
+            f"{', '.join(sorted(open_clip.list_models())[:8])}, ... and {TINY_MODEL}"
+        )
+    return cfg
+
+
+def state_fingerprint(config: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
+    """Identity of a backbone: its architecture and its weights (as fp16, so an fp16 copy matches).
+
+    Token features written with one backbone are meaningless to another; the
+    token bank and the index store this and refuse a different one.
+    """
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        if t.is_floating_point():
+            t = t.to(torch.float16)
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+@dataclass
+class TextFeatures:
+    globals: torch.Tensor  # [B, d], L2-normalised
+    tokens: torch.Tensor  # [B, L, d], L2-normalised, zero where masked
+    mask: torch.Tensor  # [B, L] bool, True for real words
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(dim=1)
+
+
+@dataclass
+class ImageFeatures:
+    globals: torch.Tensor  # [B, d]
+    tokens: torch.Tensor  # [B, M, d]
+
+
+@dataclass
+class BackboneSource:
+    """Where the weights came from, recorded in the index and in model bundles."""
+
+    name: str
+    pretrained: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or value.startswith(".") or value.endswith((".bin", ".pt", ".pth", ".safetensors"))
+
+
+class Backbone:
+    """A loaded open_clip model plus its tokenizer and preprocessing constants."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str,
+        config: dict[str, Any],
+        source: BackboneSource,
+        device: torch.device,
+        precision: str = "auto",
+    ) -> None:
+        if not hasattr(model, "visual") or not hasattr(model.visual, "output_tokens"):
+            raise BackboneError(f"{name}: only ViT image towers expose patch tokens; pick a ViT architecture")
+        if not hasattr(model, "token_embedding"):
+            raise BackboneError(f"{name}: only open_clip's built-in text tower is supported (no HF text towers)")
+        self.model = model.to(device).eval()
+        self.model.visual.output_tokens = True
+        self.name = name
+        self.config = config
+        self.source = source
+        self.device = device
+        self.dtype = pick_dtype(device, precision)
+        self.tokenizer = open_clip.get_tokenizer(name)
+        pp = model.visual.preprocess_cfg
+        self.image_size = int(pp["size"][0] if isinstance(pp["size"], (tuple, list)) else pp["size"])
+        self.mean = torch.tensor(pp["mean"], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(pp["std"], device=device).view(1, 3, 1, 1)
+        self.context_length = int(config["text_cfg"].get("context_length", 77))
+        self.embed_dim = int(config["embed_dim"])
+        self._fingerprint: str | None = None
+
+    # ---------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls,
+        name: str,
+        pretrained: str | None = None,
+        *,
+        from_scratch: bool = False,
+        device: str | None = None,
+        precision: str = "auto",
+        cache_dir: str | None = None,
+        allow_download: bool | None = None,
+        seed: int = 0,
+    ) -> Backbone:
+        """Build from an open_clip name and a pretrained tag or a local checkpoint file.
+
+        No weights and no `from_scratch` is an error, never a silent random init.
+        Tags are resolved from the local cache only unless downloads are allowed
+        (FINESEARCH_ALLOW_DOWNLOAD=1), so an offline host fails fast and says what to copy where.
+        """
+        config = model_config(name)
+        dev = pick_device(device)
+        if pretrained is None:
+            if not from_scratch:
+                raise BackboneError(
+                    f"no weights given for {name}: pass a pretrained tag "
+                    f"({', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none known'}) "
+                    "or a local checkpoint file, or ask for random weights explicitly (--from-scratch)"
+                )
+            torch.manual_seed(seed)
+            model = open_clip.create_model(name, pretrained=None)
+            return cls(model, name, config, BackboneSource(name, None, {"init": "scratch", "seed": seed}), dev,
+                       precision)
+        if _looks_like_path(pretrained) or Path(pretrained).exists():
+            path = Path(pretrained).expanduser()
+            if not path.is_file():
+                raise BackboneError(f"checkpoint file not found: {path} (for {name}); check the path")
+            try:
+                model = open_clip.create_model(name, pretrained=str(path), load_weights=True)
+            except Exception as exc:  # noqa: BLE001 - any loader failure is the user's file
+                raise BackboneError(f"could not load checkpoint {path} into {name}: {exc}") from exc
+            return cls(model, name, config, BackboneSource(name, str(path)), dev, precision)
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise BackboneError(
+                f"unknown pretrained tag {pretrained!r} for {name}; known tags: {', '.join(tags) or 'none'}; "
+                "or pass a local checkpoint file"
+            )
+        if allow_download is None:
+            allow_download = os.environ.get("FINESEARCH_ALLOW_DOWNLOAD", "") == "1"
+        try:
+            with _offline(not allow_download):
+                model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir)
+        except Exception as exc:  # noqa: BLE001 - network/cache errors come in many types
+            where = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+            raise BackboneError(
+                f"pretrained weights {name}/{pretrained} are not available locally ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}). Either copy the open_clip checkpoint into the "
+                f"Hugging Face cache at {where} (or --cache-dir), pass the checkpoint file itself as "
+                "--pretrained /path/to/open_clip_model.safetensors, or set FINESEARCH_ALLOW_DOWNLOAD=1 on a "
+                "host with network access"
+            ) from exc
+        return cls(model, name, config, BackboneSource(name, pretrained), dev, precision)
+
+    @classmethod
+    def from_state(
+        cls,
+        name: str,
+        config: dict[str, Any],
+        state: dict[str, torch.Tensor],
+        source: BackboneSource,
+        device: str | None = None,
+        precision: str = "auto",
+    ) -> Backbone:
+        """Rebuild from a config and weights stored elsewhere (a model bundle)."""
+        register_model_config(name, config)
+        model = open_clip.create_model(name, pretrained=None)
+        missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        if missing or unexpected:
+            raise BackboneError(
+                f"backbone weights do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        return cls(model, name, config, source, pick_device(device), precision)
+
+    # ------------------------------------------------------------- identity
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = state_fingerprint(self.config, self.model.state_dict())
+        return self._fingerprint
+
+    def invalidate_fingerprint(self) -> None:
+        """Weights changed (training): the next read recomputes the identity."""
+        self._fingerprint = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pretrained": self.source.pretrained,
+            "embed_dim": self.embed_dim,
+            "image_size": self.image_size,
+            "context_length": self.context_length,
+            "fingerprint": self.fingerprint,
+        }
+
+    # ------------------------------------------------------------- encoding
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def pixels(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 HWC images (already resized to image_size) → normalised NCHW on the device.
+
+        The uint8 batch crosses to the device before the float conversion: four
+        times less to copy than float32.
+        """
+        if isinstance(images, torch.Tensor):
+            batch = images
+        else:
+            batch = torch.from_numpy(np.ascontiguousarray(np.stack(images) if not isinstance(images, np.ndarray)
+                                                          else images))
+        if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"expected uint8 images shaped [B,H,W,3], got {tuple(batch.shape)} {batch.dtype}")
+        if batch.shape[1] != self.image_size or batch.shape[2] != self.image_size:
+            raise ValueError(f"images must be {self.image_size}x{self.image_size}, got {tuple(batch.shape[1:3])}")
+        x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def image_features(self, pixels: torch.Tensor) -> ImageFeatures:
+        """Normalised pixels → (global, patch tokens), differentiable (training uses it)."""
+        visual = self.model.visual
+        pooled, tokens = visual(pixels)
+        if visual.proj is not None:
+            tokens = tokens @ visual.proj
+        return ImageFeatures(F.normalize(pooled.float(), dim=-1), F.normalize(tokens.float(), dim=-1))
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def text_features(self, ids: torch.Tensor) -> TextFeatures:
+        """Token ids → (global at EOT, word tokens 1..EOT-1, mask): encode_text's steps, every token kept."""
+        m = self.model
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(ids).to(cast) + m.positional_embedding.to(cast)
+        x = m.transformer(x, attn_mask=m.attn_mask)
+        x = m.ln_final(x)
+        proj = m.text_projection
+        x = proj(x) if isinstance(proj, nn.Linear) else (x @ proj if proj is not None else x)
+        eot = ids.argmax(dim=-1)
+        rows = torch.arange(ids.shape[0], device=ids.device)
+        glob = x[rows, eot]
+        n_words = (eot - 1).clamp(min=0)
+        width = max(int(n_words.max().item()) if ids.shape[0] else 0, 1)
+        words = x[:, 1 : 1 + width]
+        mask = torch.arange(width, device=ids.device)[None, :] < n_words[:, None]
+        words = F.normalize(words.float(), dim=-1) * mask[..., None]
+        return TextFeatures(F.normalize(glob.float(), dim=-1), words, mask)
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[np.ndarray] | np.ndarray | torch.Tensor) -> ImageFeatures:
+        with self._autocast():
+            return self.image_features(self.pixels(images))
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> TextFeatures:
+        with self._autocast():
+            return self.text_features(self.tokenize(texts))
+
+    def train(self, mode: bool = True) -> Backbone:
+        self.model.train(mode)
+        return self
+
+
+@contextlib.contextmanager
+def _offline(enabled: bool) -> Iterator[None]:
+    """Make huggingface_hub resolve from its cache only, for the duration of one load."""
+    if not enabled:
+        yield
+        return
+    import huggingface_hub.constants as hf_constants
+
+    old_env = os.environ.get("HF_HUB_OFFLINE")
+    old = hf_constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = old
+        if old_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old_env
