@@ -1,0 +1,183 @@
+"""`finesearch index …`: offline ingestion of image folders and captioned datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from training.cli_args import add_backbone_args, backbone_from_args
+from training.datasets import FORMATS, read_dataset
+
+from .pipeline import Failure, ImageItem, Indexer, Summary, TextItem
+from .stores import IMAGES, TEXTS, open_store
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+LIST_SUFFIXES = frozenset({".txt", ".lst"})
+
+
+def add_store_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("storage")
+    g.add_argument("--data-dir", default=os.environ.get("FINESEARCH_DATA_DIR", "./data"),
+                   help="embedded store, token bank and blobs (default ./data or FINESEARCH_DATA_DIR)")
+    g.add_argument("--qdrant-url", default=os.environ.get("FINESEARCH_QDRANT_URL"),
+                   help="use a Qdrant server instead of the embedded engine (token bank stays in --data-dir)")
+    g.add_argument("--qdrant-api-key", default=os.environ.get("FINESEARCH_QDRANT_API_KEY"))
+    g.add_argument("--qdrant-prefix", default=os.environ.get("FINESEARCH_QDRANT_PREFIX", "finesearch_"),
+                   help="collection name prefix on a shared Qdrant server")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("index", help="index images and captions into the store")
+    isub = p.add_subparsers(dest="index_cmd", required=True)
+
+    pi = isub.add_parser("images", help="index image files, folders (recursively) or list files (.txt)")
+    pi.add_argument("paths", nargs="+", type=Path)
+    pi.add_argument("--collection", default=IMAGES)
+    pi.add_argument("--metadata", type=Path, help="JSONL: {\"file\": ..., \"id\"?: ..., other keys = metadata}")
+    pi.add_argument("--id-from", choices=["hash", "path", "stem"], default="hash",
+                    help="item id: content hash (default; dedups copies), relative path, or file stem")
+    _common(pi)
+    pi.set_defaults(func=cmd_images)
+
+    pd = isub.add_parser("dataset", help="index a captioned dataset: images and captions, linked by image id")
+    pd.add_argument("file", type=Path)
+    pd.add_argument("--images", type=Path, required=True, help="directory the dataset's file names are relative to")
+    pd.add_argument("--format", choices=FORMATS, required=True)
+    pd.add_argument("--split", default=None, help="only this split (e.g. test)")
+    pd.add_argument("--limit", type=int, default=None, help="only the first N images")
+    _common(pd)
+    pd.set_defaults(func=cmd_dataset)
+
+    pc = isub.add_parser("compact", help="reclaim token-bank space of deleted and orphaned items")
+    add_store_args(pc)
+    add_backbone_args(pc)
+    pc.set_defaults(func=cmd_compact)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=min(8, (os.cpu_count() or 2) * 2), help="decode threads")
+    p.add_argument("--force", action="store_true", help="re-encode items that are already indexed")
+    p.add_argument("--report", type=Path, help="write the summary (with every failure) as JSON")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any item failed")
+    p.add_argument("--no-progress", action="store_true")
+    add_store_args(p)
+    add_backbone_args(p)
+
+
+def make_indexer(args: argparse.Namespace) -> Indexer:
+    store = open_store(args.data_dir, args.qdrant_url, args.qdrant_api_key, prefix=args.qdrant_prefix)
+    backbone = backbone_from_args(args)
+    return Indexer(backbone, store, args.data_dir, batch_size=getattr(args, "batch_size", 64),
+                   workers=getattr(args, "workers", 4))
+
+
+def expand_paths(paths: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(file, root it was found under) for every image; missing inputs are reported, not fatal."""
+    found: list[tuple[Path, Path]] = []
+    missing: list[str] = []
+    for p in paths:
+        if p.is_dir():
+            found += [(f, p) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            for line in p.read_text().splitlines():
+                if line.strip():
+                    f = Path(line.strip())
+                    f = f if f.is_absolute() else p.parent / f
+                    found.append((f, f.parent))
+        elif p.is_file():
+            found.append((p, p.parent))
+        else:
+            missing.append(str(p))
+    return found, missing
+
+
+def load_metadata(path: Path | None) -> dict[str, dict[str, Any]]:
+    if path is None:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"finesearch: error: {path}:{n}: not JSON: {exc}") from exc
+        key = row.pop("file", None) or row.pop("image", None)
+        if not key:
+            raise SystemExit(f"finesearch: error: {path}:{n}: each line needs a \"file\" key")
+        meta = row.pop("metadata", None)
+        out[str(key)] = {"id": row.pop("id", None), "metadata": meta if isinstance(meta, dict) else row}
+    return out
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    files, missing = expand_paths(args.paths)
+    meta = load_metadata(args.metadata)
+    items = []
+    for f, root in files:
+        rel = str(f.relative_to(root)) if f.is_relative_to(root) else f.name
+        m = meta.get(rel) or meta.get(str(f)) or meta.get(f.name) or {}
+        iid = m.get("id") or {"path": rel, "stem": f.stem, "hash": None}[args.id_from]
+        items.append(ImageItem(path=f, id=iid, metadata=m.get("metadata") or {}))
+    indexer = make_indexer(args)
+    try:
+        summary = indexer.index_images(items, skip_existing=not args.force, progress=not args.no_progress,
+                                       collection=args.collection)
+    finally:
+        indexer.close()
+    for m in missing:
+        summary.failed += 1
+        summary.failures.append(Failure(m, "no such file or directory", "unreadable"))
+    return report(args, {"images": summary})
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    data = read_dataset(args.file, args.format, args.split)
+    if args.limit:
+        data = data[: args.limit]
+    images = [ImageItem(path=args.images / d.filename, id=d.image_id, metadata={**d.metadata, "split": d.split})
+              for d in data]
+    texts = [TextItem(c, id=f"{d.image_id}#{k}", image_id=d.image_id, metadata={"split": d.split})
+             for d in data for k, c in enumerate(d.captions)]
+    indexer = make_indexer(args)
+    try:
+        si = indexer.index_images(images, skip_existing=not args.force, progress=not args.no_progress)
+        st = indexer.index_texts(texts, skip_existing=not args.force, progress=not args.no_progress)
+    finally:
+        indexer.close()
+    return report(args, {"images": si, "texts": st})
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    indexer = make_indexer(args)
+    try:
+        result = indexer.compact()
+    finally:
+        indexer.close()
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def report(args: argparse.Namespace, parts: dict[str, Summary]) -> int:
+    console = Console(stderr=False)
+    table = Table(title="finesearch index")
+    for col in ("", "indexed", "skipped", "failed", "elapsed s", "items/s"):
+        table.add_column(col, justify="right")
+    for name, s in parts.items():
+        table.add_row(name, str(s.indexed), str(s.skipped), str(s.failed), f"{s.elapsed:.2f}", f"{s.rate:.1f}")
+    console.print(table)
+    failures = [f for s in parts.values() for f in s.failures]
+    for f in failures[:50]:
+        console.print(f"[red]failed[/red] {f.source}: {f.reason}", highlight=False)
+    if len(failures) > 50:
+        console.print(f"... and {len(failures) - 50} more (see --report)")
+    if args.report:
+        args.report.write_text(json.dumps({k: s.as_dict() for k, s in parts.items()}, indent=2))
+    return 1 if (args.strict and failures) else 0

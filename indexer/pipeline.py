@@ -1,0 +1,363 @@
+"""The batch pipeline: read → hash → skip known → decode (worker threads) → encode → write.
+
+Decoding of batch i+1 runs on a thread pool while batch i is being encoded
+(Pillow and torch both release the GIL), so on a multi-core host the encoder
+is the bottleneck, not JPEG decoding. Writes go features-first: the token bank
+append is durable before the Qdrant upsert, so a crash leaves at most orphan
+token rows (dropped by `compact`), never a searchable point without features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from training.backbone import Backbone
+from training.images import DEFAULT_MAX_PIXELS, ImageRejected, load_for_model, probe_image
+
+from .stores import IMAGES, TEXTS, VectorStore
+from .tokenbank import TokenBank
+
+MAX_TEXT_CHARS = 2000
+
+
+@dataclass
+class ImageItem:
+    """One image to index: from a file (`path`) or from memory (`data`, e.g. an upload)."""
+
+    path: Path | None = None
+    data: bytes | None = None
+    id: str | None = None  # default: content hash
+    uri: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # payload fields set by the caller (blob, content type)
+
+
+@dataclass
+class TextItem:
+    text: str
+    id: str | None = None  # default: hash of the text
+    metadata: dict[str, Any] = field(default_factory=dict)
+    image_id: str | None = None
+
+
+@dataclass
+class Failure:
+    source: str
+    reason: str
+    code: str = "invalid"
+
+
+@dataclass
+class Summary:
+    indexed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    elapsed: float = 0.0
+    failures: list[Failure] = field(default_factory=list)
+    ids: list[str | None] = field(default_factory=list)  # per input, in order; None where it failed
+
+    @property
+    def rate(self) -> float:
+        return self.indexed / self.elapsed if self.elapsed > 0 else 0.0
+
+    def merge(self, other: Summary) -> None:
+        self.indexed += other.indexed
+        self.skipped += other.skipped
+        self.failed += other.failed
+        self.failures += other.failures
+        self.ids += other.ids
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"indexed": self.indexed, "skipped": self.skipped, "failed": self.failed,
+                "elapsed_s": round(self.elapsed, 3), "items_per_s": round(self.rate, 2),
+                "failures": [f.__dict__ for f in self.failures]}
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def text_id(text: str) -> str:
+    return "t-" + hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def check_text(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:
+    cleaned = " ".join(str(text).split())
+    if not cleaned:
+        raise ValueError("text is empty")
+    if len(cleaned) > max_chars:
+        raise ValueError(f"text is {len(cleaned)} characters long, above the limit of {max_chars}")
+    return cleaned
+
+
+@dataclass
+class _Prepared:
+    ids: list[str]
+    pixels: np.ndarray | None  # [B, S, S, 3] uint8
+    payloads: list[dict[str, Any]]
+    positions: list[int]  # index of each prepared item in the caller's input order
+    skipped: list[int]
+    failures: list[tuple[int, Failure]]
+
+
+class Indexer:
+    """Owns the encoders' use for ingestion and the write order into token bank + Qdrant."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        store: VectorStore,
+        data_dir: str | Path,
+        batch_size: int = 64,
+        workers: int = 4,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        indexed_fields: Mapping[str, str] | None = None,
+        bank_device: str | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.store = store
+        self.data_dir = Path(data_dir)
+        self.batch_size = batch_size
+        self.workers = max(1, workers)
+        self.max_pixels = max_pixels
+        self.indexed_fields = dict(indexed_fields or {})
+        self.bank_device = bank_device
+        store.bind_backbone(backbone.fingerprint, backbone.embed_dim, backbone.describe())
+        self.banks: dict[str, TokenBank] = {}
+        self._write_lock = threading.RLock()
+        for coll in (IMAGES, TEXTS):
+            self.collection(coll)
+
+    def collection(self, name: str) -> TokenBank:
+        """Create the collection and its token bank on first use; return the bank."""
+        with self._write_lock:
+            if name not in self.banks:
+                if not name.replace("_", "").replace("-", "").isalnum():
+                    raise ValueError(f"collection names are letters, digits, '-' and '_' only, not {name!r}")
+                self.store.ensure_collection(name, self.backbone.embed_dim, self.indexed_fields)
+                self.banks[name] = TokenBank(self.data_dir / "tokens" / name, self.backbone.embed_dim,
+                                             self.backbone.fingerprint, device=self.bank_device)
+            return self.banks[name]
+
+    # --------------------------------------------------------------- images
+    def _read(self, item: ImageItem) -> tuple[bytes, str]:
+        data = item.data if item.data is not None else Path(item.path).read_bytes()  # type: ignore[arg-type]
+        return data, item.id or sha256_hex(data)[:32]
+
+    def _decode(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+        info = probe_image(data, self.max_pixels)
+        return load_for_model(data, self.backbone.image_size, self.max_pixels), {
+            "width": info.width, "height": info.height, "format": info.format}
+
+    def _prepare(self, pool: ThreadPoolExecutor, batch: Sequence[tuple[int, ImageItem]], skip_existing: bool,
+                 seen: set[str], collection: str) -> _Prepared:
+        def read(pair: tuple[int, ImageItem]) -> tuple[bytes, str] | Failure:
+            _, item = pair
+            try:
+                return self._read(item)
+            except OSError as exc:
+                return Failure(str(item.path or item.id), f"cannot read file: {exc.strerror or exc}", "unreadable")
+
+        reads = list(pool.map(read, batch))
+        ids = [r[1] for r in reads if not isinstance(r, Failure)]
+        known = self.store.existing(collection, ids) if skip_existing else set()
+        todo, skipped, failures = [], [], []
+        for (pos, item), r in zip(batch, reads, strict=True):
+            if isinstance(r, Failure):
+                failures.append((pos, r))
+            elif r[1] in known or r[1] in seen:
+                skipped.append(pos)
+            else:
+                seen.add(r[1])
+                todo.append((pos, item, r[0], r[1]))
+
+        def decode(entry: tuple[int, ImageItem, bytes, str]) -> tuple[np.ndarray, dict[str, Any]] | Failure:
+            _, item, data, _ = entry
+            try:
+                return self._decode(data)
+            except ImageRejected as exc:
+                return Failure(str(item.path or item.id or "upload"), str(exc), exc.code)
+            except Exception as exc:  # noqa: BLE001 - a broken file must never stop the run
+                return Failure(str(item.path or item.id or "upload"), f"cannot decode image: {exc}", "invalid_image")
+
+        decoded = list(pool.map(decode, todo))
+        out_ids, pixels, payloads, positions = [], [], [], []
+        for (pos, item, data, iid), d in zip(todo, decoded, strict=True):
+            if isinstance(d, Failure):
+                failures.append((pos, d))
+                continue
+            arr, info = d
+            out_ids.append(iid)
+            pixels.append(arr)
+            positions.append(pos)
+            payloads.append({
+                "kind": "image", "uri": item.uri or (str(item.path.resolve()) if item.path else None),
+                "sha256": sha256_hex(data), "bytes": len(data), **info,
+                "metadata": dict(item.metadata), **item.extra,
+            })
+        return _Prepared(out_ids, np.stack(pixels) if pixels else None, payloads, positions, skipped, failures)
+
+    def index_images(self, items: Iterable[ImageItem], *, skip_existing: bool = True, progress: bool = False,
+                     total: int | None = None, on_batch: Callable[[Summary], None] | None = None,
+                     collection: str = IMAGES) -> Summary:
+        """Index images; broken ones are reported in the summary, never raised."""
+        self.collection(collection)
+        summary = Summary()
+        start = time.perf_counter()
+        items = list(items)
+        summary.ids = [None] * len(items)
+        batches = [list(enumerate(items))[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        bar = tqdm(total=total or len(items), unit="img", disable=not progress, dynamic_ncols=True)
+        seen: set[str] = set()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
+            for prep in _prefetch((self._prepare(pool, b, skip_existing, seen, collection) for b in batches), depth=2):
+                for pos in prep.skipped:
+                    summary.skipped += 1
+                    summary.ids[pos] = None
+                for pos, fail in prep.failures:
+                    summary.failed += 1
+                    summary.failures.append(fail)
+                if prep.pixels is not None:
+                    feats = self.backbone.encode_images(prep.pixels)
+                    self._write(collection, prep.ids, feats.globals, feats.tokens,
+                                np.full(len(prep.ids), feats.tokens.shape[1]), prep.payloads)
+                    summary.indexed += len(prep.ids)
+                    for pos, iid in zip(prep.positions, prep.ids, strict=True):
+                        summary.ids[pos] = iid
+                done = len(prep.ids) + len(prep.skipped) + len(prep.failures)
+                bar.update(done)
+                summary.elapsed = time.perf_counter() - start
+                bar.set_postfix(indexed=summary.indexed, skipped=summary.skipped, failed=summary.failed)
+                if on_batch:
+                    on_batch(summary)
+        bar.close()
+        summary.elapsed = time.perf_counter() - start
+        return summary
+
+    # ---------------------------------------------------------------- texts
+    def index_texts(self, items: Iterable[TextItem], *, skip_existing: bool = True, progress: bool = False,
+                    batch_size: int = 256, collection: str = TEXTS) -> Summary:
+        self.collection(collection)
+        summary = Summary()
+        start = time.perf_counter()
+        items = list(items)
+        summary.ids = [None] * len(items)
+        bar = tqdm(total=len(items), unit="text", disable=not progress, dynamic_ncols=True)
+        seen: set[str] = set()
+        for lo in range(0, len(items), batch_size):
+            chunk = list(enumerate(items[lo:lo + batch_size], lo))
+            valid: list[tuple[int, str, str, TextItem]] = []
+            for pos, it in chunk:
+                try:
+                    text = check_text(it.text)
+                except ValueError as exc:
+                    summary.failed += 1
+                    summary.failures.append(Failure(it.id or f"#{pos}", str(exc), "invalid_text"))
+                    continue
+                valid.append((pos, it.id or text_id(text), text, it))
+            known = self.store.existing(collection, [v[1] for v in valid]) if skip_existing else set()
+            todo = []
+            for v in valid:
+                if v[1] in known or v[1] in seen:
+                    summary.skipped += 1
+                else:
+                    seen.add(v[1])
+                    todo.append(v)
+            if todo:
+                feats = self.backbone.encode_texts([t for _, _, t, _ in todo])
+                payloads = [{"kind": "text", "text": t, "image_id": it.image_id, "metadata": dict(it.metadata)}
+                            for _, _, t, it in todo]
+                self._write(collection, [i for _, i, _, _ in todo], feats.globals, feats.tokens,
+                            feats.lengths.cpu().numpy(), payloads)
+                summary.indexed += len(todo)
+                for pos, iid, _, _ in todo:
+                    summary.ids[pos] = iid
+            bar.update(len(chunk))
+        bar.close()
+        summary.elapsed = time.perf_counter() - start
+        return summary
+
+    # ---------------------------------------------------------------- writes
+    def _write(self, collection: str, ids: list[str], globals_: Any, tokens: Any, lengths: np.ndarray,
+               payloads: list[dict[str, Any]]) -> None:
+        """Features first (durable), then Qdrant, then tombstone the rows of replaced items."""
+        bank = self.banks[collection]
+        with self._write_lock:
+            previous = self.store.retrieve(collection, ids)
+            rows = bank.append(tokens, lengths, ids=ids)
+            for p, r in zip(payloads, rows.tolist(), strict=True):
+                p["row"] = int(r)
+            self.store.upsert(collection, ids, globals_.cpu().numpy(), payloads)
+            stale = [int(p["row"]) for p, _ in previous.values() if "row" in p]
+            if stale:
+                bank.delete(r for r in stale if r in bank)
+
+    def delete(self, collection: str, ids: Sequence[str]) -> int:
+        """Remove items: Qdrant first (they stop matching), then tombstone their token rows."""
+        with self._write_lock:
+            found = self.store.retrieve(collection, ids)
+            if not found:
+                return 0
+            self.store.delete(collection, list(found))
+            bank = self.banks[collection]
+            bank.delete(int(p["row"]) for p, _ in found.values() if "row" in p and int(p["row"]) in bank)
+            return len(found)
+
+    def compact(self) -> dict[str, dict[str, int]]:
+        """Drop tombstoned and orphaned token rows (orphans: rows no Qdrant point references)."""
+        out = {}
+        with self._write_lock:
+            for coll, bank in self.banks.items():
+                live = [int(p["row"]) for p in self.store.scroll(coll) if "row" in p]
+                out[coll] = bank.compact(live)
+        return out
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _prefetch(gen: Iterator[_Prepared] | Iterable[_Prepared], depth: int) -> Iterator[_Prepared]:
+    """Run a generator on a background thread, `depth` items ahead of the consumer."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    sentinel = object()
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            for item in gen:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            q.put(exc)
+        finally:
+            q.put(sentinel)
+
+    t = threading.Thread(target=run, name="prefetch", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is sentinel:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)

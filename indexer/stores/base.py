@@ -1,0 +1,142 @@
+"""The one small interface both Qdrant backends implement.
+
+Callers speak in item ids (any string the user chose) and numpy vectors; the
+backends translate to Qdrant point ids (UUIDv5 of the item id), named vectors
+and filters. Index-wide facts (backbone fingerprint, dimension) live in a tiny
+meta collection, so they travel with the data on either backend.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+VECTOR_NAME = "global"
+IMAGES = "images"
+TEXTS = "texts"
+META_COLLECTION = "finesearch_meta"
+_NAMESPACE = uuid.UUID("6f1d5c52-3a77-4c1e-9a0e-5f1c1b8c2d11")
+#: Payload fields every collection indexes for filtering.
+BASE_INDEXED_FIELDS: dict[str, str] = {"item_id": "keyword", "image_id": "keyword", "kind": "keyword"}
+
+FilterSpec = Mapping[str, Any]
+
+
+class StoreError(RuntimeError):
+    """The store is unreachable or refused an operation; the message names the store."""
+
+
+class IndexMismatch(StoreError):
+    """The index was built with another backbone than the one offered."""
+
+
+def point_id(item_id: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, item_id))
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+def normalise_filter(spec: FilterSpec | None) -> list[tuple[str, list[Any]]]:
+    """{field: value | [values]} → [(payload key, allowed values)].
+
+    Bare field names address user metadata (stored under `metadata.`); the
+    reserved names `kind`, `item_id` and `image_id` address the item itself.
+    """
+    if not spec:
+        return []
+    out: list[tuple[str, list[Any]]] = []
+    for field_name, value in spec.items():
+        if not isinstance(field_name, str) or not field_name:
+            raise ValueError("filter keys must be non-empty strings")
+        key = field_name if field_name in BASE_INDEXED_FIELDS or "." in field_name else f"metadata.{field_name}"
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not values:
+            raise ValueError(f"filter on {field_name!r} has an empty list of values")
+        for v in values:
+            if not isinstance(v, (str, int, bool)) or isinstance(v, float):
+                raise ValueError(f"filter values must be strings, integers or booleans; {field_name!r} has {v!r}")
+        out.append((key, values))
+    return out
+
+
+class VectorStore(ABC):
+    """Global vectors + payloads, per collection. Both backends pass the same test-suite."""
+
+    backend: str = "?"
+
+    @abstractmethod
+    def ensure_collection(self, name: str, dim: int, indexed_fields: Mapping[str, str] | None = None) -> None: ...
+
+    @abstractmethod
+    def upsert(self, collection: str, ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[Mapping[str, Any]]) -> None: ...
+
+    @abstractmethod
+    def search_batch(self, collection: str, vectors: np.ndarray, limit: int, filter: FilterSpec | None = None,
+                     offset: int = 0) -> list[list[Hit]]: ...
+
+    @abstractmethod
+    def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False
+                 ) -> dict[str, tuple[dict[str, Any], np.ndarray | None]]: ...
+
+    @abstractmethod
+    def delete(self, collection: str, ids: Sequence[str]) -> None: ...
+
+    @abstractmethod
+    def count(self, collection: str, filter: FilterSpec | None = None) -> int: ...
+
+    @abstractmethod
+    def scroll(self, collection: str, batch: int = 1024) -> Iterator[dict[str, Any]]:
+        """Every payload in the collection (for maintenance: compaction, audits)."""
+
+    @abstractmethod
+    def has_collection(self, name: str) -> bool: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush and release resources."""
+
+    # ----------------------------------------------------------- derived
+    def search(self, collection: str, vector: np.ndarray, limit: int, filter: FilterSpec | None = None,
+               offset: int = 0) -> list[Hit]:
+        return self.search_batch(collection, np.asarray(vector, dtype=np.float32)[None, :], limit, filter, offset)[0]
+
+    def existing(self, collection: str, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` are already stored: resumable indexing asks this per batch."""
+        if not ids:
+            return set()
+        return set(self.retrieve(collection, ids))
+
+    def get_meta(self) -> dict[str, Any] | None:
+        if not self.has_collection(META_COLLECTION):
+            return None
+        found = self.retrieve(META_COLLECTION, ["index"])
+        return found["index"][0].get("meta") if "index" in found else None
+
+    def set_meta(self, meta: Mapping[str, Any]) -> None:
+        self.ensure_collection(META_COLLECTION, 1, {})
+        self.upsert(META_COLLECTION, ["index"], np.ones((1, 1), dtype=np.float32),
+                    [{"item_id": "index", "meta": dict(meta)}])
+
+    def bind_backbone(self, fingerprint: str, dim: int, description: Mapping[str, Any]) -> None:
+        """Record the backbone on first use; refuse a different one afterwards."""
+        meta = self.get_meta()
+        if meta is None:
+            self.set_meta({"fingerprint": fingerprint, "dim": dim, "backbone": dict(description)})
+            return
+        if meta.get("fingerprint") != fingerprint:
+            raise IndexMismatch(
+                f"this index was built with backbone {meta.get('backbone', {}).get('name')} "
+                f"(fingerprint {meta.get('fingerprint')}), but the model offered has fingerprint {fingerprint}. "
+                "Serve the model bundle the index was built with, or re-index into a new data directory "
+                "(or a new collection prefix) with this model"
+            )

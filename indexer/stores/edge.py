@@ -1,0 +1,181 @@
+"""Qdrant Edge: the real Qdrant engine in-process, one on-disk shard per collection."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import numpy as np
+import qdrant_edge as qe
+
+from .base import BASE_INDEXED_FIELDS, VECTOR_NAME, FilterSpec, Hit, StoreError, VectorStore, normalise_filter, point_id
+
+_SCHEMA = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+    "bool": qe.PayloadSchemaType.Bool,
+    "datetime": qe.PayloadSchemaType.Datetime,
+}
+
+
+def edge_filter(spec: FilterSpec | None) -> qe.Filter | None:
+    must: list[Any] = []
+    for key, values in normalise_filter(spec):
+        if len(values) == 1:
+            must.append(qe.FieldCondition(key, match=qe.MatchValue(values[0])))
+        elif all(isinstance(v, str) for v in values) or all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        ):
+            must.append(qe.FieldCondition(key, match=qe.MatchAny(values)))
+        else:
+            must.append(qe.Filter(should=[qe.FieldCondition(key, match=qe.MatchValue(v)) for v in values]))
+    return qe.Filter(must=must) if must else None
+
+
+class EdgeStore(VectorStore):
+    backend = "qdrant-edge"
+
+    def __init__(self, root: str | Path, hnsw_m: int = 16, ef_construct: int = 128) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._hnsw = (hnsw_m, ef_construct)
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._open_lock = threading.Lock()
+
+    def _dir(self, name: str) -> Path:
+        return self.root / name
+
+    def has_collection(self, name: str) -> bool:
+        return name in self._shards or (self._dir(name) / "finesearch.json").is_file()
+
+    def _shard(self, name: str) -> qe.EdgeShard:
+        shard = self._shards.get(name)
+        if shard is not None:
+            return shard
+        with self._open_lock:
+            if name not in self._shards:
+                if not self.has_collection(name):
+                    raise StoreError(f"collection {name!r} does not exist in {self.root}")
+                try:
+                    self._shards[name] = qe.EdgeShard.load(str(self._dir(name)))
+                except Exception as exc:  # noqa: BLE001
+                    raise StoreError(f"cannot open Qdrant Edge shard {self._dir(name)}: {exc}") from exc
+                self._locks[name] = threading.Lock()
+            return self._shards[name]
+
+    def ensure_collection(self, name: str, dim: int, indexed_fields: Mapping[str, str] | None = None) -> None:
+        fields = {**BASE_INDEXED_FIELDS, **(indexed_fields or {})}
+        marker = self._dir(name) / "finesearch.json"
+        if marker.is_file():
+            info = json.loads(marker.read_text())
+            if info["dim"] != dim:
+                raise StoreError(f"collection {name!r} holds {info['dim']}-d vectors, not {dim}-d")
+            shard = self._shard(name)
+            new = {k: v for k, v in fields.items() if k not in info.get("indexed", {})}
+        else:
+            m, ef = self._hnsw
+            cfg = qe.EdgeConfig(
+                vectors={VECTOR_NAME: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)},
+                hnsw_config=qe.HnswIndexConfig(m=m, ef_construct=ef, full_scan_threshold=10_000),
+            )
+            shard = qe.EdgeShard.create(str(self._dir(name)), cfg)
+            with self._open_lock:
+                self._shards[name] = shard
+                self._locks[name] = threading.Lock()
+            info = {"dim": dim, "indexed": {}}
+            new = fields
+        for field_name, kind in new.items():
+            if kind not in _SCHEMA:
+                raise StoreError(f"unknown payload index type {kind!r} for {field_name!r}")
+            shard.update(qe.UpdateOperation.create_field_index(field_name, _SCHEMA[kind]))
+        info["indexed"] = {**info.get("indexed", {}), **new}
+        shard.flush()
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(marker)
+
+    def upsert(self, collection: str, ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[Mapping[str, Any]]) -> None:
+        if not len(ids):
+            return
+        vecs = np.asarray(vectors, dtype=np.float32)
+        points = [
+            qe.Point(point_id(i), {VECTOR_NAME: v}, {**p, "item_id": i})
+            for i, v, p in zip(ids, vecs.tolist(), payloads, strict=True)
+        ]
+        shard = self._shard(collection)
+        with self._locks[collection]:
+            shard.update(qe.UpdateOperation.upsert_points(points))
+            shard.flush()
+
+    def search_batch(self, collection: str, vectors: np.ndarray, limit: int, filter: FilterSpec | None = None,
+                     offset: int = 0) -> list[list[Hit]]:
+        shard = self._shard(collection)
+        flt = edge_filter(filter)
+        reqs = [
+            qe.QueryRequest(limit=limit, offset=offset or None, query=qe.Query.Nearest(v, using=VECTOR_NAME),
+                            filter=flt, with_payload=True)
+            for v in np.asarray(vectors, dtype=np.float32).tolist()
+        ]
+        results = shard.query_batch(qe.QueryBatchRequest(reqs)) if len(reqs) > 1 else [shard.query(reqs[0])]
+        return [[Hit(p.payload["item_id"], float(p.score), p.payload) for p in res] for res in results]
+
+    def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False
+                 ) -> dict[str, tuple[dict[str, Any], np.ndarray | None]]:
+        if not ids:
+            return {}
+        shard = self._shard(collection)
+        recs = shard.retrieve([point_id(i) for i in ids], True, [VECTOR_NAME] if with_vectors else False)
+        out: dict[str, tuple[dict[str, Any], np.ndarray | None]] = {}
+        for r in recs:
+            vec = None
+            if with_vectors and r.vector is not None:
+                v = r.vector[VECTOR_NAME] if isinstance(r.vector, dict) else r.vector
+                vec = np.asarray(v, dtype=np.float32)
+            out[r.payload["item_id"]] = (r.payload, vec)
+        return out
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        shard = self._shard(collection)
+        with self._locks[collection]:
+            shard.update(qe.UpdateOperation.delete_points([point_id(i) for i in ids]))
+            shard.flush()
+
+    def count(self, collection: str, filter: FilterSpec | None = None) -> int:
+        if not self.has_collection(collection):
+            return 0
+        return int(self._shard(collection).count(qe.CountRequest(exact=True, filter=edge_filter(filter))))
+
+    def scroll(self, collection: str, batch: int = 1024) -> Iterator[dict[str, Any]]:
+        if not self.has_collection(collection):
+            return
+        shard = self._shard(collection)
+        offset: str | UUID | int | None = None
+        while True:
+            recs, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, with_payload=True,
+                                                         with_vector=False))
+            for r in recs:
+                yield r.payload
+            if offset is None:
+                return
+
+    def optimize(self) -> None:
+        for name in list(self._shards):
+            with self._locks[name]:
+                self._shards[name].optimize()
+
+    def close(self) -> None:
+        with self._open_lock:
+            for name, shard in self._shards.items():
+                with self._locks[name]:
+                    shard.flush()
+                    shard.close()
+            self._shards.clear()

@@ -1,0 +1,167 @@
+"""Qdrant server through qdrant-client (gRPC preferred): compose and production.
+
+Sharding and replication are Qdrant's own cluster features; this adapter only
+sets the shard/replica counts when it creates a collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from .base import BASE_INDEXED_FIELDS, VECTOR_NAME, FilterSpec, Hit, StoreError, VectorStore, normalise_filter, point_id
+
+_SCHEMA = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+    "datetime": models.PayloadSchemaType.DATETIME,
+}
+
+
+def server_filter(spec: FilterSpec | None) -> models.Filter | None:
+    must: list[Any] = []
+    for key, values in normalise_filter(spec):
+        if len(values) == 1:
+            must.append(models.FieldCondition(key=key, match=models.MatchValue(value=values[0])))
+        elif all(isinstance(v, str) for v in values) or all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        ):
+            must.append(models.FieldCondition(key=key, match=models.MatchAny(any=values)))
+        else:
+            must.append(models.Filter(should=[models.FieldCondition(key=key, match=models.MatchValue(value=v))
+                                              for v in values]))
+    return models.Filter(must=must) if must else None
+
+
+class ServerStore(VectorStore):
+    backend = "qdrant-server"
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        prefer_grpc: bool = True,
+        prefix: str = "finesearch_",
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        timeout: int = 30,
+        client: QdrantClient | None = None,
+    ) -> None:
+        self.prefix = prefix
+        self._shards = shard_number
+        self._replicas = replication_factor
+        try:
+            if client is not None:
+                self.client = client
+            elif url == ":memory:":
+                self.client = QdrantClient(":memory:")
+            else:
+                self.client = QdrantClient(url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"cannot connect to Qdrant at {url}: {exc}") from exc
+        self.url = url
+
+    def _name(self, collection: str) -> str:
+        return f"{self.prefix}{collection}"
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - transport errors come in many types
+            raise StoreError(f"Qdrant at {self.url}: {what} failed: {exc}") from exc
+
+    def has_collection(self, name: str) -> bool:
+        return bool(self._call("collection lookup", self.client.collection_exists, self._name(name)))
+
+    def ensure_collection(self, name: str, dim: int, indexed_fields: Mapping[str, str] | None = None) -> None:
+        full = self._name(name)
+        if not self.has_collection(name):
+            self._call(
+                "create collection",
+                self.client.create_collection,
+                full,
+                vectors_config={VECTOR_NAME: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
+                hnsw_config=models.HnswConfigDiff(m=16, ef_construct=128),
+                shard_number=self._shards,
+                replication_factor=self._replicas,
+            )
+        else:
+            info = self._call("collection info", self.client.get_collection, full)
+            params = info.config.params.vectors
+            size = params[VECTOR_NAME].size if isinstance(params, dict) else params.size
+            if size != dim:
+                raise StoreError(f"collection {full!r} holds {size}-d vectors, not {dim}-d")
+        for field_name, kind in {**BASE_INDEXED_FIELDS, **(indexed_fields or {})}.items():
+            self._call("create payload index", self.client.create_payload_index, full, field_name, _SCHEMA[kind])
+
+    def upsert(self, collection: str, ids: Sequence[str], vectors: np.ndarray,
+               payloads: Sequence[Mapping[str, Any]]) -> None:
+        if not len(ids):
+            return
+        vecs = np.asarray(vectors, dtype=np.float32)
+        points = [
+            models.PointStruct(id=point_id(i), vector={VECTOR_NAME: v}, payload={**p, "item_id": i})
+            for i, v, p in zip(ids, vecs.tolist(), payloads, strict=True)
+        ]
+        self._call("upsert", self.client.upsert, self._name(collection), points=points, wait=True)
+
+    def search_batch(self, collection: str, vectors: np.ndarray, limit: int, filter: FilterSpec | None = None,
+                     offset: int = 0) -> list[list[Hit]]:
+        flt = server_filter(filter)
+        reqs = [
+            models.QueryRequest(query=v, using=VECTOR_NAME, limit=limit, offset=offset or None, filter=flt,
+                                with_payload=True)
+            for v in np.asarray(vectors, dtype=np.float32).tolist()
+        ]
+        res = self._call("search", self.client.query_batch_points, self._name(collection), requests=reqs)
+        return [[Hit(p.payload["item_id"], float(p.score), p.payload) for p in r.points] for r in res]
+
+    def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False
+                 ) -> dict[str, tuple[dict[str, Any], np.ndarray | None]]:
+        if not ids:
+            return {}
+        recs = self._call("retrieve", self.client.retrieve, self._name(collection), [point_id(i) for i in ids],
+                          with_payload=True, with_vectors=[VECTOR_NAME] if with_vectors else False)
+        out: dict[str, tuple[dict[str, Any], np.ndarray | None]] = {}
+        for r in recs:
+            vec = None
+            if with_vectors and r.vector is not None:
+                v = r.vector[VECTOR_NAME] if isinstance(r.vector, dict) else r.vector
+                vec = np.asarray(v, dtype=np.float32)
+            out[r.payload["item_id"]] = (r.payload, vec)
+        return out
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        self._call("delete", self.client.delete, self._name(collection),
+                   points_selector=models.PointIdsList(points=[point_id(i) for i in ids]), wait=True)
+
+    def count(self, collection: str, filter: FilterSpec | None = None) -> int:
+        if not self.has_collection(collection):
+            return 0
+        res = self._call("count", self.client.count, self._name(collection), count_filter=server_filter(filter),
+                         exact=True)
+        return int(res.count)
+
+    def scroll(self, collection: str, batch: int = 1024) -> Iterator[dict[str, Any]]:
+        if not self.has_collection(collection):
+            return
+        offset = None
+        while True:
+            recs, offset = self._call("scroll", self.client.scroll, self._name(collection), limit=batch,
+                                      offset=offset, with_payload=True, with_vectors=False)
+            for r in recs:
+                yield r.payload
+            if offset is None:
+                return
+
+    def close(self) -> None:
+        self.client.close()
