@@ -54,7 +54,7 @@ def _open(source: bytes | str | Path) -> Image.Image:
     except UnidentifiedImageError as exc:
         raise ImageRejected("not a recognised image file (expected JPEG, PNG, WebP, GIF, BMP or TIFF)") from exc
     except OSError as exc:
-        raise ImageRejected(f"unreadable image: {exc}") from exc
+        raise ImageRejected(f"corrupt or truncated image: {exc}") from exc
 
 
 def probe_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:

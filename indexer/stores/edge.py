@@ -23,18 +23,46 @@ _SCHEMA = {
 }
 
 
+#: qdrant-edge-py 0.9 turns MatchValue(True) into the integer 1, so booleans in user
+#: metadata never match. They are mirrored as "true"/"false" keywords under this key
+#: and boolean filters are answered from the mirror.
+BOOL_MIRROR = "_bool"
+
+
+def _condition(key: str, value: Any) -> qe.FieldCondition:
+    if isinstance(value, bool) and key.startswith("metadata."):
+        return qe.FieldCondition(f"{BOOL_MIRROR}.{key[len('metadata.'):]}",
+                                 match=qe.MatchValue("true" if value else "false"))
+    return qe.FieldCondition(key, match=qe.MatchValue(value))
+
+
 def edge_filter(spec: FilterSpec | None) -> qe.Filter | None:
     must: list[Any] = []
     for key, values in normalise_filter(spec):
         if len(values) == 1:
-            must.append(qe.FieldCondition(key, match=qe.MatchValue(values[0])))
+            must.append(_condition(key, values[0]))
         elif all(isinstance(v, str) for v in values) or all(
             isinstance(v, int) and not isinstance(v, bool) for v in values
         ):
             must.append(qe.FieldCondition(key, match=qe.MatchAny(values)))
         else:
-            must.append(qe.Filter(should=[qe.FieldCondition(key, match=qe.MatchValue(v)) for v in values]))
+            must.append(qe.Filter(should=[_condition(key, v) for v in values]))
     return qe.Filter(must=must) if must else None
+
+
+def _stored_payload(item_id: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    out = {**payload, "item_id": item_id}
+    meta = payload.get("metadata")
+    if isinstance(meta, dict):
+        flags = {k: "true" if v else "false" for k, v in meta.items() if isinstance(v, bool)}
+        if flags:
+            out[BOOL_MIRROR] = flags
+    return out
+
+
+def _user_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    payload.pop(BOOL_MIRROR, None)
+    return payload
 
 
 class EdgeStore(VectorStore):
@@ -106,7 +134,7 @@ class EdgeStore(VectorStore):
             return
         vecs = np.asarray(vectors, dtype=np.float32)
         points = [
-            qe.Point(point_id(i), {VECTOR_NAME: v}, {**p, "item_id": i})
+            qe.Point(point_id(i), {VECTOR_NAME: v}, _stored_payload(i, p))
             for i, v, p in zip(ids, vecs.tolist(), payloads, strict=True)
         ]
         shard = self._shard(collection)
@@ -124,7 +152,7 @@ class EdgeStore(VectorStore):
             for v in np.asarray(vectors, dtype=np.float32).tolist()
         ]
         results = shard.query_batch(qe.QueryBatchRequest(reqs)) if len(reqs) > 1 else [shard.query(reqs[0])]
-        return [[Hit(p.payload["item_id"], float(p.score), p.payload) for p in res] for res in results]
+        return [[Hit(p.payload["item_id"], float(p.score), _user_payload(p.payload)) for p in res] for res in results]
 
     def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False
                  ) -> dict[str, tuple[dict[str, Any], np.ndarray | None]]:
@@ -138,7 +166,7 @@ class EdgeStore(VectorStore):
             if with_vectors and r.vector is not None:
                 v = r.vector[VECTOR_NAME] if isinstance(r.vector, dict) else r.vector
                 vec = np.asarray(v, dtype=np.float32)
-            out[r.payload["item_id"]] = (r.payload, vec)
+            out[r.payload["item_id"]] = (_user_payload(r.payload), vec)
         return out
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
@@ -163,7 +191,7 @@ class EdgeStore(VectorStore):
             recs, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, with_payload=True,
                                                          with_vector=False))
             for r in recs:
-                yield r.payload
+                yield _user_payload(r.payload)
             if offset is None:
                 return
 

@@ -1,0 +1,162 @@
+"""End-to-end indexing of real JPEGs through the CLI and the pipeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.pipeline import ImageItem, Indexer, TextItem
+from indexer.stores import IMAGES, TEXTS, IndexMismatch, open_store
+from service.cli import main
+from training.backbone import TINY_MODEL, Backbone
+
+TINY = ["--backbone", TINY_MODEL, "--from-scratch", "--seed", "0", "--no-progress"]
+
+
+def _report(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def test_index_coco_mini_dataset_then_resume_indexes_nothing(tmp_path: Path, coco_mini: Path) -> None:
+    data = tmp_path / "data"
+    args = ["index", "dataset", str(coco_mini / "captions.json"), "--images", str(coco_mini / "images"),
+            "--format", "coco", "--data-dir", str(data), *TINY]
+    assert main([*args, "--report", str(tmp_path / "r1.json")]) == 0
+    first = _report(tmp_path / "r1.json")
+    assert first["images"]["indexed"] == 79 and first["images"]["failed"] == 0
+    assert first["texts"]["indexed"] == 395
+    assert main([*args, "--report", str(tmp_path / "r2.json")]) == 0
+    second = _report(tmp_path / "r2.json")
+    assert second["images"] == {**second["images"], "indexed": 0, "skipped": 79, "failed": 0}
+    assert second["texts"]["indexed"] == 0 and second["texts"]["skipped"] == 395
+
+    store = open_store(data)
+    assert store.count(IMAGES) == 79 and store.count(TEXTS) == 395
+    payload, _ = store.retrieve(IMAGES, ["397133"])["397133"]
+    assert payload["uri"].endswith("000000397133.jpg") and payload["width"] == 640
+    caption = store.retrieve(TEXTS, ["397133#0"])["397133#0"][0]
+    assert caption["image_id"] == "397133" and caption["text"] == "A man is in a kitchen making pizzas."
+    assert store.count(TEXTS, {"image_id": "397133"}) == 5
+    store.close()
+
+
+def test_corrupt_and_missing_files_are_skipped_and_reported(tmp_path: Path, coco_mini: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted((coco_mini / "images").glob("*.jpg"))[:6]:
+        shutil.copy(p, folder / p.name)
+    (folder / "broken.jpg").write_bytes((folder / p.name).read_bytes()[:300])  # truncated JPEG
+    (folder / "notes.png").write_text("this is not a png")
+    meta = tmp_path / "meta.jsonl"
+    meta.write_text(json.dumps({"file": p.name, "id": "last", "metadata": {"album": "trip"}}) + "\n")
+    report = tmp_path / "r.json"
+    rc = main(["index", "images", str(folder), str(tmp_path / "gone.jpg"), "--metadata", str(meta),
+               "--data-dir", str(tmp_path / "data"), "--report", str(report), *TINY])
+    assert rc == 0
+    r = _report(report)["images"]
+    assert r["indexed"] == 6 and r["failed"] == 3
+    reasons = {Path(f["source"]).name: f["reason"] for f in r["failures"]}
+    assert "corrupt or truncated" in reasons["broken.jpg"]
+    assert "not a recognised image" in reasons["notes.png"]
+    assert "no such file" in reasons["gone.jpg"]
+    store = open_store(tmp_path / "data")
+    assert store.count(IMAGES) == 6
+    assert store.retrieve(IMAGES, ["last"])["last"][0]["metadata"] == {"album": "trip"}
+    assert store.count(IMAGES, {"album": "trip"}) == 1
+    store.close()
+    strict = main(["index", "images", str(folder), "--data-dir", str(tmp_path / "data"), "--strict", *TINY])
+    assert strict == 1  # the two bad files fail again; the good ones are skipped
+
+
+def test_content_hash_ids_deduplicate_copies(tmp_path: Path, coco_mini: Path, tiny_backbone: Backbone) -> None:
+    src = sorted((coco_mini / "images").glob("*.jpg"))[0]
+    ix = Indexer(tiny_backbone, open_store(tmp_path), tmp_path, batch_size=4)
+    s = ix.index_images([ImageItem(path=src), ImageItem(data=src.read_bytes(), uri="upload://x")])
+    assert (s.indexed, s.skipped) == (1, 1)
+    assert s.ids[0] is not None and len(s.ids[0]) == 32
+    ix.close()
+
+
+def test_crash_between_feature_write_and_upsert_leaves_a_consistent_store(
+    tmp_path: Path, coco_mini: Path, tiny_backbone: Backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = sorted((coco_mini / "images").glob("*.jpg"))[:12]
+    store = open_store(tmp_path)
+    ix = Indexer(tiny_backbone, store, tmp_path, batch_size=4)
+    real_upsert = store.upsert
+    calls = {"n": 0}
+
+    def crashing_upsert(*a, **kw):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash after the token bank write")
+        return real_upsert(*a, **kw)
+
+    monkeypatch.setattr(store, "upsert", crashing_upsert)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ix.index_images([ImageItem(path=p, id=p.stem) for p in paths])
+    bank = ix.banks[IMAGES]
+    assert store.count(IMAGES) == 4 and len(bank) == 8  # 4 orphan rows, no point without features
+    for payload in store.scroll(IMAGES):
+        bank.gather([payload["row"]])
+
+    monkeypatch.setattr(store, "upsert", real_upsert)
+    s = ix.index_images([ImageItem(path=p, id=p.stem) for p in paths])  # resume
+    assert (s.indexed, s.skipped) == (8, 4)
+    assert store.count(IMAGES) == 12 and len(bank) == 16
+    result = ix.compact()
+    assert result[IMAGES]["rows_after"] == 12
+    rows = [p["row"] for p in store.scroll(IMAGES)]
+    tokens, mask = bank.gather(rows)
+    assert tokens.shape[0] == 12 and bool(mask.all())
+    ix.close()
+
+
+def test_reindex_replaces_and_delete_removes_features(tmp_path: Path, tiny_backbone: Backbone) -> None:
+    ix = Indexer(tiny_backbone, open_store(tmp_path), tmp_path)
+    ix.index_texts([TextItem("a red circle", id="t1"), TextItem("a blue square", id="t2")])
+    old_row = ix.store.retrieve(TEXTS, ["t1"])["t1"][0]["row"]
+    s = ix.index_texts([TextItem("a green triangle", id="t1")], skip_existing=False)
+    assert s.indexed == 1 and ix.store.count(TEXTS) == 2
+    new = ix.store.retrieve(TEXTS, ["t1"])["t1"][0]
+    assert new["text"] == "a green triangle" and new["row"] != old_row
+    assert old_row not in ix.banks[TEXTS] and len(ix.banks[TEXTS]) == 2
+    assert ix.delete(TEXTS, ["t1", "unknown"]) == 1
+    assert ix.store.count(TEXTS) == 1 and new["row"] not in ix.banks[TEXTS]
+
+
+def test_text_validation(tmp_path: Path, tiny_backbone: Backbone) -> None:
+    ix = Indexer(tiny_backbone, open_store(tmp_path), tmp_path)
+    s = ix.index_texts([TextItem("   "), TextItem("x" * 5000), TextItem("ok text")])
+    assert (s.indexed, s.failed) == (1, 2)
+    assert [f.reason.split(",")[0] for f in s.failures] == ["text is empty",
+                                                            "text is 5000 characters long"]
+
+
+def test_search_finds_an_indexed_image_by_its_own_vector(tmp_path: Path, coco_mini: Path,
+                                                         tiny_backbone: Backbone) -> None:
+    paths = sorted((coco_mini / "images").glob("*.jpg"))[:10]
+    ix = Indexer(tiny_backbone, open_store(tmp_path), tmp_path)
+    ix.index_images([ImageItem(path=p, id=p.stem) for p in paths])
+    from training.images import load_for_model
+
+    q = tiny_backbone.encode_images(np.stack([load_for_model(paths[3], 64)])).globals[0].numpy()
+    assert ix.store.search(IMAGES, q, 1)[0].id == paths[3].stem
+
+
+def test_another_backbone_is_refused_on_an_existing_index(tmp_path: Path, tiny_backbone: Backbone) -> None:
+    Indexer(tiny_backbone, open_store(tmp_path), tmp_path).index_texts([TextItem("hello")])
+    other = Backbone.load(TINY_MODEL, from_scratch=True, seed=7, device="cpu")
+    with pytest.raises(IndexMismatch, match="re-index"):
+        Indexer(other, open_store(tmp_path), tmp_path)
+
+
+def test_cli_reports_configuration_errors_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["index", "images", str(tmp_path), "--data-dir", str(tmp_path / "d"), "--backbone", "ViT-B-32"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("finesearch: error: no weights given for ViT-B-32") and "Traceback" not in err
