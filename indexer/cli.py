@@ -15,7 +15,7 @@ from training.cli_args import add_backbone_args, backbone_from_args
 from training.datasets import FORMATS, read_dataset
 
 from .pipeline import Failure, ImageItem, Indexer, Summary, TextItem
-from .stores import IMAGES, TEXTS, open_store
+from .stores import IMAGES, open_store
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".txt", ".lst"})

@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from training.backbone import Backbone
 from training.images import DEFAULT_MAX_PIXELS, ImageRejected, load_for_model, probe_image
+from training.tokenbank import TokenBank
 
 from .stores import IMAGES, TEXTS, VectorStore
-from .tokenbank import TokenBank
 
 MAX_TEXT_CHARS = 2000
 

@@ -8,11 +8,13 @@ import sys
 
 from indexer import cli as indexer_cli
 from indexer.stores import StoreError
-from indexer.tokenbank import TokenBankError
+from training import cli as training_cli
 from training.backbone import BackboneError
+from training.bundle import BundleError
 from training.datasets import DatasetError
+from training.tokenbank import TokenBankError
 
-USER_ERRORS = (BackboneError, StoreError, TokenBankError, DatasetError, FileNotFoundError, ValueError)
+USER_ERRORS = (BackboneError, BundleError, StoreError, TokenBankError, DatasetError, FileNotFoundError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     indexer_cli.register(sub)
+    training_cli.register(sub)
     return parser
 
 

@@ -12,7 +12,16 @@ from uuid import UUID
 import numpy as np
 import qdrant_edge as qe
 
-from .base import BASE_INDEXED_FIELDS, VECTOR_NAME, FilterSpec, Hit, StoreError, VectorStore, normalise_filter, point_id
+from .base import (
+    BASE_INDEXED_FIELDS,
+    VECTOR_NAME,
+    FilterSpec,
+    Hit,
+    StoreError,
+    VectorStore,
+    normalise_filter,
+    point_id,
+)
 
 _SCHEMA = {
     "keyword": qe.PayloadSchemaType.Keyword,

@@ -12,7 +12,16 @@ from typing import Any
 import numpy as np
 from qdrant_client import QdrantClient, models
 
-from .base import BASE_INDEXED_FIELDS, VECTOR_NAME, FilterSpec, Hit, StoreError, VectorStore, normalise_filter, point_id
+from .base import (
+    BASE_INDEXED_FIELDS,
+    VECTOR_NAME,
+    FilterSpec,
+    Hit,
+    StoreError,
+    VectorStore,
+    normalise_filter,
+    point_id,
+)
 
 _SCHEMA = {
     "keyword": models.PayloadSchemaType.KEYWORD,

@@ -1,0 +1,110 @@
+"""`finesearch train | eval | synth`: the training package's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from .backbone import TINY_MODEL
+from .bundle import load_bundle
+from .cli_args import add_backbone_args, backbone_from_args
+from .datasets import FORMATS, read_dataset
+from .evaluate import evaluate_protocol, format_table
+from .features import cached_extract, extract
+from .synth import generate
+from .train import TrainConfig, run_training
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("train", help="train the matcher (and a from-scratch backbone) and write a model bundle")
+    p.add_argument("--data", type=Path, required=True, help="dataset file")
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    p.add_argument("--train-split", default="train")
+    p.add_argument("--val-split", default="val", help="'' for no validation")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT/.work")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--matcher", default="{}", help='matcher options as JSON, e.g. \'{"top_k": 8}\'')
+    for f in fields(TrainConfig):
+        if f.name in ("matcher", "seed"):
+            continue
+        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], float)
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
+    add_backbone_args(p)
+    p.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="R@K of global, two-stage and exhaustive rankers on a dataset split")
+    e.add_argument("--model", type=Path, required=True, help="model bundle directory")
+    e.add_argument("--data", type=Path, required=True)
+    e.add_argument("--images", type=Path, required=True)
+    e.add_argument("--format", choices=FORMATS, required=True)
+    e.add_argument("--split", default="test")
+    e.add_argument("--candidates", type=int, default=100)
+    e.add_argument("--protocol", choices=["plain", "coco1k", "coco5k"], default="plain")
+    e.add_argument("--rankers", default="global,two_stage,exhaustive")
+    e.add_argument("--json", type=Path, help="write the results here")
+    e.add_argument("--cache", type=Path, default=None, help="feature cache directory (reused across runs)")
+    e.add_argument("--device", default=os.environ.get("FINESEARCH_DEVICE", "auto"))
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("synth", help="generate the synthetic compositional dataset (Karpathy format)")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--train", type=int, default=10_000)
+    s.add_argument("--val", type=int, default=1_000)
+    s.add_argument("--test", type=int, default=1_000)
+    s.add_argument("--size", type=int, default=64, help="image side in pixels")
+    s.add_argument("--twin-rate", type=float, default=0.4, help="share of images that are hard-case twins")
+    s.set_defaults(func=cmd_synth)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if f.name not in ("matcher", "seed") and getattr(args, f.name, None) is not None}
+    from_scratch = args.from_scratch
+    if from_scratch and "clip_epochs" not in overrides and "clip_minutes" not in overrides:
+        overrides["clip_epochs"] = 30
+    cfg = TrainConfig(seed=args.seed, matcher=json.loads(args.matcher), **overrides)
+    train = read_dataset(args.data, args.format, args.train_split)
+    val = read_dataset(args.data, args.format, args.val_split) if args.val_split else None
+    backbone = backbone_from_args(args)
+    info = {"file": str(args.data), "format": args.format, "train_images": len(train),
+            "val_images": len(val) if val else 0, "backbone": args.backbone}
+    report = run_training(backbone, train, val, args.images, args.out, cfg, from_scratch=from_scratch,
+                          resume=args.resume, progress=not args.no_progress, data_info=info)
+    print(f"model bundle written to {args.out}")
+    if "val" in report:
+        print(json.dumps({k: v["rsum"] for k, v in report["val"].items()}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    bundle = load_bundle(args.model, device=args.device)
+    items = read_dataset(args.data, args.format, args.split)
+    kw = {"workers": 4, "progress": not args.no_progress}
+    feats = (cached_extract(bundle.backbone, items, args.images, args.cache, **kw) if args.cache
+             else extract(bundle.backbone, items, args.images, **kw))  # type: ignore[arg-type]
+    rankers = tuple(r.strip() for r in args.rankers.split(",") if r.strip())
+    res = evaluate_protocol(bundle.matcher, feats, args.protocol, args.candidates, rankers, bundle.backbone.device)
+    res["model"] = bundle.id
+    res["split"] = args.split
+    print(f"{args.protocol} · {res['images']} images · {res['captions']} captions · model {bundle.id}")
+    print(format_table(res))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    info = generate(args.out, args.seed, args.train, args.val, args.test, args.size, args.twin_rate)
+    print(json.dumps(info))
+    return 0
+
+
+__all__ = ["TINY_MODEL", "register"]

@@ -1,0 +1,273 @@
+"""Training: (1) a from-scratch backbone with the CLIP loss, (2) the matcher on frozen, cached features.
+
+Seeded and resumable: a checkpoint after every epoch of each stage holds the
+weights, optimiser, schedule, RNG state and best validation result, so
+`--resume` continues where an interrupted run stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+from tqdm import tqdm
+
+from .backbone import Backbone
+from .bundle import save_bundle
+from .datasets import CaptionedImage
+from .evaluate import evaluate, format_table
+from .features import Features, cached_extract, load_pixels
+from .matcher import Matcher, MatcherConfig, triplet_loss
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    # stage 1: backbone from scratch (skipped for pretrained backbones)
+    clip_epochs: int = 0
+    clip_minutes: float | None = None  # wall-clock budget, whichever ends first
+    clip_batch: int = 128
+    clip_lr: float = 1e-3
+    token_loss: float = 0.0  # FILIP-style word–patch contrastive term weight
+    # stage 2: matcher
+    epochs: int = 10
+    minutes: float | None = None
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # or "step"
+    grad_clip: float = 2.0
+    margin: float = 0.2
+    warmup_epochs: int = 1  # all-violations loss before hardest negatives
+    val_candidates: int = 20
+    workers: int = 4
+    matcher: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _schedule(opt: torch.optim.Optimizer, kind: str, total: int, warmup: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total // 3), gamma=0.1)
+    if kind != "cosine":
+        raise ValueError(f"unknown schedule {kind!r}; use cosine or step")
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, f)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+
+
+def filip_loss(img_tok: torch.Tensor, txt_tok: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Token-wise max similarity contrastive loss (FILIP): trains patch and word tokens directly."""
+    sim = torch.einsum("imd,tld->itml", img_tok, txt_tok)  # [B, B, M, L]
+    m = mask[None, :, None, :]
+    i2t = sim.masked_fill(~m, -1e4).max(dim=3).values.mean(dim=2)  # each patch's best word
+    t2i = (sim.max(dim=2).values * mask[None]).sum(-1) / mask.sum(-1).clamp(min=1)[None]  # each word's best patch
+    labels = torch.arange(img_tok.shape[0], device=img_tok.device)
+    return (F.cross_entropy(scale * i2t, labels) + F.cross_entropy(scale * t2i.T, labels)) / 2
+
+
+def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: Path, cfg: TrainConfig,
+                   ckpt_path: Path, resume: bool, progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """Contrastive (CLIP) training of a backbone from scratch on (image, random caption) pairs."""
+    model = backbone.model
+    device = backbone.device
+    pixels = torch.from_numpy(load_pixels(items, images_dir, backbone.image_size, cfg.workers, progress))
+    captions = [it.captions for it in items]
+    steps_per_epoch = max(1, len(items) // cfg.clip_batch)
+    total = steps_per_epoch * max(1, cfg.clip_epochs)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.1)
+    sched = _schedule(opt, "cosine", total, warmup=min(200, total // 10))
+    loss_fn = ClipLoss()
+    start_epoch, history = 0, []
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        _set_rng_state(ck["rng"])
+        start_epoch, history = ck["epoch"], ck["history"]
+        log(f"resumed backbone training after epoch {start_epoch}")
+    t_start = time.perf_counter()
+    deadline = t_start + cfg.clip_minutes * 60 if cfg.clip_minutes else None
+    for epoch in range(start_epoch, cfg.clip_epochs):
+        model.train()
+        perm = torch.randperm(len(items))
+        seen, losses = 0, []
+        bar = tqdm(range(steps_per_epoch), disable=not progress, desc=f"clip {epoch + 1}/{cfg.clip_epochs}")
+        t0 = time.perf_counter()
+        for step in bar:
+            idx = perm[step * cfg.clip_batch:(step + 1) * cfg.clip_batch]
+            texts = [random.choice(captions[i]) for i in idx.tolist()]
+            x = backbone.pixels(pixels[idx])
+            ids = backbone.tokenize(texts)
+            imf = backbone.image_features(x)
+            txf = backbone.text_features(ids)
+            scale = model.logit_scale.exp()
+            loss = loss_fn(imf.globals, txf.globals, scale)
+            if cfg.token_loss > 0:
+                loss = loss + cfg.token_loss * filip_loss(imf.tokens, txf.tokens, txf.mask, scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            seen += len(idx)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if deadline and time.perf_counter() > deadline:
+                break
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
+                        "examples_per_s": seen / (time.perf_counter() - t0)})
+        log(f"clip epoch {epoch + 1}: loss {history[-1]['loss']:.3f}, {history[-1]['examples_per_s']:.0f} ex/s")
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "rng": _rng_state(), "epoch": epoch + 1, "history": history}, ckpt_path)
+        if deadline and time.perf_counter() > deadline:
+            log("backbone time budget reached")
+            break
+    model.eval()
+    with torch.no_grad():  # the bundle stores fp16: make the served weights exactly the trained ones
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    backbone.invalidate_fingerprint()
+    return {"epochs": len(history), "history": history, "seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def train_matcher(matcher: Matcher, train_f: Features, val_f: Features | None, cfg: TrainConfig, ckpt_path: Path,
+                  resume: bool, device: torch.device, progress: bool = True, log: Any = print) -> dict[str, Any]:
+    """Hardest-negative triplet training on cached features; keeps the best validation rSum."""
+    matcher.to(device)
+    # one caption per image per batch (its other captions would be false negatives)
+    caps_of: list[list[int]] = [[] for _ in train_f.image_ids]
+    for t, i in enumerate(train_f.txt_img.tolist()):
+        caps_of[i].append(t)
+    usable = torch.tensor([i for i, c in enumerate(caps_of) if c])
+    steps = max(1, len(usable) // cfg.batch_size)
+    params = [p for p in matcher.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = _schedule(opt, cfg.schedule, steps * cfg.epochs)
+    start_epoch, history, best = 0, [], {"rsum": -1.0, "epoch": 0, "state": None, "metrics": None}
+    if resume and ckpt_path.is_file():
+        ck = torch.load(ckpt_path, weights_only=False)
+        matcher.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        _set_rng_state(ck["rng"])
+        start_epoch, history, best = ck["epoch"], ck["history"], ck["best"]
+        log(f"resumed matcher training after epoch {start_epoch}")
+    t_start = time.perf_counter()
+    deadline = t_start + cfg.minutes * 60 if cfg.minutes else None
+    for epoch in range(start_epoch, cfg.epochs):
+        matcher.train()
+        hardest = epoch >= cfg.warmup_epochs
+        perm = usable[torch.randperm(len(usable))]
+        losses, seen, t0 = [], 0, time.perf_counter()
+        bar = tqdm(range(steps), disable=not progress, desc=f"matcher {epoch + 1}/{cfg.epochs}")
+        for step in bar:
+            img = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            txt = torch.tensor([random.choice(caps_of[i]) for i in img.tolist()])
+            pi = matcher.prepare_images(train_f.img_tok[img].to(device), train_f.img_glob[img].to(device))
+            pt = matcher.prepare_texts(train_f.txt_tok[txt].to(device), train_f.txt_mask[txt].to(device),
+                                       train_f.txt_glob[txt].to(device))
+            loss = triplet_loss(matcher.score_matrix(pi, pt), cfg.margin, hardest=hardest)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            seen += len(img)
+            bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if deadline and time.perf_counter() > deadline:
+                break
+        entry: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "hardest": hardest,
+                                 "examples_per_s": round(seen / (time.perf_counter() - t0), 1)}
+        if val_f is not None:
+            res = evaluate(matcher, val_f, cfg.val_candidates, ("two_stage",), device)["two_stage"]
+            entry["val"] = res
+            if res["rsum"] > best["rsum"]:
+                best = {"rsum": res["rsum"], "epoch": epoch + 1, "metrics": res,
+                        "state": copy.deepcopy(matcher.state_dict())}
+            log(f"matcher epoch {epoch + 1}: loss {entry['loss']:.3f}, val two-stage rSum {res['rsum']:.1f} "
+                f"(best {best['rsum']:.1f} @ {best['epoch']})")
+        else:
+            best = {"rsum": 0.0, "epoch": epoch + 1, "metrics": None, "state": copy.deepcopy(matcher.state_dict())}
+            log(f"matcher epoch {epoch + 1}: loss {entry['loss']:.3f}")
+        history.append(entry)
+        torch.save({"model": matcher.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "rng": _rng_state(), "epoch": epoch + 1, "history": history, "best": best}, ckpt_path)
+        if deadline and time.perf_counter() > deadline:
+            log("matcher time budget reached")
+            break
+    if best["state"] is not None:
+        matcher.load_state_dict(best["state"])
+    matcher.eval()
+    return {"epochs": len(history), "history": history, "best_epoch": best["epoch"], "best_val": best["metrics"],
+            "seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def matcher_config_for(backbone: Backbone, overrides: dict[str, Any]) -> MatcherConfig:
+    grid = backbone.model.visual.grid_size
+    m = grid[0] * grid[1]
+    base = MatcherConfig(dim=backbone.embed_dim, num_patches=m, max_words=backbone.context_length - 2,
+                         top_k=min(16, m))
+    return MatcherConfig.from_dict({**asdict(base), **overrides})
+
+
+def run_training(backbone: Backbone, train_items: list[CaptionedImage], val_items: list[CaptionedImage] | None,
+                 images_dir: Path, out: Path, cfg: TrainConfig, *, from_scratch: bool, resume: bool = False,
+                 progress: bool = True, data_info: dict[str, Any] | None = None, log: Any = print) -> dict[str, Any]:
+    """The whole recipe; writes the model bundle to `out` and returns its config's training section."""
+    seed_everything(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".work"
+    work.mkdir(exist_ok=True)
+    report: dict[str, Any] = {"config": asdict(cfg), "data": data_info or {}}
+    if from_scratch and cfg.clip_epochs > 0:
+        report["backbone"] = train_backbone(backbone, train_items, images_dir, cfg, work / "backbone.ckpt", resume,
+                                            progress, log)
+    cache = work / "features"
+    train_f = cached_extract(backbone, train_items, images_dir, cache, workers=cfg.workers, progress=progress)
+    val_f = cached_extract(backbone, val_items, images_dir, cache, workers=cfg.workers,
+                           progress=progress) if val_items else None
+    seed_everything(cfg.seed + 1)
+    matcher = Matcher(matcher_config_for(backbone, cfg.matcher))
+    report["matcher"] = train_matcher(matcher, train_f, val_f, cfg, work / "matcher.ckpt", resume, backbone.device,
+                                      progress, log)
+    if val_f is not None:
+        final = evaluate(matcher, val_f, cfg.val_candidates, ("global", "two_stage"), backbone.device)
+        report["val"] = final
+        log(format_table(final))
+    save_bundle(out, backbone, matcher, include_backbone=from_scratch, extra={"training": report})
+    (out / "training_log.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
