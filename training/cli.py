@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
             continue
         kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], float)
         p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
-    add_backbone_args(p)
+    add_backbone_args(p, with_model=False)
     p.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="R@K of global, two-stage and exhaustive rankers on a dataset split")

@@ -8,7 +8,10 @@ import os
 from .backbone import TINY_MODEL, Backbone
 
 
-def add_backbone_args(parser: argparse.ArgumentParser) -> None:
+def add_backbone_args(parser: argparse.ArgumentParser, with_model: bool = True) -> None:
+    if with_model:
+        parser.add_argument("--model", default=os.environ.get("FINESEARCH_MODEL"),
+                            help="model bundle directory: its backbone encodes (the index then matches the served model)")
     g = parser.add_argument_group("backbone (ignored when a model bundle is given)")
     g.add_argument("--backbone", default=os.environ.get("FINESEARCH_BACKBONE", TINY_MODEL),
                    help=f"open_clip architecture, e.g. ViT-B-32 (default {TINY_MODEL})")
@@ -23,5 +26,9 @@ def add_backbone_args(parser: argparse.ArgumentParser) -> None:
 
 
 def backbone_from_args(args: argparse.Namespace) -> Backbone:
+    if getattr(args, "model", None):
+        from .bundle import load_bundle
+
+        return load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir).backbone
     return Backbone.load(args.backbone, args.pretrained, from_scratch=args.from_scratch, device=args.device,
                          precision=args.precision, cache_dir=args.cache_dir, seed=args.seed)

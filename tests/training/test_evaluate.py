@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import torch
+
+from training.evaluate import evaluate, ranks_from_scores, recall, two_stage_ranks, prepare
+from training.features import Features
+from training.matcher import Matcher, MatcherConfig
+
+
+def test_ranks_on_a_hand_made_matrix() -> None:
+    # 3 images, 2 captions each: captions 0,1 → image 0; 2,3 → image 1; 4,5 → image 2
+    txt_img = torch.tensor([0, 0, 1, 1, 2, 2])
+    sims = torch.tensor([
+        [0.9, 0.1, 0.5, 0.2, 0.0, 0.0],  # image 0: its caption 0 is first → i2t rank 0
+        [0.8, 0.1, 0.3, 0.7, 0.0, 0.0],  # image 1: best GT is caption 3 at 0.7, one above (0.8) → rank 1
+        [0.1, 0.2, 0.3, 0.4, 0.05, 0.01],  # image 2: best GT 0.05, four above → rank 4
+    ])
+    i2t, t2i = ranks_from_scores(sims, txt_img)
+    assert i2t.tolist() == [0, 1, 4]
+    # caption 0: image 0 scores 0.9, best → 0; caption 1: 0.1 vs 0.1 and 0.2 → 1;
+    # caption 2: image 1 0.3 vs 0.5, 0.3 → 1; caption 3: 0.7 vs 0.2, 0.4 → 0; captions 4, 5: image 2 is top → 0
+    assert t2i.tolist() == [0, 1, 1, 0, 0, 0]
+    r = recall(i2t, t2i)
+    assert r["i2t"] == {"r1": 33.33, "r5": 100.0, "r10": 100.0}
+    assert r["t2i"] == {"r1": 66.67, "r5": 100.0, "r10": 100.0}
+    assert r["rsum"] == round(33.33 + 100 + 100 + 66.67 + 100 + 100, 2)
+
+
+def _features(n_img: int = 12, seed: int = 0) -> Features:
+    g = torch.Generator().manual_seed(seed)
+    d, m, lw = 16, 12, 10
+    norm = torch.nn.functional.normalize
+    txt_img = torch.arange(n_img).repeat_interleave(5)
+    mask = torch.arange(lw)[None, :] < torch.randint(1, lw, (len(txt_img),), generator=g)[:, None]
+    return Features([str(i) for i in range(n_img)], norm(torch.randn(n_img, d, generator=g), dim=-1),
+                    norm(torch.randn(n_img, m, d, generator=g), dim=-1).half(), txt_img,
+                    norm(torch.randn(len(txt_img), d, generator=g), dim=-1),
+                    (norm(torch.randn(len(txt_img), lw, d, generator=g), dim=-1) * mask[..., None]).half(), mask,
+                    [f"t{i}" for i in range(len(txt_img))])
+
+
+def test_two_stage_with_every_candidate_equals_exhaustive() -> None:
+    torch.manual_seed(0)
+    matcher = Matcher(MatcherConfig(dim=16, num_patches=12, max_words=10, top_k=4)).eval()
+    f = _features()
+    res = evaluate(matcher, f, candidates=12)
+    assert res["two_stage"]["i2t"] == res["exhaustive"]["i2t"]
+    assert res["two_stage"]["t2i"] == res["exhaustive"]["t2i"]
+    p = prepare(matcher, f)
+    i2t_full, t2i_full = two_stage_ranks(matcher, p, f.txt_img, 60)
+    i2t_3, t2i_3 = two_stage_ranks(matcher, p, f.txt_img, 3)
+    # beyond the k reranked candidates the global order holds, so those ranks are ≥ k
+    g_i2t, g_t2i = ranks_from_scores(f.img_glob @ f.txt_glob.T, f.txt_img)
+    assert torch.all(t2i_3[g_t2i >= 3] == g_t2i[g_t2i >= 3])
+    assert torch.all(t2i_3[g_t2i < 3] < 3)
+
+
+def test_subset_keeps_exactly_the_fold_captions() -> None:
+    f = _features(10)
+    s = f.subset(range(5, 10))
+    assert s.image_ids == ["5", "6", "7", "8", "9"] and len(s.texts) == 25
+    assert s.txt_img.tolist() == torch.arange(5).repeat_interleave(5).tolist()
+    assert s.texts[0] == "t25"

@@ -1,0 +1,115 @@
+"""Train a tiny backbone and matcher for a few steps, save the bundle, reload it, score identically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from service.cli import main
+from training.bundle import BundleError, load_bundle
+from training.datasets import read_dataset
+from training.features import extract
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    data = root / "synth"
+    assert main(["synth", "--out", str(data), "--train", "96", "--val", "24", "--test", "24", "--seed", "3"]) == 0
+    out = root / "bundle"
+    rc = main(["train", "--data", str(data / "dataset.json"), "--images", str(data / "images"), "--format",
+               "karpathy", "--out", str(out), "--backbone", "finesearch-tiny", "--from-scratch", "--clip-epochs", "2",
+               "--clip-batch", "32", "--epochs", "2", "--batch-size", "32", "--token-loss", "0.5", "--no-progress",
+               "--matcher", '{"num_samples": 20}'])
+    assert rc == 0
+    return data, out
+
+
+def test_bundle_round_trip_scores_identically(tiny_run: tuple[Path, Path]) -> None:
+    data, out = tiny_run
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["backbone"]["weights"] == "backbone.safetensors"
+    assert cfg["matcher"]["num_samples"] == 20 and cfg["matcher"]["top_k"] == 16
+    assert cfg["training"]["backbone"]["epochs"] == 2 and cfg["training"]["matcher"]["epochs"] == 2
+    assert len(cfg["training"]["matcher"]["history"]) == 2
+    items = read_dataset(data / "dataset.json", "karpathy", "test")
+    a, b = load_bundle(out, device="cpu"), load_bundle(out, device="cpu")
+    assert a.backbone.fingerprint == cfg["backbone"]["fingerprint"]
+    fa = extract(a.backbone, items, data / "images")
+    fb = extract(b.backbone, items, data / "images")
+    torch.testing.assert_close(fa.img_tok, fb.img_tok, rtol=0, atol=0)
+    with torch.no_grad():
+        sa = a.matcher.score_matrix(a.matcher.prepare_images(fa.img_tok, fa.img_glob),
+                                    a.matcher.prepare_texts(fa.txt_tok, fa.txt_mask, fa.txt_glob))
+        sb = b.matcher.score_matrix(b.matcher.prepare_images(fb.img_tok, fb.img_glob),
+                                    b.matcher.prepare_texts(fb.txt_tok, fb.txt_mask, fb.txt_glob))
+    assert torch.equal(sa, sb)
+
+
+def test_eval_command_writes_all_three_rankers(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    data, out = tiny_run
+    res_file = tmp_path / "res.json"
+    rc = main(["eval", "--model", str(out), "--data", str(data / "dataset.json"), "--images", str(data / "images"),
+               "--format", "karpathy", "--split", "test", "--candidates", "10", "--json", str(res_file),
+               "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    res = json.loads(res_file.read_text())
+    for ranker in ("global", "two_stage", "exhaustive"):
+        assert set(res[ranker]["i2t"]) == {"r1", "r5", "r10"} and "seconds" in res[ranker]
+        assert 0 <= res[ranker]["rsum"] <= 600
+    assert res["two_stage"]["candidates"] == 10 and res["images"] == 24 and res["captions"] == 120
+
+
+def test_training_resumes_from_its_checkpoints(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    data, out = tiny_run
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(out, copy)
+    rc = main(["train", "--data", str(data / "dataset.json"), "--images", str(data / "images"), "--format",
+               "karpathy", "--out", str(copy), "--from-scratch", "--clip-epochs", "2", "--clip-batch", "32",
+               "--epochs", "3", "--batch-size", "32", "--token-loss", "0.5", "--no-progress", "--resume",
+               "--matcher", '{"num_samples": 20}'])
+    assert rc == 0
+    cfg = json.loads((copy / "config.json").read_text())
+    assert [h["epoch"] for h in cfg["training"]["matcher"]["history"]] == [1, 2, 3]  # only epoch 3 was new
+
+
+def test_indexing_with_a_bundle_uses_its_backbone(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    data, out = tiny_run
+    rc = main(["index", "dataset", str(data / "dataset.json"), "--images", str(data / "images"), "--format",
+               "karpathy", "--split", "test", "--model", str(out), "--data-dir", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    from indexer.stores import open_store
+
+    store = open_store(tmp_path)
+    assert store.get_meta()["fingerprint"] == load_bundle(out).backbone.fingerprint
+    store.close()
+
+
+def test_bundle_errors_are_clear(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    _, out = tiny_run
+    newer = tmp_path / "newer"
+    shutil.copytree(out, newer)
+    cfg = json.loads((newer / "config.json").read_text())
+    (newer / "config.json").write_text(json.dumps({**cfg, "format": 99}))
+    with pytest.raises(BundleError, match="upgrade finesearch"):
+        load_bundle(newer)
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    state = load_file(str(broken / "matcher.safetensors"))
+    del state["lin1.weight"]
+    save_file(state, str(broken / "matcher.safetensors"))
+    with pytest.raises(BundleError, match="missing \\['lin1.weight'\\]"):
+        load_bundle(broken)
+    (broken / "backbone.safetensors").unlink()
+    with pytest.raises(BundleError, match="backbone weights backbone.safetensors are missing"):
+        load_bundle(broken)
+    with pytest.raises(BundleError, match="not a model bundle"):
+        load_bundle(tmp_path)
