@@ -26,6 +26,7 @@ from training.backbone import Backbone
 from training.images import DEFAULT_MAX_PIXELS, ImageRejected, load_for_model, probe_image
 from training.tokenbank import TokenBank
 
+from .blobs import BlobStore
 from .stores import IMAGES, TEXTS, VectorStore
 
 MAX_TEXT_CHARS = 2000
@@ -66,6 +67,7 @@ class Summary:
     elapsed: float = 0.0
     failures: list[Failure] = field(default_factory=list)
     ids: list[str | None] = field(default_factory=list)  # per input, in order; None where it failed
+    errors: dict[int, Failure] = field(default_factory=dict)  # input position → why it failed
 
     @property
     def rate(self) -> float:
@@ -224,10 +226,10 @@ class Indexer:
             for prep in _prefetch((self._prepare(pool, b, skip_existing, seen, collection) for b in batches), depth=2):
                 for pos in prep.skipped:
                     summary.skipped += 1
-                    summary.ids[pos] = None
                 for pos, fail in prep.failures:
                     summary.failed += 1
                     summary.failures.append(fail)
+                    summary.errors[pos] = fail
                 if prep.pixels is not None:
                     feats = self.backbone.encode_images(prep.pixels)
                     self._write(collection, prep.ids, feats.globals, feats.tokens,
@@ -263,7 +265,9 @@ class Indexer:
                     text = check_text(it.text)
                 except ValueError as exc:
                     summary.failed += 1
-                    summary.failures.append(Failure(it.id or f"#{pos}", str(exc), "invalid_text"))
+                    fail = Failure(it.id or f"#{pos}", str(exc), "invalid_text")
+                    summary.failures.append(fail)
+                    summary.errors[pos] = fail
                     continue
                 valid.append((pos, it.id or text_id(text), text, it))
             known = self.store.existing(collection, [v[1] for v in valid]) if skip_existing else set()
@@ -316,11 +320,20 @@ class Indexer:
 
     def compact(self) -> dict[str, dict[str, int]]:
         """Drop tombstoned and orphaned token rows (orphans: rows no Qdrant point references)."""
-        out = {}
+        out: dict[str, dict[str, int]] = {}
         with self._write_lock:
+            blobs: set[str] = set()
             for coll, bank in self.banks.items():
-                live = [int(p["row"]) for p in self.store.scroll(coll) if "row" in p]
+                live = []
+                for p in self.store.scroll(coll):
+                    if "row" in p:
+                        live.append(int(p["row"]))
+                    if p.get("blob"):
+                        blobs.add(p["blob"])
                 out[coll] = bank.compact(live)
+            blob_dir = self.data_dir / "blobs"
+            if blob_dir.is_dir():
+                out["blobs"] = {"removed": BlobStore(blob_dir).sweep(blobs)}
         return out
 
     def close(self) -> None:

@@ -44,6 +44,14 @@ class Hit:
     id: str
     score: float
     payload: dict[str, Any]
+    vector: np.ndarray | None = None
+
+
+def named_vector(v: Any) -> np.ndarray | None:
+    """The global vector out of whatever shape a Qdrant client returns it in."""
+    if v is None:
+        return None
+    return np.asarray(v[VECTOR_NAME] if isinstance(v, dict) else v, dtype=np.float32)
 
 
 def normalise_filter(spec: FilterSpec | None) -> list[tuple[str, list[Any]]]:
@@ -83,7 +91,7 @@ class VectorStore(ABC):
 
     @abstractmethod
     def search_batch(self, collection: str, vectors: np.ndarray, limit: int, filter: FilterSpec | None = None,
-                     offset: int = 0) -> list[list[Hit]]: ...
+                     offset: int = 0, with_vectors: bool = False) -> list[list[Hit]]: ...
 
     @abstractmethod
     def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False
@@ -107,8 +115,9 @@ class VectorStore(ABC):
 
     # ----------------------------------------------------------- derived
     def search(self, collection: str, vector: np.ndarray, limit: int, filter: FilterSpec | None = None,
-               offset: int = 0) -> list[Hit]:
-        return self.search_batch(collection, np.asarray(vector, dtype=np.float32)[None, :], limit, filter, offset)[0]
+               offset: int = 0, with_vectors: bool = False) -> list[Hit]:
+        vec = np.asarray(vector, dtype=np.float32)[None, :]
+        return self.search_batch(collection, vec, limit, filter, offset, with_vectors)[0]
 
     def existing(self, collection: str, ids: Sequence[str]) -> set[str]:
         """Which of `ids` are already stored: resumable indexing asks this per batch."""

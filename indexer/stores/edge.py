@@ -19,6 +19,7 @@ from .base import (
     Hit,
     StoreError,
     VectorStore,
+    named_vector,
     normalise_filter,
     point_id,
 )
@@ -152,16 +153,17 @@ class EdgeStore(VectorStore):
             shard.flush()
 
     def search_batch(self, collection: str, vectors: np.ndarray, limit: int, filter: FilterSpec | None = None,
-                     offset: int = 0) -> list[list[Hit]]:
+                     offset: int = 0, with_vectors: bool = False) -> list[list[Hit]]:
         shard = self._shard(collection)
         flt = edge_filter(filter)
         reqs = [
             qe.QueryRequest(limit=limit, offset=offset or None, query=qe.Query.Nearest(v, using=VECTOR_NAME),
-                            filter=flt, with_payload=True)
+                            filter=flt, with_payload=True, with_vector=[VECTOR_NAME] if with_vectors else False)
             for v in np.asarray(vectors, dtype=np.float32).tolist()
         ]
         results = shard.query_batch(qe.QueryBatchRequest(reqs)) if len(reqs) > 1 else [shard.query(reqs[0])]
-        return [[Hit(p.payload["item_id"], float(p.score), _user_payload(p.payload)) for p in res] for res in results]
+        return [[Hit(p.payload["item_id"], float(p.score), _user_payload(p.payload),
+                     named_vector(p.vector) if with_vectors else None) for p in res] for res in results]
 
     def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False
                  ) -> dict[str, tuple[dict[str, Any], np.ndarray | None]]:
@@ -171,11 +173,7 @@ class EdgeStore(VectorStore):
         recs = shard.retrieve([point_id(i) for i in ids], True, [VECTOR_NAME] if with_vectors else False)
         out: dict[str, tuple[dict[str, Any], np.ndarray | None]] = {}
         for r in recs:
-            vec = None
-            if with_vectors and r.vector is not None:
-                v = r.vector[VECTOR_NAME] if isinstance(r.vector, dict) else r.vector
-                vec = np.asarray(v, dtype=np.float32)
-            out[r.payload["item_id"]] = (_user_payload(r.payload), vec)
+            out[r.payload["item_id"]] = (_user_payload(r.payload), named_vector(r.vector) if with_vectors else None)
         return out
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:

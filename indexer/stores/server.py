@@ -19,6 +19,7 @@ from .base import (
     Hit,
     StoreError,
     VectorStore,
+    named_vector,
     normalise_filter,
     point_id,
 )
@@ -122,15 +123,16 @@ class ServerStore(VectorStore):
         self._call("upsert", self.client.upsert, self._name(collection), points=points, wait=True)
 
     def search_batch(self, collection: str, vectors: np.ndarray, limit: int, filter: FilterSpec | None = None,
-                     offset: int = 0) -> list[list[Hit]]:
+                     offset: int = 0, with_vectors: bool = False) -> list[list[Hit]]:
         flt = server_filter(filter)
         reqs = [
             models.QueryRequest(query=v, using=VECTOR_NAME, limit=limit, offset=offset or None, filter=flt,
-                                with_payload=True)
+                                with_payload=True, with_vector=[VECTOR_NAME] if with_vectors else False)
             for v in np.asarray(vectors, dtype=np.float32).tolist()
         ]
         res = self._call("search", self.client.query_batch_points, self._name(collection), requests=reqs)
-        return [[Hit(p.payload["item_id"], float(p.score), p.payload) for p in r.points] for r in res]
+        return [[Hit(p.payload["item_id"], float(p.score), p.payload, named_vector(p.vector) if with_vectors else None)
+                 for p in r.points] for r in res]
 
     def retrieve(self, collection: str, ids: Sequence[str], with_vectors: bool = False
                  ) -> dict[str, tuple[dict[str, Any], np.ndarray | None]]:
@@ -140,11 +142,7 @@ class ServerStore(VectorStore):
                           with_payload=True, with_vectors=[VECTOR_NAME] if with_vectors else False)
         out: dict[str, tuple[dict[str, Any], np.ndarray | None]] = {}
         for r in recs:
-            vec = None
-            if with_vectors and r.vector is not None:
-                v = r.vector[VECTOR_NAME] if isinstance(r.vector, dict) else r.vector
-                vec = np.asarray(v, dtype=np.float32)
-            out[r.payload["item_id"]] = (r.payload, vec)
+            out[r.payload["item_id"]] = (r.payload, named_vector(r.vector) if with_vectors else None)
         return out
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:

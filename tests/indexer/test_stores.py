@@ -116,3 +116,10 @@ def test_unreachable_server_is_a_clear_error() -> None:
     s = ServerStore("http://127.0.0.1:9", prefer_grpc=False, timeout=2)
     with pytest.raises(StoreError, match="127.0.0.1:9"):
         s.count("images")
+
+
+def test_search_can_return_the_vectors(store: VectorStore) -> None:
+    vecs = _fill(store)
+    hits = store.search("images", vecs[5], 3, with_vectors=True)
+    np.testing.assert_allclose(hits[0].vector, vecs[5] / np.linalg.norm(vecs[5]), rtol=1e-5)
+    assert store.search("images", vecs[5], 1)[0].vector is None

@@ -1,0 +1,84 @@
+"""Micro-batching of model calls across concurrent requests.
+
+Requests arriving within a short window share one encoder or matcher call, so
+GPU throughput grows with concurrency. Model calls run on one dedicated thread:
+they never block the event loop and never race each other for the device. A
+CUDA out-of-memory error splits the batch and retries the halves, so one large
+batch degrades to smaller ones instead of failing every request in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from typing import Generic, TypeVar
+
+import torch
+
+from .metrics import BATCH_SIZE
+
+T = TypeVar("T")
+R = TypeVar("R")
+log = logging.getLogger("finesearch.batching")
+
+
+class OutOfMemory(RuntimeError):
+    pass
+
+
+def call_splitting_on_oom(fn: Callable[[list[T]], list[R]], items: list[T]) -> list[R]:
+    try:
+        return fn(items)
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(items) == 1:
+            raise OutOfMemory("the device ran out of memory for a single request; lower the candidates") from None
+        half = len(items) // 2
+        log.warning("out of device memory on a batch of %d; retrying as %d + %d", len(items), half,
+                    len(items) - half)
+        return call_splitting_on_oom(fn, items[:half]) + call_splitting_on_oom(fn, items[half:])
+
+
+class MicroBatcher(Generic[T, R]):
+    def __init__(self, name: str, fn: Callable[[list[T]], Sequence[R]], executor: Executor, max_batch: int,
+                 window_ms: float) -> None:
+        self.name = name
+        self.fn = fn
+        self.executor = executor
+        self.max_batch = max(1, max_batch) if window_ms > 0 else 1
+        self.window = window_ms / 1000.0
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, fut))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            if self.window and len(self._pending) < self.max_batch:
+                await asyncio.sleep(self.window)
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+            batch = [(i, f) for i, f in batch if not f.cancelled()]
+            if not batch:
+                continue
+            BATCH_SIZE.labels(stage=self.name).observe(len(batch))
+            items = [i for i, _ in batch]
+            try:
+                results = await loop.run_in_executor(self.executor, call_splitting_on_oom, self.fn, items)
+            except Exception as exc:  # noqa: BLE001 - delivered to every waiting request
+                for _, f in batch:
+                    if not f.done():
+                        f.set_exception(exc)
+                continue
+            for (_, f), r in zip(batch, results, strict=True):
+                if not f.done():
+                    f.set_result(r)

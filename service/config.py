@@ -1,0 +1,49 @@
+"""All service settings in one place: environment (FINESEARCH_*), .env, or `finesearch serve` flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL = REPO_ROOT / "models" / "demo"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FINESEARCH_", env_file=".env", extra="ignore")
+
+    model: Path | None = Field(None, description="model bundle directory; default: the bundled demo model")
+    data_dir: Path = Path("./data")
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    qdrant_prefix: str = "finesearch_"
+    device: str = "auto"
+    precision: str = "auto"
+    bank_on_device: bool = Field(False, description="keep token banks resident on the device (GPU)")
+
+    api_key: str | None = Field(None, description="when set, writes need 'Authorization: Bearer <key>'")
+    auth_reads: bool = Field(False, description="require the API key for reads too")
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_files: int = 32
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    max_text_chars: int = 1000
+    max_texts_per_request: int = 1000
+    max_limit: int = 100
+    max_candidates: int = 1000
+    max_offset: int = 1000
+    default_candidates: int = 100
+    max_archive_bytes: int = 2 * 1024 * 1024 * 1024
+    max_archive_files: int = 100_000
+
+    batch_window_ms: float = Field(2.0, description="micro-batching window; 0 turns micro-batching off")
+    encode_batch: int = 64
+    rerank_batch: int = 16  # queries per matcher call
+    index_batch: int = 32
+    decode_workers: int = 4
+
+    def resolved_model(self) -> Path:
+        return self.model if self.model is not None else DEMO_MODEL
