@@ -14,6 +14,8 @@ from training.bundle import BundleError
 from training.datasets import DatasetError
 from training.tokenbank import TokenBankError
 
+from . import serve
+
 USER_ERRORS = (BackboneError, BundleError, StoreError, TokenBankError, DatasetError, FileNotFoundError, ValueError)
 
 
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     indexer_cli.register(sub)
     training_cli.register(sub)
+    serve.register(sub)
     return parser
 
 

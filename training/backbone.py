@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+class _QuietDeliberateInit(logging.Filter):
+    """open_clip warns on every random init; ours are always explicit (--from-scratch, bundles)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+logging.getLogger().addFilter(_QuietDeliberateInit())
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 TINY_MODEL = "finesearch-tiny"
 open_clip.add_model_config(CONFIG_DIR)

@@ -197,12 +197,17 @@ class Matcher(nn.Module):
         w = torch.sigmoid(self.fusion_mix)
         return self.fusion_total * ((1 - w) * s_global + w * s_patch)
 
-    def score_pairs(self, img: PreparedImages, txt: PreparedTexts) -> tuple[torch.Tensor, torch.Tensor]:
-        """Aligned pairs (image i, text i) → (fused score [N], patch score [N])."""
+    def score_pairs(self, img: PreparedImages, txt: PreparedTexts, s_global: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned pairs (image i, text i) → (fused score [N], patch score [N]).
+
+        `s_global` lets a caller that already has the global cosines (Qdrant's scores) pass them in.
+        """
         sim = torch.einsum("nkd,nld->nkl", img.patches, txt.words)
         s_patch = self._patch_score(sim, txt.mask, txt.lda)
-        s_global = (img.globals * txt.globals).sum(-1)
-        return self.fuse(s_global, s_patch), s_patch
+        if s_global is None:
+            s_global = (img.globals * txt.globals).sum(-1)
+        return self.fuse(s_global.to(s_patch.dtype), s_patch), s_patch
 
     def score_matrix(self, img: PreparedImages, txt: PreparedTexts, chunk: int = 65536) -> torch.Tensor:
         """All pairs → fused scores [B_images, B_texts], chunked over texts to bound memory."""

@@ -1,0 +1,129 @@
+"""The FastAPI application: lifespan loads the model bundle and opens the stores once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import errors
+from .api.routes import items, jobs, ops, search
+from .config import Settings
+from .engine import Engine
+from .jobs import JobManager
+from .metrics import REQUEST_LATENCY
+
+log = logging.getLogger("finesearch.service")
+STATIC = Path(__file__).with_name("static")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """413 for bodies over the limit, by Content-Length or while streaming (chunked uploads)."""
+
+    def __init__(self, app: ASGIApp, default: int, per_path: dict[str, int]) -> None:
+        self.app, self.default, self.per_path = app, default, per_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.per_path.get(scope["path"], self.default)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._reject(send, limit)
+            return
+        seen = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge
+            return msg
+
+        async def tracking(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited, tracking)
+        except _TooLarge:
+            if not started:
+                await self._reject(send, limit)
+
+    @staticmethod
+    async def _reject(send: Send, limit: int) -> None:
+        body = json.dumps({"error": {"code": "too_large",
+                                     "message": f"request body is larger than the limit of {limit} bytes"}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = engine is None
+        app.state.engine = engine or Engine(settings)
+        app.state.jobs = JobManager(app.state.engine, settings.data_dir / "jobs")
+        app.state.engine.refresh_gauges()
+        log.info("finesearch ready: model %s on %s", app.state.engine.bundle.id, app.state.engine.device)
+        try:
+            yield
+        finally:
+            app.state.jobs.close()
+            if own:
+                app.state.engine.close()
+
+    app = FastAPI(title="finesearch", version="1", lifespan=lifespan,
+                  description="Image–text search: CLIP recall in Qdrant, fine-grained word–patch reranking.")
+    app.state.settings = settings
+    app.state.engine = None
+    app.state.jobs = None
+    errors.install(app)
+
+    @app.middleware("http")
+    async def timing(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        REQUEST_LATENCY.labels(route=path, method=request.method, status=str(response.status_code)).observe(
+            time.perf_counter() - t0)
+        return response
+
+    for r in (search.router, items.router, jobs.router, ops.router):
+        app.include_router(r)
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="web")
+    app.add_middleware(BodyLimit, default=settings.max_body_bytes,  # type: ignore[arg-type]
+                       per_path={"/v1/jobs/index": settings.max_archive_bytes})
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory service.app:app_from_env` (several workers read FINESEARCH_* themselves)."""
+    return create_app(Settings())
+
+
+def describe(app: FastAPI) -> dict[str, Any]:
+    return {"routes": sorted({getattr(r, "path", "") for r in app.routes})}

@@ -1,0 +1,418 @@
+"""The two-stage search and the write paths, independent of HTTP.
+
+Query flow (DESIGN.md): encode the query (global + tokens, micro-batched) →
+Qdrant top-`candidates` with the filter → gather the candidates' tokens from
+the token bank → the matcher scores every candidate of every query in the
+micro-batch in one call → fuse → sort → page. Model work runs on one model
+thread; store and bank calls on the default thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from indexer.blobs import BlobStore
+from indexer.pipeline import Failure, ImageItem, Indexer, Summary, TextItem, check_text
+from indexer.stores import IMAGES, TEXTS, Hit, open_store
+from indexer.stores.base import normalise_filter
+from training.bundle import Bundle, load_bundle
+from training.images import ImageRejected, load_for_model, probe_image
+from training.matcher import PreparedImages, PreparedTexts
+
+from .batching import MicroBatcher, OutOfMemory
+from .config import Settings
+from .errors import ApiError
+from .metrics import CANDIDATES, INDEX_SIZE, STAGE_LATENCY
+
+log = logging.getLogger("finesearch.engine")
+IMAGE_STATUS = {"image_too_large": 413, "unsupported_media_type": 415}
+
+
+@dataclass
+class SearchOptions:
+    limit: int = 10
+    candidates: int = 100
+    rerank: bool = True
+    min_score: float | None = None
+    offset: int = 0
+    filter: dict[str, Any] | None = None
+
+
+@dataclass
+class Outcome:
+    results: list[dict[str, Any]]
+    timing_ms: dict[str, float]
+
+
+@dataclass
+class _Query:
+    """Query features on the model device: global [d] and tokens [n, d]."""
+
+    globals: torch.Tensor
+    tokens: torch.Tensor
+
+
+@dataclass
+class _RerankJob:
+    direction: str  # "t2i": text query vs image candidates; "i2t": image query vs text candidates
+    query: _Query
+    tokens: torch.Tensor  # candidates' tokens [k, L, d] (fp16)
+    mask: torch.Tensor  # [k, L]
+    globals: torch.Tensor | None  # [k, d]: image candidates' globals feed the patch selector
+    scores: torch.Tensor  # [k] global cosines from Qdrant
+
+
+@dataclass
+class Timer:
+    marks: dict[str, float] = field(default_factory=dict)
+    t: float = field(default_factory=time.perf_counter)
+    start: float = field(default_factory=time.perf_counter)
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.marks[stage] = round((now - self.t) * 1000, 3)
+        STAGE_LATENCY.labels(stage=stage).observe(now - self.t)
+        self.t = now
+
+    def done(self) -> dict[str, float]:
+        self.marks["total"] = round((time.perf_counter() - self.start) * 1000, 3)
+        return self.marks
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bundle: Bundle = load_bundle(settings.resolved_model(), device=settings.device,
+                                          precision=settings.precision)
+        self.backbone = self.bundle.backbone
+        self.matcher = self.bundle.matcher
+        self.device = self.backbone.device
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = open_store(settings.data_dir, settings.qdrant_url, settings.qdrant_api_key,
+                                prefix=settings.qdrant_prefix)
+        self.indexer = Indexer(self.backbone, self.store, settings.data_dir, batch_size=settings.index_batch,
+                               workers=settings.decode_workers, max_pixels=settings.max_image_pixels,
+                               bank_device=str(self.device) if settings.bank_on_device else None)
+        self.blobs = BlobStore(settings.data_dir / "blobs")
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+        window = settings.batch_window_ms
+        self.text_encoder: MicroBatcher[str, _Query] = MicroBatcher(
+            "encode_text", self._encode_texts, self.model_thread, settings.encode_batch, window)
+        self.image_encoder: MicroBatcher[np.ndarray, _Query] = MicroBatcher(
+            "encode_image", self._encode_images, self.model_thread, settings.encode_batch, window)
+        self.reranker: MicroBatcher[_RerankJob, tuple[torch.Tensor, torch.Tensor]] = MicroBatcher(
+            "rerank", self._rerank, self.model_thread, settings.rerank_batch, window)
+        self._warm()
+
+    # ------------------------------------------------------------ model calls
+    def _warm(self) -> None:
+        """One tiny pass through every model path, so the first request pays no lazy-init cost."""
+        q = self._encode_texts(["warm up"])[0]
+        img = self._encode_images([np.zeros((self.backbone.image_size,) * 2 + (3,), np.uint8)])[0]
+        ones = torch.ones(1, img.tokens.shape[0], dtype=torch.bool)
+        self._rerank([_RerankJob("t2i", q, img.tokens[None].half(), ones, img.globals[None], torch.zeros(1))])
+        self._rerank([_RerankJob("i2t", img, q.tokens[None].half(), torch.ones(1, q.tokens.shape[0], dtype=torch.bool),
+                                 None, torch.zeros(1))])
+
+    @torch.inference_mode()
+    def _encode_texts(self, texts: list[str]) -> list[_Query]:
+        f = self.backbone.encode_texts(texts)
+        n = f.mask.sum(1).tolist()
+        return [_Query(f.globals[i], f.tokens[i, : n[i]]) for i in range(len(texts))]
+
+    @torch.inference_mode()
+    def _encode_images(self, pixels: list[np.ndarray]) -> list[_Query]:
+        f = self.backbone.encode_images(np.stack(pixels))
+        return [_Query(f.globals[i], f.tokens[i]) for i in range(len(pixels))]
+
+    @torch.inference_mode()
+    def _rerank(self, jobs: list[_RerankJob]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every candidate of every job scored in one matcher call per direction."""
+        m, dev = self.matcher, self.device
+        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(jobs)
+        lmax = m.config.max_words
+        for direction in ("t2i", "i2t"):
+            idx = [i for i, j in enumerate(jobs) if j.direction == direction]
+            if not idx:
+                continue
+            sizes = [jobs[i].tokens.shape[0] for i in idx]
+            s_global = torch.cat([jobs[i].scores for i in idx]).to(dev)
+            qidx = torch.repeat_interleave(torch.arange(len(idx), device=dev), torch.tensor(sizes, device=dev))
+            if direction == "t2i":
+                words = torch.zeros(len(idx), lmax, m.config.dim, device=dev)
+                wmask = torch.zeros(len(idx), lmax, dtype=torch.bool, device=dev)
+                for r, i in enumerate(idx):
+                    n = min(jobs[i].query.tokens.shape[0], lmax)
+                    words[r, :n] = jobs[i].query.tokens[:n].to(dev, torch.float32)
+                    wmask[r, :n] = True
+                q = m.prepare_texts(words, wmask, torch.stack([jobs[i].query.globals for i in idx]).to(dev))
+                c = m.prepare_images(torch.cat([jobs[i].tokens for i in idx]).to(dev),
+                                     torch.cat([jobs[i].globals for i in idx]).to(dev))
+                q = PreparedTexts(q.words[qidx], q.mask[qidx], q.globals[qidx], q.lda[qidx])
+                fused, patch = m.score_pairs(c, q, s_global)
+            else:
+                q = m.prepare_images(torch.stack([jobs[i].query.tokens for i in idx]).to(dev),
+                                     torch.stack([jobs[i].query.globals for i in idx]).to(dev))
+                pad = [lmax - min(lmax, jobs[i].tokens.shape[1]) for i in idx]
+                toks = torch.cat([F.pad(jobs[i].tokens[:, :lmax], (0, 0, 0, p)) for i, p in zip(idx, pad, strict=True)])
+                masks = torch.cat([F.pad(jobs[i].mask[:, :lmax], (0, p), value=False)
+                                   for i, p in zip(idx, pad, strict=True)])
+                # text globals only enter the global term, which Qdrant already scored (s_global)
+                c = m.prepare_texts(toks.to(dev), masks.to(dev), torch.zeros(len(toks), m.config.dim, device=dev))
+                q = PreparedImages(q.patches[qidx], q.globals[qidx])
+                fused, patch = m.score_pairs(q, c, s_global)
+            for i, f, p in zip(idx, fused.float().cpu().split(sizes), patch.float().cpu().split(sizes), strict=True):
+                out[i] = (f, p)
+        return out  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- search
+    def _check(self, opts: SearchOptions) -> None:
+        s = self.settings
+        if not 1 <= opts.limit <= s.max_limit:
+            raise ApiError(422, f"limit must be between 1 and {s.max_limit}", "invalid_request")
+        if not 1 <= opts.candidates <= s.max_candidates:
+            raise ApiError(422, f"candidates must be between 1 and {s.max_candidates}", "invalid_request")
+        if not 0 <= opts.offset <= s.max_offset:
+            raise ApiError(422, f"offset must be between 0 and {s.max_offset}", "invalid_request")
+        try:
+            normalise_filter(opts.filter)
+        except ValueError as exc:
+            raise ApiError(422, f"filter: {exc}", "invalid_request") from exc
+
+    async def _candidates(self, collection: str, query: _Query, opts: SearchOptions, timer: Timer
+                          ) -> list[tuple[Hit, float | None, float | None]]:
+        """(hit, fused score, patch score) for the recalled candidates; scores None without rerank."""
+        want = opts.offset + opts.limit
+        n = max(opts.candidates, want) if opts.rerank else want
+        vec = query.globals.float().cpu().numpy()
+        # image candidates' global vectors feed the patch selector; text candidates need none
+        hits = await asyncio.to_thread(self.store.search, collection, vec, n, opts.filter, 0,
+                                       opts.rerank and collection == IMAGES)
+        timer.lap("recall")
+        if not opts.rerank or not hits:
+            timer.marks.setdefault("gather", 0.0)
+            timer.marks.setdefault("rerank", 0.0)
+            return [(h, None, None) for h in hits]
+        bank = self.indexer.banks[collection]
+        hits = await asyncio.to_thread(self._with_features, bank, hits)
+        tokens, mask = await asyncio.to_thread(bank.gather, [h.payload["row"] for h in hits])
+        globals_ = torch.from_numpy(np.stack([h.vector for h in hits])) if collection == IMAGES else None
+        scores = torch.tensor([h.score for h in hits], dtype=torch.float32)
+        timer.lap("gather")
+        CANDIDATES.observe(len(hits))
+        direction = "t2i" if collection == IMAGES else "i2t"
+        try:
+            fused, patch = await self.reranker.submit(_RerankJob(direction, query, tokens, mask, globals_, scores))
+        except OutOfMemory as exc:
+            raise ApiError(503, str(exc), "out_of_memory") from exc
+        timer.lap("rerank")
+        return list(zip(hits, fused.tolist(), patch.tolist(), strict=True))
+
+    @staticmethod
+    def _with_features(bank: Any, hits: list[Hit]) -> list[Hit]:
+        """Drop candidates whose token row is not (yet) visible; a point never exists without features,
+        but another writer's segment may appear a moment after its Qdrant upsert."""
+        missing = [h for h in hits if "row" not in h.payload or h.payload["row"] not in bank]
+        if missing:
+            bank.refresh()
+            missing = [h for h in hits if "row" not in h.payload or h.payload["row"] not in bank]
+            if missing:
+                log.warning("%d candidates have no token features; skipped: %s", len(missing),
+                            [h.id for h in missing[:5]])
+        return [h for h in hits if h not in missing] if missing else hits
+
+    def _page(self, scored: list[tuple[Hit, float | None, float | None]], opts: SearchOptions, kind: str
+              ) -> list[dict[str, Any]]:
+        """Sort by the final score (fused when reranked, else global), cut at min_score, then page."""
+        rows = sorted(((fused if fused is not None else hit.score, hit, patch) for hit, fused, patch in scored),
+                      key=lambda r: -r[0])
+        if opts.min_score is not None:
+            rows = [r for r in rows if r[0] >= opts.min_score]
+        page = rows[opts.offset: opts.offset + opts.limit]
+        return [self.describe(hit, kind) | {"rank": opts.offset + i + 1, "score": round(score, 6),
+                                             "global_score": round(hit.score, 6),
+                                             "fine_score": None if patch is None else round(patch, 6)}
+                for i, (score, hit, patch) in enumerate(page)]
+
+    def describe(self, hit: Hit | tuple[str, dict[str, Any]], kind: str) -> dict[str, Any]:
+        item_id, p = (hit.id, hit.payload) if isinstance(hit, Hit) else hit
+        if kind == IMAGES:
+            return {"id": item_id, "uri": p.get("uri") or f"/v1/images/{item_id}/content",
+                    "content_url": f"/v1/images/{item_id}/content", "metadata": p.get("metadata") or {},
+                    "width": p.get("width"), "height": p.get("height")}
+        return {"id": item_id, "text": p.get("text"), "image_id": p.get("image_id"),
+                "metadata": p.get("metadata") or {}}
+
+    async def search_images(self, text: str, opts: SearchOptions) -> Outcome:
+        self._check(opts)
+        try:
+            text = check_text(text, self.settings.max_text_chars)
+        except ValueError as exc:
+            raise ApiError(422, f"text: {exc}", "invalid_text") from exc
+        timer = Timer()
+        query = await self.text_encoder.submit(text)
+        timer.lap("encode")
+        scored = await self._candidates(IMAGES, query, opts, timer)
+        return Outcome(self._page(scored, opts, IMAGES), timer.done())
+
+    async def search_texts(self, opts: SearchOptions, image: bytes | None = None,
+                           image_id: str | None = None) -> Outcome:
+        self._check(opts)
+        timer = Timer()
+        if image is not None:
+            pixels = await asyncio.to_thread(self.decode_upload, image)
+            query = await self.image_encoder.submit(pixels)
+        elif image_id is not None:
+            query = await asyncio.to_thread(self._indexed_image_query, image_id)
+        else:
+            raise ApiError(422, "send an image file or an image_id", "invalid_request")
+        timer.lap("encode")
+        scored = await self._candidates(TEXTS, query, opts, timer)
+        return Outcome(self._page(scored, opts, TEXTS), timer.done())
+
+    def decode_upload(self, data: bytes) -> np.ndarray:
+        if len(data) > self.settings.max_image_bytes:
+            raise ApiError(413, f"image is {len(data)} bytes, above the limit of {self.settings.max_image_bytes}",
+                           "image_too_large")
+        try:
+            return load_for_model(data, self.backbone.image_size, self.settings.max_image_pixels)
+        except ImageRejected as exc:
+            raise ApiError(IMAGE_STATUS.get(exc.code, 400), str(exc), exc.code) from exc
+
+    def _indexed_image_query(self, image_id: str) -> _Query:
+        found = self.store.retrieve(IMAGES, [image_id], with_vectors=True)
+        if image_id not in found:
+            raise ApiError(404, f"no image with id {image_id!r}", "not_found")
+        payload, vec = found[image_id]
+        tokens, _ = self.indexer.banks[IMAGES].gather([payload["row"]])
+        return _Query(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device))
+
+    # ---------------------------------------------------------------- writes
+    def add_images(self, files: list[tuple[str, str | None, bytes]], ids: list[str | None],
+                   metadata: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """Index uploaded files; one entry per file, an error entry for each rejected one."""
+        results: list[dict[str, Any] | None] = [None] * len(files)
+        items, positions = [], []
+        for pos, (name, ctype, data) in enumerate(files):
+            try:
+                if len(data) > self.settings.max_image_bytes:
+                    raise ImageRejected(f"{len(data)} bytes, above the limit of {self.settings.max_image_bytes}",
+                                        "image_too_large")
+                if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
+                    raise ImageRejected(f"content type {ctype} is not an image", "unsupported_media_type")
+                info = probe_image(data, self.settings.max_image_pixels)
+            except ImageRejected as exc:
+                results[pos] = {"filename": name, "id": None, "error": {"code": exc.code, "message": str(exc)}}
+                continue
+            digest = self.blobs.put(data)
+            items.append(ImageItem(data=data, id=ids[pos] or None, metadata=metadata.get(name, {}),
+                                   extra={"blob": digest, "content_type": info.mime, "filename": name}))
+            positions.append(pos)
+        if items:
+            summary = self.indexer.index_images(items, skip_existing=False)
+            for k, pos in enumerate(positions):
+                err = summary.errors.get(k)
+                results[pos] = ({"filename": files[pos][0], "id": None,
+                                 "error": {"code": err.code, "message": err.reason}} if err else
+                                {"filename": files[pos][0], "id": summary.ids[k], "error": None})
+        self.refresh_gauges()
+        return results  # type: ignore[return-value]
+
+    def add_texts(self, items: list[TextItem]) -> list[dict[str, Any]]:
+        summary = self._index_texts(items)
+        self.refresh_gauges()
+        out = []
+        for k in range(len(items)):
+            err = summary.errors.get(k)
+            out.append({"id": None, "error": {"code": err.code, "message": err.reason}} if err
+                       else {"id": summary.ids[k], "error": None})
+        return out
+
+    def _index_texts(self, items: list[TextItem]) -> Summary:
+        # the indexer's own limit is generous; the service enforces the configured one
+        valid, bad = [], {}
+        for k, it in enumerate(items):
+            try:
+                check_text(it.text, self.settings.max_text_chars)
+                valid.append(k)
+            except ValueError as exc:
+                bad[k] = exc
+        summary = self.indexer.index_texts([items[k] for k in valid], skip_existing=False)
+        merged = Summary(indexed=summary.indexed, failed=summary.failed + len(bad))
+        merged.ids = [None] * len(items)
+        for j, k in enumerate(valid):
+            merged.ids[k] = summary.ids[j]
+            if j in summary.errors:
+                merged.errors[k] = summary.errors[j]
+        for k, exc in bad.items():
+            merged.errors[k] = Failure(items[k].id or f"#{k}", str(exc), "invalid_text")
+        return merged
+
+    def get(self, collection: str, item_id: str) -> dict[str, Any]:
+        found = self.store.retrieve(collection, [item_id])
+        if item_id not in found:
+            raise ApiError(404, f"no {collection[:-1]} with id {item_id!r}", "not_found")
+        payload = found[item_id][0]
+        extra = {k: payload.get(k) for k in ("content_type", "filename", "bytes", "sha256", "format") if k in payload}
+        return self.describe((item_id, payload), collection) | extra
+
+    def delete(self, collection: str, item_id: str) -> None:
+        if self.indexer.delete(collection, [item_id]) == 0:
+            raise ApiError(404, f"no {collection[:-1]} with id {item_id!r}", "not_found")
+        self.refresh_gauges()
+
+    def content(self, item_id: str) -> tuple[str, str]:
+        """(file path, media type) of an image's stored bytes."""
+        found = self.store.retrieve(IMAGES, [item_id])
+        if item_id not in found:
+            raise ApiError(404, f"no image with id {item_id!r}", "not_found")
+        p = found[item_id][0]
+        if p.get("blob") and self.blobs.exists(p["blob"]):
+            return str(self.blobs.path(p["blob"])), p.get("content_type") or "application/octet-stream"
+        uri = p.get("uri")
+        if uri and not uri.startswith(("http://", "https://")):
+            path = Path(uri)
+            if path.is_file():
+                media = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
+                         "BMP": "image/bmp", "TIFF": "image/tiff"}.get(p.get("format", ""), "application/octet-stream")
+                return str(path), media
+        raise ApiError(404, f"the original bytes of image {item_id!r} are not available on this server", "not_found")
+
+    # ------------------------------------------------------------- operations
+    def refresh_gauges(self) -> dict[str, int]:
+        counts = {c: self.store.count(c) for c in (IMAGES, TEXTS)}
+        for c, n in counts.items():
+            INDEX_SIZE.labels(collection=c).set(n)
+        return counts
+
+    def stats(self) -> dict[str, Any]:
+        counts = self.refresh_gauges()
+        return {
+            "counts": counts,
+            "backbone": self.backbone.describe(),
+            "model": {"id": self.bundle.id, "path": str(self.bundle.path), "matcher": self.matcher.config.to_dict()},
+            "device": str(self.device),
+            "store": {"backend": self.store.backend},
+            "token_bank": {c: b.stats() for c, b in self.indexer.banks.items()},
+        }
+
+    def ready(self) -> bool:
+        try:
+            self.store.count(IMAGES)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def close(self) -> None:
+        self.model_thread.shutdown(wait=True)
+        self.indexer.close()

@@ -1,0 +1,140 @@
+"""Request and response bodies of API v1 (pydantic v2); they are the OpenAPI schema too."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FilterValue = str | int | bool | list[str] | list[int] | list[bool]
+
+
+class SearchParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = Field(10, ge=1, le=1000, description="results to return (capped by the server's max_limit)")
+    candidates: int = Field(100, ge=1, le=10000, description="global top-k handed to the matcher")
+    rerank: bool = Field(True, description="rerank the candidates with the fine-grained matcher")
+    min_score: float | None = Field(None, ge=-10, le=10, description="drop results scored below this")
+    offset: int = Field(0, ge=0, le=100000, description="skip this many results (paging)")
+    filter: dict[str, FilterValue] | None = Field(
+        None, description="metadata field → value or list of values; `kind`, `item_id`, `image_id` address the item")
+
+
+class TextSearch(SearchParams):
+    text: str = Field(..., min_length=1, max_length=100000, description="the query")
+
+
+class ImageIdSearch(SearchParams):
+    image_id: str = Field(..., min_length=1, max_length=512, description="an indexed image used as the query")
+
+
+class SearchResult(BaseModel):
+    id: str
+    rank: int
+    score: float = Field(description="final score: fused when reranked, else the global cosine")
+    global_score: float
+    fine_score: float | None = Field(description="the matcher's word–patch score; null when not reranked")
+    metadata: dict[str, Any] = {}
+    uri: str | None = None
+    content_url: str | None = None
+    width: int | None = None
+    height: int | None = None
+    text: str | None = None
+    image_id: str | None = None
+
+
+class Timing(BaseModel):
+    encode: float
+    recall: float
+    gather: float
+    rerank: float
+    total: float
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchResult]
+    timing_ms: Timing
+    model: str
+
+
+class ItemError(BaseModel):
+    code: str
+    message: str
+
+
+class UploadResult(BaseModel):
+    filename: str | None = None
+    id: str | None
+    error: ItemError | None
+
+
+class UploadResponse(BaseModel):
+    items: list[UploadResult]
+    indexed: int
+    failed: int
+
+
+class TextIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(None, min_length=1, max_length=512)
+    text: str = Field(..., max_length=100000)
+    metadata: dict[str, Any] = {}
+    image_id: str | None = Field(None, max_length=512, description="the image this caption describes, if any")
+
+
+class TextsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[TextIn] = Field(..., min_length=1)
+
+
+class ImageOut(BaseModel):
+    id: str
+    uri: str | None
+    content_url: str
+    metadata: dict[str, Any]
+    width: int | None = None
+    height: int | None = None
+    content_type: str | None = None
+    filename: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    format: str | None = None
+
+
+class TextOut(BaseModel):
+    id: str
+    text: str | None
+    image_id: str | None
+    metadata: dict[str, Any]
+
+
+class JobOut(BaseModel):
+    id: str
+    state: Literal["queued", "running", "succeeded", "failed"]
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    indexed_images: int = 0
+    indexed_texts: int = 0
+    items_per_s: float = 0.0
+    message: str | None = None
+    errors: list[dict[str, str]] = []
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,106 @@
+"""`finesearch serve` and `finesearch demo`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from indexer.pipeline import ImageItem, TextItem
+from training.datasets import read_dataset
+from training.synth import generate
+
+from .app import create_app
+from .config import Settings
+from .engine import Engine
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve the REST API and the web page")
+    _server_args(p)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (needs --qdrant-url)")
+    p.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("demo", help="offline demo: synthetic data, indexed, served with the web page")
+    _server_args(d)
+    d.add_argument("--synth-dir", type=Path, default=None, help="default: DATA_DIR/synth")
+    d.set_defaults(func=cmd_demo)
+
+
+def _server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=None, help="model bundle (default: FINESEARCH_MODEL or the demo)")
+    p.add_argument("--data-dir", type=Path, default=None, help="embedded store directory (FINESEARCH_DATA_DIR)")
+    p.add_argument("--qdrant-url", default=None, help="Qdrant server instead of the embedded engine")
+    p.add_argument("--host", default=os.environ.get("FINESEARCH_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("FINESEARCH_PORT", "8000")))
+    p.add_argument("--device", default=None)
+    p.add_argument("--log-level", default="info")
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Flags override FINESEARCH_* variables; exported so that worker processes see the same."""
+    for flag, env in (("model", "MODEL"), ("data_dir", "DATA_DIR"), ("qdrant_url", "QDRANT_URL"),
+                      ("device", "DEVICE")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            os.environ[f"FINESEARCH_{env}"] = str(value)
+    return Settings()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    if args.workers > 1:
+        if not settings.qdrant_url:
+            raise ValueError("--workers > 1 needs a Qdrant server (--qdrant-url): the embedded store is "
+                             "single-process")
+        uvicorn.run("service.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
+                    log_level=args.log_level)
+        return 0
+    engine = Engine(settings)  # load here so a bad model or index fails with a clear message, not a traceback
+    print(f"finesearch: serving model {engine.bundle.id} on http://{args.host}:{args.port} "
+          f"(data {settings.data_dir}, store {engine.store.backend})", flush=True)
+    uvicorn.run(create_app(settings, engine), host=args.host, port=args.port, log_level=args.log_level)
+    engine.close()
+    return 0
+
+
+def prepare_demo(engine: Engine, synth_dir: Path) -> list[str]:
+    """Generate the synthetic dataset if missing and index its test split (resumable: a rerun indexes nothing).
+
+    Returns example queries: captions of hard-case twins, where global-only ranking tends to fail.
+    """
+    dataset = synth_dir / "dataset.json"
+    if not dataset.is_file():
+        print(f"generating the synthetic dataset in {synth_dir} (seed 0) ...", flush=True)
+        generate(synth_dir, seed=0)
+    items = read_dataset(dataset, "karpathy", "test")
+    images = [ImageItem(path=synth_dir / "images" / it.filename, id=it.image_id,
+                        metadata={"split": it.split, "layout": it.metadata.get("meta_layout"),
+                                  "hard_case": it.metadata.get("meta_hard_case") or "none"}) for it in items]
+    texts = [TextItem(c, id=f"{it.image_id}#{k}", image_id=it.image_id) for it in items
+             for k, c in enumerate(it.captions)]
+    si = engine.indexer.index_images(images, progress=True)
+    st = engine.indexer.index_texts(texts, progress=True)
+    print(f"indexed {si.indexed} images and {st.indexed} captions ({si.skipped + st.skipped} already there)")
+    return [it.captions[0] for it in items if it.metadata.get("meta_hard_case")][:4]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.data_dir is None and "FINESEARCH_DATA_DIR" not in os.environ:
+        args.data_dir = Path("./data")
+    settings = settings_from(args)
+    engine = Engine(settings)
+    examples = prepare_demo(engine, args.synth_dir or settings.data_dir / "synth")
+    url = f"http://{args.host}:{args.port}"
+    print(f"\nfinesearch demo: open {url} in a browser (API docs at {url}/docs)")
+    print("try these hard cases with rerank on and off:")
+    for q in examples:
+        print(f"  {q}")
+    print(f"or: curl -s {url}/v1/search/images -H 'content-type: application/json' "
+          f"-d '{{\"text\": \"{examples[0] if examples else 'a red circle'}\", \"limit\": 5}}'\n", flush=True)
+    uvicorn.run(create_app(settings, engine), host=args.host, port=args.port, log_level=args.log_level)
+    engine.close()
+    return 0
