@@ -37,7 +37,7 @@ def _karpathy(doc: dict[str, Any]) -> list[CaptionedImage]:
         rel = f"{img['filepath']}/{fname}" if img.get("filepath") else fname
         split = img.get("split", "all")
         out.append(CaptionedImage(
-            image_id=str(img["cocoid"]) if "cocoid" in img else fname,
+            image_id=str(img.get("cocoid", img.get("imgid", fname))),
             filename=rel,
             captions=[s["raw"] if isinstance(s, dict) else str(s) for s in img.get("sentences", [])],
             split="train" if split == "restval" else split,

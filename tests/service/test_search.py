@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from training.datasets import CaptionedImage
+
+from .conftest import Server
+
+
+def _search(client: httpx.Client, **body: object) -> dict:
+    r = client.post("/v1/search/images", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_operations_endpoints(client: httpx.Client, server: Server) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["model"] == server.engine.bundle.id
+    stats = client.get("/v1/stats").json()
+    assert stats["counts"]["images"] >= 60 and stats["counts"]["texts"] >= 300
+    assert stats["backbone"]["fingerprint"] == server.engine.backbone.fingerprint
+    assert stats["device"] == "cpu" and stats["store"]["backend"] == "qdrant-edge"
+    metrics = client.get("/metrics").text
+    assert "finesearch_request_seconds" in metrics and "finesearch_index_items" in metrics
+    assert client.get("/openapi.json").json()["info"]["title"] == "finesearch"
+    assert client.get("/docs").status_code == 200
+
+
+def test_text_to_image_finds_the_described_image_first(client: httpx.Client,
+                                                       synth: tuple[Path, list[CaptionedImage]]) -> None:
+    _, items = synth
+    # an easy case: the full caption of an image that has no colour/position twin in this index
+    twins = {str(it.metadata.get("meta_twin_of")) for it in items} | {
+        it.image_id for it in items if it.metadata.get("meta_twin_of") is not None}
+    easy = [it for it in items if it.image_id not in twins][:5]
+    hits = 0
+    for it in easy:
+        res = _search(client, text=it.captions[0], limit=5)
+        assert len(res["results"]) == 5
+        hits += res["results"][0]["id"] == it.image_id
+    assert hits >= 4, f"ground truth first for only {hits} of {len(easy)} easy queries"
+
+
+def test_rerank_on_and_off(client: httpx.Client, synth: tuple[Path, list[CaptionedImage]]) -> None:
+    text = synth[1][0].captions[0]
+    on = _search(client, text=text, limit=10, candidates=30)
+    off = _search(client, text=text, limit=10, rerank=False)
+    assert all(r["fine_score"] is not None for r in on["results"])
+    assert all(r["fine_score"] is None for r in off["results"])
+    assert all(r["score"] == r["global_score"] for r in off["results"])
+    assert [r["rank"] for r in on["results"]] == list(range(1, 11))
+    scores = [r["score"] for r in on["results"]]
+    assert scores == sorted(scores, reverse=True)
+    t = on["timing_ms"]
+    assert set(t) == {"encode", "recall", "gather", "rerank", "total"} and t["rerank"] > 0
+    assert off["timing_ms"]["rerank"] == 0
+    assert on["model"] and on["results"][0]["content_url"].endswith("/content")
+
+
+def test_paging_min_score_and_filters(client: httpx.Client, synth: tuple[Path, list[CaptionedImage]]) -> None:
+    text = synth[1][3].captions[1]
+    full = _search(client, text=text, limit=10, candidates=40)["results"]
+    page2 = _search(client, text=text, limit=5, offset=5, candidates=40)["results"]
+    assert [r["id"] for r in page2] == [r["id"] for r in full[5:10]]
+    assert [r["rank"] for r in page2] == [6, 7, 8, 9, 10]
+    cut = full[3]["score"] - 1e-6  # scores are rounded to 6 decimals in responses
+    kept = _search(client, text=text, limit=10, candidates=40, min_score=cut)["results"]
+    assert [r["id"] for r in kept] == [r["id"] for r in full[:4]]
+    rows = _search(client, text=text, limit=20, filter={"layout": "column"})["results"]
+    assert rows and all(r["metadata"]["layout"] == "column" for r in rows)
+    some = _search(client, text=text, limit=20, filter={"n": [int(x["id"]) for x in full[:3]]})["results"]
+    assert {r["id"] for r in some} == {x["id"] for x in full[:3]}
+
+
+def test_image_to_text_by_upload_and_by_id(client: httpx.Client, synth: tuple[Path, list[CaptionedImage]]) -> None:
+    root, items = synth
+    hits = 0
+    for it in items[:5]:
+        data = (root / "images" / it.filename).read_bytes()
+        r = client.post("/v1/search/texts", files={"image": ("q.png", data, "image/png")},
+                        data={"limit": "5", "candidates": "50"})
+        assert r.status_code == 200, r.text
+        res = r.json()["results"]
+        assert res[0]["text"] and res[0]["fine_score"] is not None
+        hits += res[0]["image_id"] == it.image_id
+        by_id = client.post("/v1/search/texts", json={"image_id": it.image_id, "limit": 5, "candidates": 50})
+        assert by_id.status_code == 200
+        assert [x["id"] for x in by_id.json()["results"]] == [x["id"] for x in res]
+    assert hits >= 4, f"a caption of the query image came first for only {hits} of 5"
+    off = client.post("/v1/search/texts", json={"image_id": items[0].image_id, "rerank": False}).json()
+    assert all(x["fine_score"] is None for x in off["results"])
