@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml scripts/install.sh
 	touch $@
 
 test: install
+	bash scripts/install-system.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -1,0 +1,148 @@
+// finesearch web page: plain JS against the public REST API (no build step).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let lastRanks = new Map(); // id → rank of the previous text query, to show what reranking moved
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function authHeaders() {
+  const key = $("api-key").value || sessionStorage.getItem("finesearch-key") || "";
+  if ($("api-key").value) sessionStorage.setItem("finesearch-key", $("api-key").value);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function api(path, options = {}) {
+  const res = await fetch(path, { ...options, headers: { ...(options.headers || {}), ...authHeaders() } });
+  const body = res.status === 204 ? null : await res.json().catch(() => null);
+  if (!res.ok) throw new Error(body && body.error ? `${body.error.code}: ${body.error.message}` : `HTTP ${res.status}`);
+  return body;
+}
+
+function parseFilter(text) {
+  const filter = {};
+  for (const part of text.split(";").map((s) => s.trim()).filter(Boolean)) {
+    const [key, value] = part.split("=").map((s) => s && s.trim());
+    if (!key || value === undefined) throw new Error(`filter "${part}" is not key=value`);
+    const values = value.split("|").map((v) => (/^-?\d+$/.test(v) ? Number(v) : v === "true" ? true : v === "false" ? false : v));
+    filter[key] = values.length === 1 ? values[0] : values;
+  }
+  return Object.keys(filter).length ? filter : null;
+}
+
+const fmt = (x) => (x === null || x === undefined ? "–" : x.toFixed(3));
+
+async function loadStats() {
+  try {
+    const s = await api("/v1/stats");
+    $("stats").textContent = `${s.counts.images} images · ${s.counts.texts} captions · model ${s.model.id} · ` +
+      `backbone ${s.backbone.name} · ${s.device} · ${s.store.backend}`;
+  } catch (e) { $("stats").textContent = `stats unavailable (${e.message})`; }
+}
+
+async function searchImages(event) {
+  if (event) event.preventDefault();
+  const text = $("query").value.trim();
+  if (!text) return;
+  const status = $("t2i-status");
+  const list = $("image-results");
+  const body = { text, rerank: $("rerank").checked, candidates: Number($("candidates").value),
+                 limit: Number($("limit").value) };
+  try { body.filter = parseFilter($("filter").value); } catch (e) { status.textContent = e.message; return; }
+  status.textContent = "searching…";
+  const url = new URL(location.href);
+  url.searchParams.set("q", text); url.searchParams.set("rerank", body.rerank ? "1" : "0");
+  history.replaceState(null, "", url);
+  try {
+    const res = await api("/v1/search/images", { method: "POST", headers: { "Content-Type": "application/json" },
+                                                 body: JSON.stringify(body) });
+    list.replaceChildren();
+    const ranks = new Map();
+    for (const r of res.results) {
+      ranks.set(r.id, r.rank);
+      const before = lastRanks.get(r.id);
+      const moved = before && before !== r.rank ? el("span", { class: before > r.rank ? "moved-up" : "moved-down",
+        text: ` (was ${before})` }) : "";
+      const captions = el("button", { class: "link", type: "button", text: "captions" });
+      captions.addEventListener("click", () => searchTexts({ image_id: r.id }, r.id));
+      list.append(el("li", { "data-id": r.id, "data-rank": String(r.rank) },
+        el("img", { src: r.content_url, alt: `result ${r.rank}: image ${r.id}`, loading: "lazy" }),
+        el("div", {}, el("span", { class: "rank", text: `#${r.rank}` }), moved, " ", captions),
+        el("div", { class: "scores", text: `score ${fmt(r.score)} · global ${fmt(r.global_score)} · fine ${fmt(r.fine_score)}` }),
+        el("div", { class: "id", text: r.id })));
+    }
+    lastRanks = ranks;
+    const t = res.timing_ms;
+    status.textContent = `${res.results.length} results in ${t.total.toFixed(1)} ms (encode ${t.encode.toFixed(1)}, ` +
+      `recall ${t.recall.toFixed(1)}, gather ${t.gather.toFixed(1)}, rerank ${t.rerank.toFixed(1)}) · ` +
+      (body.rerank ? `reranked ${body.candidates} candidates` : "global ranking only");
+    list.dataset.state = body.rerank ? "reranked" : "global";
+  } catch (e) { status.textContent = `search failed: ${e.message}`; }
+}
+
+async function searchTexts({ file, image_id }, label) {
+  const status = $("i2t-status");
+  const list = $("text-results");
+  status.textContent = "searching…";
+  try {
+    let res;
+    if (file) {
+      const form = new FormData();
+      form.append("image", file); form.append("limit", "10");
+      form.append("rerank", $("rerank").checked ? "true" : "false");
+      res = await api("/v1/search/texts", { method: "POST", body: form });
+    } else {
+      res = await api("/v1/search/texts", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ image_id, limit: 10, rerank: $("rerank").checked }) });
+    }
+    list.replaceChildren(...res.results.map((r) => el("li", { "data-id": r.id },
+      el("span", { text: r.text }), " ",
+      el("span", { class: "scores", text: `score ${fmt(r.score)} · global ${fmt(r.global_score)} · fine ${fmt(r.fine_score)}` }))));
+    status.textContent = `captions for ${label || (file && file.name) || "the image"} · ${res.timing_ms.total.toFixed(1)} ms`;
+  } catch (e) { status.textContent = `search failed: ${e.message}`; }
+}
+
+async function upload(event) {
+  event.preventDefault();
+  const files = $("upload-files").files;
+  const out = $("upload-results");
+  if (!files.length) return;
+  const form = new FormData();
+  for (const f of files) form.append("files", f);
+  out.replaceChildren(el("li", { text: "uploading…" }));
+  try {
+    const res = await api("/v1/images", { method: "POST", body: form });
+    out.replaceChildren(...res.items.map((it) => it.error
+      ? el("li", { class: "error", text: `${it.filename}: ${it.error.message}` })
+      : el("li", { text: `${it.filename} → ${it.id}` })));
+    loadStats();
+  } catch (e) { out.replaceChildren(el("li", { class: "error", text: e.message })); }
+}
+
+function setUpDrop() {
+  const drop = $("drop");
+  const pick = (file) => file && searchTexts({ file });
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); pick(e.dataTransfer.files[0]); });
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("image-file").click(); } });
+  $("image-file").addEventListener("change", (e) => pick(e.target.files[0]));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("text-form").addEventListener("submit", searchImages);
+  $("rerank").addEventListener("change", () => $("query").value.trim() && searchImages());
+  $("upload-form").addEventListener("submit", upload);
+  setUpDrop();
+  loadStats();
+  const params = new URLSearchParams(location.search);
+  if (params.get("rerank") === "0") $("rerank").checked = false;
+  if (params.get("q")) { $("query").value = params.get("q"); searchImages(); }
+});

@@ -1,0 +1,96 @@
+"""The web page in a real browser: Debian's headless Chromium driven by Playwright (no browser download)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from training.datasets import CaptionedImage
+
+from .conftest import Server
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def page(server: Server) -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed (scripts/install-system.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        pg = browser.new_page(viewport={"width": 1280, "height": 900})
+        pg.goto(server.url + "/")
+        yield pg
+        browser.close()
+
+
+def _order(page) -> list[str]:  # type: ignore[no-untyped-def]
+    return page.eval_on_selector_all("#image-results li", "els => els.map(e => e.dataset.id)")
+
+
+def test_text_query_rerank_toggle_and_image_query(page, synth: tuple[Path, list[CaptionedImage]]) -> None:  # type: ignore[no-untyped-def]
+    root, items = synth
+    page.wait_for_function("document.getElementById('stats').textContent.includes('images')")
+    hard = [it for it in items if it.metadata.get("meta_hard_case")]
+    assert hard, "the synthetic split has hard cases"
+    changed = False
+    for it in hard[:6]:
+        page.fill("#query", it.captions[0])
+        if not page.is_checked("#rerank"):
+            page.check("#rerank")
+        page.click("#text-form button")
+        page.wait_for_function("document.getElementById('image-results').dataset.state === 'reranked' && "
+                               "document.getElementById('t2i-status').textContent.includes('results in')")
+        reranked = _order(page)
+        assert len(reranked) == 12
+        page.uncheck("#rerank")  # toggling re-runs the query
+        page.wait_for_function("document.getElementById('image-results').dataset.state === 'global'")
+        global_only = _order(page)
+        assert sorted(global_only) != [] and len(global_only) == 12
+        if reranked != global_only:
+            changed = True
+            break
+    assert changed, "rerank on/off never changed the order on a hard case"
+    assert "fine –" in page.inner_text("#image-results li")  # global ranking shows no fine score
+    page.check("#rerank")
+    page.wait_for_function("document.getElementById('image-results').dataset.state === 'reranked'")
+
+    page.set_input_files("#image-file", str(root / "images" / items[2].filename))
+    page.wait_for_function("document.querySelectorAll('#text-results li').length > 0")
+    captions = page.eval_on_selector_all("#text-results li", "els => els.map(e => e.textContent)")
+    assert len(captions) == 10 and all("score" in c for c in captions)
+    assert "captions for" in page.inner_text("#i2t-status")
+
+    (REPO / "docs").mkdir(exist_ok=True)
+    page.screenshot(path=str(REPO / "docs" / "web-page.png"), full_page=True)
+
+
+def test_upload_form_and_errors(page, server: Server) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, "PNG")
+    page.set_input_files("#upload-files", [{"name": "red.png", "mimeType": "image/png", "buffer": buf.getvalue()},
+                                           {"name": "junk.png", "mimeType": "image/png", "buffer": b"junk"}])
+    page.click("#upload-form button")
+    page.wait_for_function("document.querySelectorAll('#upload-results li').length === 2")
+    lines = page.eval_on_selector_all("#upload-results li", "els => els.map(e => e.textContent)")
+    assert lines[0].startswith("red.png → ") and "not a recognised image" in lines[1]
+    uploaded = lines[0].split(" → ")[1]
+    with server.client() as c:
+        assert c.delete(f"/v1/images/{uploaded}").status_code == 204
+    page.fill("#filter", "broken")
+    page.fill("#query", "a red circle")
+    page.click("#text-form button")
+    page.wait_for_function("document.getElementById('t2i-status').textContent.includes('not key=value')")
+    page.fill("#filter", "")
