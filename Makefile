@@ -15,6 +15,16 @@ test: install
 	bash scripts/install-system.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+demo: install
+	$(VENV)/bin/finesearch demo
+
+# The committed demo bundle's recipe (seeded; ~30 min on 2 CPU cores). Writes models/demo.
+DEMO_DATA ?= data/synth
+demo-model: install
+	test -f $(DEMO_DATA)/dataset.json || $(VENV)/bin/finesearch synth --out $(DEMO_DATA) --seed 0
+	$(VENV)/bin/finesearch train --data $(DEMO_DATA)/dataset.json --images $(DEMO_DATA)/images --format karpathy \
+	  --out models/demo --backbone finesearch-tiny --from-scratch $(DEMO_RECIPE)
+
 lint: install
 	$(VENV)/bin/ruff check training indexer service tests bench
 

@@ -27,6 +27,7 @@ def register(sub: Any) -> None:
     d = sub.add_parser("demo", help="offline demo: synthetic data, indexed, served with the web page")
     _server_args(d)
     d.add_argument("--synth-dir", type=Path, default=None, help="default: DATA_DIR/synth")
+    d.add_argument("--no-serve", action="store_true", help="only generate and index the demo data (compose's indexer)")
     d.set_defaults(func=cmd_demo)
 
 
@@ -94,6 +95,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     engine = Engine(settings)
     examples = prepare_demo(engine, args.synth_dir or settings.data_dir / "synth")
+    if args.no_serve:
+        engine.close()
+        return 0
     url = f"http://{args.host}:{args.port}"
     print(f"\nfinesearch demo: open {url} in a browser (API docs at {url}/docs)")
     print("try these hard cases with rerank on and off:")
