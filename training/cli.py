@@ -29,12 +29,19 @@ def register(sub: Any) -> None:
     p.add_argument("--val-split", default="val", help="'' for no validation")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT/.work")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--backbone-from", type=Path, default=None,
+                   help="reuse the (trained) backbone of this bundle and train only the matcher")
     p.add_argument("--matcher", default="{}", help='matcher options as JSON, e.g. \'{"top_k": 8}\'')
     for f in fields(TrainConfig):
         if f.name in ("matcher", "seed"):
             continue
-        kind = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0], float)
-        p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
+        base = str(f.type).split(" ")[0]
+        if base == "bool":
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v.lower() in ("1", "true", "yes"),
+                           default=None, metavar="true|false")
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(base, float)
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
     add_backbone_args(p, with_model=False)
     p.set_defaults(func=cmd_train)
 
@@ -68,16 +75,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name not in ("matcher", "seed") and getattr(args, f.name, None) is not None}
     from_scratch = args.from_scratch
-    if from_scratch and "clip_epochs" not in overrides and "clip_minutes" not in overrides:
+    if from_scratch and not args.backbone_from and "clip_epochs" not in overrides and "clip_minutes" not in overrides:
         overrides["clip_epochs"] = 30
     cfg = TrainConfig(seed=args.seed, matcher=json.loads(args.matcher), **overrides)
     train = read_dataset(args.data, args.format, args.train_split)
     val = read_dataset(args.data, args.format, args.val_split) if args.val_split else None
-    backbone = backbone_from_args(args)
+    if args.backbone_from:
+        bundle = load_bundle(args.backbone_from, device=args.device, precision=args.precision)
+        backbone = bundle.backbone
+        from_scratch = bool(bundle.config["backbone"].get("weights"))  # keep shipping the weights it came with
+    else:
+        backbone = backbone_from_args(args)
     info = {"file": str(args.data), "format": args.format, "train_images": len(train),
             "val_images": len(val) if val else 0, "backbone": args.backbone}
     report = run_training(backbone, train, val, args.images, args.out, cfg, from_scratch=from_scratch,
-                          resume=args.resume, progress=not args.no_progress, data_info=info)
+                          resume=args.resume, progress=not args.no_progress, data_info=info,
+                          keep_backbone=args.backbone_from is not None)
+    if args.backbone_from:  # keep the provenance of the reused backbone in the new bundle
+        from .bundle import read_bundle_config
+
+        src = read_bundle_config(args.backbone_from)
+        cfg_file = args.out / "config.json"
+        merged = json.loads(cfg_file.read_text())
+        merged["training"]["backbone_from"] = {"bundle": str(args.backbone_from),
+                                               "training": src.get("training", {}).get("backbone")}
+        cfg_file.write_text(json.dumps(merged, indent=2, sort_keys=True))
     print(f"model bundle written to {args.out}")
     if "val" in report:
         print(json.dumps({k: v["rsum"] for k, v in report["val"].items()}))

@@ -211,16 +211,30 @@ class Matcher(nn.Module):
 
     def score_matrix(self, img: PreparedImages, txt: PreparedTexts, chunk: int = 65536) -> torch.Tensor:
         """All pairs → fused scores [B_images, B_texts], chunked over texts to bound memory."""
+        return self.score_matrices(img, txt, chunk)[0]
+
+    def score_matrices(self, img: PreparedImages, txt: PreparedTexts, chunk: int = 65536
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All pairs → (fused, global, patch) score matrices [B_images, B_texts]."""
         bi, bt = img.patches.shape[0], txt.words.shape[0]
         step = max(1, chunk // max(bi, 1))
-        out = []
+        patches, globals_ = [], []
         for lo in range(0, bt, step):
             w, m, lda = txt.words[lo:lo + step], txt.mask[lo:lo + step], txt.lda[lo:lo + step]
             sim = torch.einsum("ikd,tld->itkl", img.patches, w)
-            s_patch = self._patch_score(sim, m[None].expand(bi, -1, -1), lda[None].expand(bi, -1, -1))
-            s_global = img.globals @ txt.globals[lo:lo + step].T
-            out.append(self.fuse(s_global, s_patch))
-        return torch.cat(out, dim=1) if out else img.globals.new_zeros(bi, 0)
+            patches.append(self._patch_score(sim, m[None].expand(bi, -1, -1), lda[None].expand(bi, -1, -1)))
+            globals_.append(img.globals @ txt.globals[lo:lo + step].T)
+        if not patches:
+            empty = img.globals.new_zeros(bi, 0)
+            return empty, empty, empty
+        g, p = torch.cat(globals_, dim=1), torch.cat(patches, dim=1)
+        return self.fuse(g, p), g, p
+
+    def set_patch_share(self, share: float) -> None:
+        """Set the fusion's patch share w (S = total·((1−w)·global + w·patch)), e.g. as tuned on validation."""
+        share = min(max(share, 1e-4), 1 - 1e-4)
+        with torch.no_grad():
+            self.fusion_mix.fill_(math.log(share / (1 - share)))
 
     # ------------------------------------------------------ service calls
     def rank_images(self, txt: PreparedTexts, img: PreparedImages) -> tuple[torch.Tensor, torch.Tensor]:

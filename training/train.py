@@ -49,6 +49,8 @@ class TrainConfig:
     grad_clip: float = 2.0
     margin: float = 0.2
     warmup_epochs: int = 1  # all-violations loss before hardest negatives
+    patch_loss: float = 1.0  # weight of an extra triplet term on the word–patch score alone
+    tune_fusion: bool = True  # pick the fusion's patch share on the validation split after training
     val_candidates: int = 20
     workers: int = 4
     matcher: dict[str, Any] = field(default_factory=dict)
@@ -199,7 +201,10 @@ def train_matcher(matcher: Matcher, train_f: Features, val_f: Features | None, c
             pi = matcher.prepare_images(train_f.img_tok[img].to(device), train_f.img_glob[img].to(device))
             pt = matcher.prepare_texts(train_f.txt_tok[txt].to(device), train_f.txt_mask[txt].to(device),
                                        train_f.txt_glob[txt].to(device))
-            loss = triplet_loss(matcher.score_matrix(pi, pt), cfg.margin, hardest=hardest)
+            fused, _, patch = matcher.score_matrices(pi, pt)
+            loss = triplet_loss(fused, cfg.margin, hardest=hardest)
+            if cfg.patch_loss > 0:  # trains the fine-grained part at full strength, whatever the fusion share
+                loss = loss + cfg.patch_loss * triplet_loss(patch, cfg.margin, hardest=hardest)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -236,6 +241,30 @@ def train_matcher(matcher: Matcher, train_f: Features, val_f: Features | None, c
             "seconds": round(time.perf_counter() - t_start, 1)}
 
 
+@torch.inference_mode()
+def tune_fusion(matcher: Matcher, val_f: Features, device: torch.device, grid: int = 41) -> dict[str, Any]:
+    """Choose the patch share w that maximises validation rSum of the fused ranking (never the test split)."""
+    from .evaluate import prepare, ranks_from_scores, recall
+
+    p = prepare(matcher, val_f, device)
+    g_rows, p_rows = [], []
+    for lo in range(0, len(val_f.image_ids), 128):
+        idx = torch.arange(lo, min(lo + 128, len(val_f.image_ids)), device=p.img.patches.device)
+        _, g, s = matcher.score_matrices(type(p.img)(p.img.patches[idx], p.img.globals[idx]), p.txt)
+        g_rows.append(g.cpu())
+        p_rows.append(s.cpu())
+    g, s = torch.cat(g_rows), torch.cat(p_rows)
+    trials = []
+    for w in np.linspace(0.0, 1.0, grid).tolist():
+        r = recall(*ranks_from_scores((1 - w) * g + w * s, val_f.txt_img))
+        trials.append({"share": round(w, 4), "rsum": r["rsum"]})
+    best = max(trials, key=lambda t: (t["rsum"], -t["share"]))
+    before = float(torch.sigmoid(matcher.fusion_mix))
+    matcher.set_patch_share(best["share"])
+    return {"learned_share": round(before, 4), "chosen_share": best["share"], "val_rsum": best["rsum"],
+            "global_only_val_rsum": trials[0]["rsum"], "trials": trials}
+
+
 def matcher_config_for(backbone: Backbone, overrides: dict[str, Any]) -> MatcherConfig:
     grid = backbone.model.visual.grid_size
     m = grid[0] * grid[1]
@@ -246,14 +275,18 @@ def matcher_config_for(backbone: Backbone, overrides: dict[str, Any]) -> Matcher
 
 def run_training(backbone: Backbone, train_items: list[CaptionedImage], val_items: list[CaptionedImage] | None,
                  images_dir: Path, out: Path, cfg: TrainConfig, *, from_scratch: bool, resume: bool = False,
-                 progress: bool = True, data_info: dict[str, Any] | None = None, log: Any = print) -> dict[str, Any]:
-    """The whole recipe; writes the model bundle to `out` and returns its config's training section."""
+                 progress: bool = True, data_info: dict[str, Any] | None = None, log: Any = print,
+                 keep_backbone: bool = False) -> dict[str, Any]:
+    """The whole recipe; writes the model bundle to `out` and returns its config's training section.
+
+    `keep_backbone`: the backbone is already trained (taken from a bundle): only the matcher trains.
+    """
     seed_everything(cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".work"
     work.mkdir(exist_ok=True)
     report: dict[str, Any] = {"config": asdict(cfg), "data": data_info or {}}
-    if from_scratch and cfg.clip_epochs > 0:
+    if from_scratch and cfg.clip_epochs > 0 and not keep_backbone:
         report["backbone"] = train_backbone(backbone, train_items, images_dir, cfg, work / "backbone.ckpt", resume,
                                             progress, log)
     cache = work / "features"
@@ -264,6 +297,10 @@ def run_training(backbone: Backbone, train_items: list[CaptionedImage], val_item
     matcher = Matcher(matcher_config_for(backbone, cfg.matcher))
     report["matcher"] = train_matcher(matcher, train_f, val_f, cfg, work / "matcher.ckpt", resume, backbone.device,
                                       progress, log)
+    if val_f is not None and cfg.tune_fusion:
+        report["fusion"] = tune_fusion(matcher, val_f, backbone.device)
+        log(f"fusion patch share {report['fusion']['learned_share']} → {report['fusion']['chosen_share']} "
+            f"(val rSum {report['fusion']['global_only_val_rsum']} global-only, {report['fusion']['val_rsum']} fused)")
     if val_f is not None:
         final = evaluate(matcher, val_f, cfg.val_candidates, ("global", "two_stage"), backbone.device)
         report["val"] = final
