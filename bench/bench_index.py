@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import table, write
+
 from indexer.pipeline import ImageItem, Indexer, TextItem
 from indexer.stores import open_store
 from training.backbone import Backbone

@@ -10,8 +10,8 @@ import tempfile
 import time
 
 import numpy as np
-
 from common import summary, table, write
+
 from indexer.stores.edge import EdgeStore
 
 
@@ -43,10 +43,10 @@ def main() -> None:
                 t = time.perf_counter()
                 store.search("images", q, a.limit, flt)
                 ms.append((time.perf_counter() - t) * 1000)
-            rows.append({"case": label, "n": a.n, "limit": a.limit, **summary(ms)})
+            rows.append({"case": label, "vectors": a.n, "limit": a.limit, **summary(ms)})
         store.close()
     print(f"loaded {a.n} vectors in {load_s:.1f} s, HNSW optimise {opt_s:.1f} s")
-    print(table(rows, ["case", "n", "limit", "p50", "p95", "n"]))
+    print(table(rows, ["case", "vectors", "limit", "p50_ms", "p95_ms", "queries"]))
     print("results:", write("qdrant", {"args": vars(a), "load_s": load_s, "optimize_s": opt_s, "rows": rows}))
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-
 from common import RESULTS, table, write
+
 from indexer.stores import IMAGES, TEXTS
 from indexer.stores.edge import EdgeStore
 from training.backbone import Backbone

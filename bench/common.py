@@ -24,7 +24,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(ms: list[float]) -> dict[str, float]:
-    return {"p50": round(statistics.median(ms), 3), "p95": round(pct(ms, 95), 3), "n": len(ms)}
+    return {"p50_ms": round(statistics.median(ms), 3), "p95_ms": round(pct(ms, 95), 3), "queries": len(ms)}
 
 
 def machine() -> dict[str, Any]:
@@ -35,10 +35,10 @@ def machine() -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols]
-    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
     out = [line, "-" * len(line)]
     for r in rows:
-        out.append("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths)))
+        out.append("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(cols, widths, strict=True)))
     return "\n".join(out)
 
 

@@ -190,7 +190,7 @@ class Indexer:
                 return self._decode(data)
             except ImageRejected as exc:
                 return Failure(str(item.path or item.id or "upload"), str(exc), exc.code)
-            except Exception as exc:  # noqa: BLE001 - a broken file must never stop the run
+            except Exception as exc:
                 return Failure(str(item.path or item.id or "upload"), f"cannot decode image: {exc}", "invalid_image")
 
         decoded = list(pool.map(decode, todo))
@@ -224,8 +224,7 @@ class Indexer:
         seen: set[str] = set()
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
             for prep in _prefetch((self._prepare(pool, b, skip_existing, seen, collection) for b in batches), depth=2):
-                for pos in prep.skipped:
-                    summary.skipped += 1
+                summary.skipped += len(prep.skipped)
                 for pos, fail in prep.failures:
                     summary.failed += 1
                     summary.failures.append(fail)
@@ -352,7 +351,7 @@ def _prefetch(gen: Iterator[_Prepared] | Iterable[_Prepared], depth: int) -> Ite
                 if stop.is_set():
                     return
                 q.put(item)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+        except BaseException as exc:
             q.put(exc)
         finally:
             q.put(sentinel)

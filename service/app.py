@@ -8,7 +8,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -146,6 +145,3 @@ def app_from_env() -> FastAPI:
     """Factory for `uvicorn --factory service.app:app_from_env` (several workers read FINESEARCH_* themselves)."""
     return create_app(Settings())
 
-
-def describe(app: FastAPI) -> dict[str, Any]:
-    return {"routes": sorted({getattr(r, "path", "") for r in app.routes})}

@@ -1,7 +1,10 @@
 """Micro-batching of model calls across concurrent requests.
 
-Requests arriving within a short window share one encoder or matcher call, so
-GPU throughput grows with concurrency. Model calls run on one dedicated thread:
+While a model call runs, newly arriving requests queue up and the next call
+takes them all (up to `max_batch`), so throughput grows with concurrency. A lone
+request on an idle server is dispatched at once; the collection window is only
+waited for while the server is under load (the previous batch held several
+requests), so micro-batching costs an idle server no latency. Model calls run on one dedicated thread:
 they never block the event loop and never race each other for the device. A
 CUDA out-of-memory error splits the batch and retries the halves, so one large
 batch degrades to smaller ones instead of failing every request in it.
@@ -52,6 +55,7 @@ class MicroBatcher(Generic[T, R]):
         self.window = window_ms / 1000.0
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._worker: asyncio.Task[None] | None = None
+        self._last_batch = 0
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
@@ -64,17 +68,18 @@ class MicroBatcher(Generic[T, R]):
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
-            if self.window and len(self._pending) < self.max_batch:
+            if self.window and self._last_batch > 1 and len(self._pending) < self.max_batch:
                 await asyncio.sleep(self.window)
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
             batch = [(i, f) for i, f in batch if not f.cancelled()]
             if not batch:
                 continue
             BATCH_SIZE.labels(stage=self.name).observe(len(batch))
+            self._last_batch = len(batch)
             items = [i for i, _ in batch]
             try:
                 results = await loop.run_in_executor(self.executor, call_splitting_on_oom, self.fn, items)
-            except Exception as exc:  # noqa: BLE001 - delivered to every waiting request
+            except Exception as exc:
                 for _, f in batch:
                     if not f.done():
                         f.set_exception(exc)

@@ -410,7 +410,7 @@ class Engine:
         try:
             self.store.count(IMAGES)
             return True
-        except Exception:  # noqa: BLE001
+        except Exception:
             return False
 
     def close(self) -> None:

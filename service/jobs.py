@@ -192,7 +192,7 @@ class JobManager:
             job["state"] = "succeeded"
         except ArchiveError as exc:
             job.update(state="failed", message=str(exc))
-        except Exception as exc:  # noqa: BLE001 - a job failure is reported in the job, not raised
+        except Exception as exc:
             log.exception("job %s failed", job_id)
             job.update(state="failed", message=f"internal error: {type(exc).__name__}")
         finally:

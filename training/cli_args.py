@@ -11,7 +11,7 @@ from .backbone import TINY_MODEL, Backbone
 def add_backbone_args(parser: argparse.ArgumentParser, with_model: bool = True) -> None:
     if with_model:
         parser.add_argument("--model", default=os.environ.get("FINESEARCH_MODEL"),
-                            help="model bundle directory: its backbone encodes (the index then matches the served model)")
+                            help="model bundle directory: its backbone encodes (so the index matches the served model)")
     g = parser.add_argument_group("backbone (ignored when a model bundle is given)")
     g.add_argument("--backbone", default=os.environ.get("FINESEARCH_BACKBONE", TINY_MODEL),
                    help=f"open_clip architecture, e.g. ViT-B-32 (default {TINY_MODEL})")

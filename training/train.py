@@ -62,7 +62,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _schedule(opt: torch.optim.Optimizer, kind: str, total: int, warmup: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
+def _schedule(opt: torch.optim.Optimizer, kind: str, total: int,
+              warmup: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
     if kind == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total // 3), gamma=0.1)
     if kind != "cosine":
@@ -86,6 +87,23 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     torch.set_rng_state(s["torch"])
 
 
+def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, **extra: Any) -> None:
+    """Everything an interrupted run needs to continue exactly: weights, optimiser, schedule, RNG, progress."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "rng": _rng_state(), **extra}, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
+    ck = torch.load(path, weights_only=False)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    sched.load_state_dict(ck["sched"])
+    _set_rng_state(ck["rng"])
+    return ck
+
+
 def filip_loss(img_tok: torch.Tensor, txt_tok: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Token-wise max similarity contrastive loss (FILIP): trains patch and word tokens directly."""
     sim = torch.einsum("imd,tld->itml", img_tok, txt_tok)  # [B, B, M, L]
@@ -100,7 +118,6 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
                    ckpt_path: Path, resume: bool, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """Contrastive (CLIP) training of a backbone from scratch on (image, random caption) pairs."""
     model = backbone.model
-    device = backbone.device
     pixels = torch.from_numpy(load_pixels(items, images_dir, backbone.image_size, cfg.workers, progress))
     captions = [it.captions for it in items]
     steps_per_epoch = max(1, len(items) // cfg.clip_batch)
@@ -110,11 +127,7 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
     loss_fn = ClipLoss()
     start_epoch, history = 0, []
     if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        _set_rng_state(ck["rng"])
+        ck = _load_checkpoint(ckpt_path, model, opt, sched)
         start_epoch, history = ck["epoch"], ck["history"]
         log(f"resumed backbone training after epoch {start_epoch}")
     t_start = time.perf_counter()
@@ -151,8 +164,7 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
                         "examples_per_s": seen / (time.perf_counter() - t0)})
         log(f"clip epoch {epoch + 1}: loss {history[-1]['loss']:.3f}, {history[-1]['examples_per_s']:.0f} ex/s")
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "rng": _rng_state(), "epoch": epoch + 1, "history": history}, ckpt_path)
+        _save_checkpoint(ckpt_path, model, opt, sched, epoch=epoch + 1, history=history)
         if deadline and time.perf_counter() > deadline:
             log("backbone time budget reached")
             break
@@ -180,11 +192,7 @@ def train_matcher(matcher: Matcher, train_f: Features, val_f: Features | None, c
     sched = _schedule(opt, cfg.schedule, steps * cfg.epochs)
     start_epoch, history, best = 0, [], {"rsum": -1.0, "epoch": 0, "state": None, "metrics": None}
     if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, weights_only=False)
-        matcher.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        _set_rng_state(ck["rng"])
+        ck = _load_checkpoint(ckpt_path, matcher, opt, sched)
         start_epoch, history, best = ck["epoch"], ck["history"], ck["best"]
         log(f"resumed matcher training after epoch {start_epoch}")
     t_start = time.perf_counter()
@@ -229,8 +237,7 @@ def train_matcher(matcher: Matcher, train_f: Features, val_f: Features | None, c
             best = {"rsum": 0.0, "epoch": epoch + 1, "metrics": None, "state": copy.deepcopy(matcher.state_dict())}
             log(f"matcher epoch {epoch + 1}: loss {entry['loss']:.3f}")
         history.append(entry)
-        torch.save({"model": matcher.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "rng": _rng_state(), "epoch": epoch + 1, "history": history, "best": best}, ckpt_path)
+        _save_checkpoint(ckpt_path, matcher, opt, sched, epoch=epoch + 1, history=history, best=best)
         if deadline and time.perf_counter() > deadline:
             log("matcher time budget reached")
             break

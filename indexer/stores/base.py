@@ -77,6 +77,21 @@ def normalise_filter(spec: FilterSpec | None) -> list[tuple[str, list[Any]]]:
     return out
 
 
+def filter_plan(spec: FilterSpec | None) -> list[tuple[str, str, list[Any]]]:
+    """(key, how, values) per filter entry; how is "value" (one), "any" (same-typed list) or "should" (mixed)."""
+    plan = []
+    for key, values in normalise_filter(spec):
+        if len(values) == 1:
+            plan.append((key, "value", values))
+        elif all(isinstance(v, str) for v in values) or all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        ):
+            plan.append((key, "any", values))
+        else:
+            plan.append((key, "should", values))
+    return plan
+
+
 class VectorStore(ABC):
     """Global vectors + payloads, per collection. Both backends pass the same test-suite."""
 

@@ -19,8 +19,8 @@ from .base import (
     Hit,
     StoreError,
     VectorStore,
+    filter_plan,
     named_vector,
-    normalise_filter,
     point_id,
 )
 
@@ -48,15 +48,12 @@ def _condition(key: str, value: Any) -> qe.FieldCondition:
 
 def edge_filter(spec: FilterSpec | None) -> qe.Filter | None:
     must: list[Any] = []
-    for key, values in normalise_filter(spec):
-        if len(values) == 1:
-            must.append(_condition(key, values[0]))
-        elif all(isinstance(v, str) for v in values) or all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values
-        ):
+    for key, how, values in filter_plan(spec):
+        if how == "any":
             must.append(qe.FieldCondition(key, match=qe.MatchAny(values)))
         else:
-            must.append(qe.Filter(should=[_condition(key, v) for v in values]))
+            conds = [_condition(key, v) for v in values]
+            must.append(conds[0] if how == "value" else qe.Filter(should=conds))
     return qe.Filter(must=must) if must else None
 
 
@@ -102,7 +99,7 @@ class EdgeStore(VectorStore):
                     raise StoreError(f"collection {name!r} does not exist in {self.root}")
                 try:
                     self._shards[name] = qe.EdgeShard.load(str(self._dir(name)))
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     raise StoreError(f"cannot open Qdrant Edge shard {self._dir(name)}: {exc}") from exc
                 self._locks[name] = threading.Lock()
             return self._shards[name]

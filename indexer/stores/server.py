@@ -19,8 +19,8 @@ from .base import (
     Hit,
     StoreError,
     VectorStore,
+    filter_plan,
     named_vector,
-    normalise_filter,
     point_id,
 )
 
@@ -35,16 +35,12 @@ _SCHEMA = {
 
 def server_filter(spec: FilterSpec | None) -> models.Filter | None:
     must: list[Any] = []
-    for key, values in normalise_filter(spec):
-        if len(values) == 1:
-            must.append(models.FieldCondition(key=key, match=models.MatchValue(value=values[0])))
-        elif all(isinstance(v, str) for v in values) or all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values
-        ):
+    for key, how, values in filter_plan(spec):
+        if how == "any":
             must.append(models.FieldCondition(key=key, match=models.MatchAny(any=values)))
         else:
-            must.append(models.Filter(should=[models.FieldCondition(key=key, match=models.MatchValue(value=v))
-                                              for v in values]))
+            conds = [models.FieldCondition(key=key, match=models.MatchValue(value=v)) for v in values]
+            must.append(conds[0] if how == "value" else models.Filter(should=conds))
     return models.Filter(must=must) if must else None
 
 
@@ -72,7 +68,7 @@ class ServerStore(VectorStore):
                 self.client = QdrantClient(":memory:")
             else:
                 self.client = QdrantClient(url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=timeout)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise StoreError(f"cannot connect to Qdrant at {url}: {exc}") from exc
         self.url = url
 
@@ -84,7 +80,7 @@ class ServerStore(VectorStore):
             return fn(*args, **kwargs)
         except StoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - transport errors come in many types
+        except Exception as exc:
             raise StoreError(f"Qdrant at {self.url}: {what} failed: {exc}") from exc
 
     def has_collection(self, name: str) -> bool:

@@ -9,8 +9,6 @@ from PIL import Image
 
 from training.datasets import CaptionedImage
 
-from .conftest import Server
-
 
 def _png(colour: tuple[int, int, int], size: int = 64) -> bytes:
     buf = io.BytesIO()
@@ -23,7 +21,8 @@ def test_upload_search_delete_cycle(client: httpx.Client, synth: tuple[Path, lis
     before = client.get("/v1/stats").json()["counts"]
     src = items[7]
     data = (root / "images" / src.filename).read_bytes()
-    files = [("files", ("mine.png", data, "image/png")), ("files", ("broken.jpg", b"\xff\xd8 not a jpeg", "image/jpeg")),
+    files = [("files", ("mine.png", data, "image/png")),
+             ("files", ("broken.jpg", b"\xff\xd8 not a jpeg", "image/jpeg")),
              ("files", ("notes.txt", b"hello", "text/plain"))]
     r = client.post("/v1/images", files=files, data={"ids": json.dumps(["upload-1", "upload-2", "upload-3"]),
                                                      "metadata": json.dumps({"mine.png": {"album": "tests"}})})

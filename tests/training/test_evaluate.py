@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from training.evaluate import evaluate, ranks_from_scores, recall, two_stage_ranks, prepare
+from training.evaluate import evaluate, prepare, ranks_from_scores, recall, two_stage_ranks
 from training.features import Features
 from training.matcher import Matcher, MatcherConfig
 

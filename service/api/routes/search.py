@@ -36,7 +36,8 @@ _FORM_FIELDS = {"limit": int, "candidates": int, "offset": int, "min_score": flo
                      "candidates": {"type": "integer"}, "rerank": {"type": "boolean"},
                      "min_score": {"type": "number"}, "offset": {"type": "integer"},
                      "filter": {"type": "string", "description": "JSON object"}}}},
-                 "application/json": {"schema": ImageIdSearch.model_json_schema(ref_template="#/components/schemas/{model}")},
+                 "application/json": {
+                     "schema": ImageIdSearch.model_json_schema(ref_template="#/components/schemas/{model}")},
              }, "required": True}})
 async def search_texts(request: Request, engine: EngineDep) -> dict[str, Any]:
     """Query with an uploaded image (multipart field `image` plus the options as form fields)

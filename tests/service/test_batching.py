@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from service.batching import MicroBatcher, OutOfMemory, call_splitting_on_oom
+
+
+def test_concurrent_requests_share_model_calls_and_get_their_own_results() -> None:
+    calls: list[list[int]] = []
+
+    def square(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return [i * i for i in items]
+
+    async def main() -> list[int]:
+        batcher = MicroBatcher("t", square, ThreadPoolExecutor(1), max_batch=8, window_ms=5)
+        return await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+
+    assert asyncio.run(main()) == [i * i for i in range(20)]
+    assert max(len(c) for c in calls) > 1 and all(len(c) <= 8 for c in calls)
+    assert sorted(i for c in calls for i in c) == list(range(20))
+
+
+def test_a_lone_request_is_not_delayed_and_off_means_one_per_call() -> None:
+    calls: list[list[int]] = []
+
+    def ident(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return items
+
+    async def main() -> None:
+        off = MicroBatcher("t", ident, ThreadPoolExecutor(1), max_batch=8, window_ms=0)
+        await asyncio.gather(*(off.submit(i) for i in range(5)))
+
+    asyncio.run(main())
+    assert all(len(c) == 1 for c in calls)
+
+
+def test_errors_reach_every_request_of_the_batch() -> None:
+    def boom(items: list[int]) -> list[int]:
+        raise ValueError("model failed")
+
+    async def main() -> list[object]:
+        b = MicroBatcher("t", boom, ThreadPoolExecutor(1), max_batch=4, window_ms=2)
+        return await asyncio.gather(*(b.submit(i) for i in range(3)), return_exceptions=True)
+
+    assert all(isinstance(r, ValueError) for r in asyncio.run(main()))
+
+
+def test_out_of_memory_splits_the_batch_and_retries() -> None:
+    seen: list[int] = []
+
+    def picky(items: list[int]) -> list[int]:
+        seen.append(len(items))
+        if len(items) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return [i + 1 for i in items]
+
+    assert call_splitting_on_oom(picky, list(range(8))) == [i + 1 for i in range(8)]
+    assert seen[0] == 8 and max(seen[1:]) <= 4
+
+    def never(items: list[int]) -> list[int]:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(OutOfMemory, match="single request"):
+        call_splitting_on_oom(never, [1, 2])
