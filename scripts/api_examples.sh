@@ -10,7 +10,7 @@ try:
     if isinstance(o, dict) and isinstance(o.get("results"), list): o["results"]=o["results"][:2]
     print(json.dumps(o, indent=1)[:1500])
 except Exception: print(d[:600])'; echo; }
-first_png=$(ls "$IMG_DIR" | head -1)
+first_png=$(ls "$IMG_DIR" | sed -n 1p)
 run "curl -s $URL/healthz"
 run "curl -s $URL/readyz"
 run "curl -s -X POST $URL/v1/search/images -H 'content-type: application/json' -d '{\"text\": \"a small red circle left of a large blue square\", \"limit\": 5, \"candidates\": 100}'"
@@ -21,7 +21,7 @@ run "curl -s -X POST $URL/v1/images -F files=@$IMG_DIR/$first_png -F ids=my-phot
 run "curl -s $URL/v1/images/my-photo-1"
 run "curl -s -o /dev/null -w '%{http_code} %{content_type} %{size_download} bytes\n' $URL/v1/images/my-photo-1/content"
 run "curl -s -X POST $URL/v1/texts -H 'content-type: application/json' -d '{\"items\": [{\"id\": \"cap-1\", \"text\": \"a green triangle above a yellow square\", \"metadata\": {\"lang\": \"en\"}}]}'"
-tmp=$(mktemp -d); cp "$IMG_DIR"/$(ls "$IMG_DIR" | sed -n 2p) "$tmp/"; printf '{"file": "%s", "id": "bulk-1", "metadata": {"album": "bulk"}}\n' "$(ls "$tmp" | head -1)" > "$tmp/metadata.jsonl"
+tmp=$(mktemp -d); cp "$IMG_DIR"/$(ls "$IMG_DIR" | sed -n 2p) "$tmp/"; printf '{"file": "%s", "id": "bulk-1", "metadata": {"album": "bulk"}}\n' "$(ls "$tmp" | sed -n 1p)" > "$tmp/metadata.jsonl"
 tar -czf "$tmp/batch.tar.gz" -C "$tmp" $(ls "$tmp" | grep -v batch)
 job=$(curl -s -X POST "$URL/v1/jobs/index" -F archive=@"$tmp/batch.tar.gz")
 echo "\$ curl -s -X POST $URL/v1/jobs/index -F archive=@batch.tar.gz"; echo "$job"; echo

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from training.synth import generate
 
 from .app import create_app
 from .config import Settings
-from .engine import Engine
+from .engine import Engine, SearchOptions
 
 
 def register(sub: Any) -> None:
@@ -86,7 +87,21 @@ def prepare_demo(engine: Engine, synth_dir: Path) -> list[str]:
     si = engine.indexer.index_images(images, progress=True)
     st = engine.indexer.index_texts(texts, progress=True)
     print(f"indexed {si.indexed} images and {st.indexed} captions ({si.skipped + st.skipped} already there)")
-    return [it.captions[0] for it in items if it.metadata.get("meta_hard_case")][:4]
+    hard = [(it.captions[0], it.image_id) for it in items if it.metadata.get("meta_hard_case")]
+    return asyncio.run(rerank_wins(engine, hard[:80])) or [c for c, _ in hard[:4]]
+
+
+async def rerank_wins(engine: Engine, cases: list[tuple[str, str]], want: int = 4) -> list[str]:
+    """Hard-case captions whose image the matcher ranks first while global similarity does not."""
+    wins = []
+    for caption, image_id in cases:
+        on = await engine.search_images(caption, SearchOptions(limit=1, candidates=100))
+        off = await engine.search_images(caption, SearchOptions(limit=1, rerank=False))
+        if on.results and on.results[0]["id"] == image_id and off.results[0]["id"] != image_id:
+            wins.append(caption)
+            if len(wins) == want:
+                break
+    return wins
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -100,7 +115,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     url = f"http://{args.host}:{args.port}"
     print(f"\nfinesearch demo: open {url} in a browser (API docs at {url}/docs)")
-    print("try these hard cases with rerank on and off:")
+    print("hard cases the matcher gets right and global similarity does not; try them with rerank on and off:")
     for q in examples:
         print(f"  {q}")
     print(f"or: curl -s {url}/v1/search/images -H 'content-type: application/json' "
