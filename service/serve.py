@@ -69,10 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_demo(engine: Engine, synth_dir: Path) -> list[str]:
+def prepare_demo(engine: Engine, synth_dir: Path) -> tuple[list[str], list[str]]:
     """Generate the synthetic dataset if missing and index its test split (resumable: a rerun indexes nothing).
 
-    Returns example queries: captions of hard-case twins, where global-only ranking tends to fail.
+    Returns (hard-case captions the matcher gets right and global similarity does not, other hard cases).
     """
     dataset = synth_dir / "dataset.json"
     if not dataset.is_file():
@@ -88,7 +88,7 @@ def prepare_demo(engine: Engine, synth_dir: Path) -> list[str]:
     st = engine.indexer.index_texts(texts, progress=True)
     print(f"indexed {si.indexed} images and {st.indexed} captions ({si.skipped + st.skipped} already there)")
     hard = [(it.captions[0], it.image_id) for it in items if it.metadata.get("meta_hard_case")]
-    return asyncio.run(rerank_wins(engine, hard[:80])) or [c for c, _ in hard[:4]]
+    return asyncio.run(rerank_wins(engine, hard)), [c for c, _ in hard[:4]]
 
 
 async def rerank_wins(engine: Engine, cases: list[tuple[str, str]], want: int = 4) -> list[str]:
@@ -109,15 +109,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.data_dir = Path("./data")
     settings = settings_from(args)
     engine = Engine(settings)
-    examples = prepare_demo(engine, args.synth_dir or settings.data_dir / "synth")
+    wins, hard = prepare_demo(engine, args.synth_dir or settings.data_dir / "synth")
+    if wins:
+        print("hard cases the matcher gets right and global similarity does not (toggle rerank to compare):")
+    else:
+        print("hard cases to try with rerank on and off:")
+    examples = wins or hard
+    for q in examples:
+        print(f"  {q}")
     if args.no_serve:
         engine.close()
         return 0
     url = f"http://{args.host}:{args.port}"
     print(f"\nfinesearch demo: open {url} in a browser (API docs at {url}/docs)")
-    print("hard cases the matcher gets right and global similarity does not; try them with rerank on and off:")
-    for q in examples:
-        print(f"  {q}")
     print(f"or: curl -s {url}/v1/search/images -H 'content-type: application/json' "
           f"-d '{{\"text\": \"{examples[0] if examples else 'a red circle'}\", \"limit\": 5}}'\n", flush=True)
     uvicorn.run(create_app(settings, engine), host=args.host, port=args.port, log_level=args.log_level)

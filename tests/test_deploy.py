@@ -61,6 +61,34 @@ def test_demo_indexing_command_runs_and_resumes(tmp_path: Path, capsys: pytest.C
     generate(synth, seed=0, train=0, val=0, test=30)
     args = ["demo", "--no-serve", "--data-dir", str(tmp_path / "data"), "--synth-dir", str(synth)]
     assert main(args) == 0
-    assert "indexed 30 images and 150 captions" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "indexed 30 images and 150 captions" in out and "hard cases" in out
     assert main(args) == 0
     assert "indexed 0 images and 0 captions (180 already there)" in capsys.readouterr().out
+
+
+def test_demo_hard_cases_come_first_only_with_rerank(tmp_path: Path) -> None:
+    """The demo's promise, on the demo's own data (the default synthetic dataset, seed 0, its test split):
+    some hard-case captions find their image first with the matcher and not with global similarity
+    alone; checked again through real HTTP."""
+    import httpx
+
+    from service.config import DEMO_MODEL, Settings
+    from service.serve import prepare_demo
+    from tests.service.conftest import start_server
+
+    synth = tmp_path / "synth"
+    generate(synth, seed=0)  # exactly what `finesearch demo` generates
+    srv = start_server(Settings(model=DEMO_MODEL, data_dir=tmp_path / "data"))
+    try:
+        wins, hard = prepare_demo(srv.engine, synth)
+        assert len(hard) == 4 and wins, "no hard case where reranking puts the right image first"
+        doc = {s["sentences"][0]["raw"]: str(s["imgid"]) for s in __import__("json").loads(
+            (synth / "dataset.json").read_text())["images"]}
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            for caption in wins:
+                on = c.post("/v1/search/images", json={"text": caption, "limit": 1}).json()["results"][0]
+                off = c.post("/v1/search/images", json={"text": caption, "limit": 1, "rerank": False}).json()
+                assert on["id"] == doc[caption] and off["results"][0]["id"] != doc[caption]
+    finally:
+        srv.stop()
