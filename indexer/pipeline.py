@@ -248,7 +248,7 @@ class Indexer:
 
     # ---------------------------------------------------------------- texts
     def index_texts(self, items: Iterable[TextItem], *, skip_existing: bool = True, progress: bool = False,
-                    batch_size: int = 256, collection: str = TEXTS) -> Summary:
+                    batch_size: int = 256, collection: str = TEXTS, max_chars: int = MAX_TEXT_CHARS) -> Summary:
         self.collection(collection)
         summary = Summary()
         start = time.perf_counter()
@@ -261,7 +261,7 @@ class Indexer:
             valid: list[tuple[int, str, str, TextItem]] = []
             for pos, it in chunk:
                 try:
-                    text = check_text(it.text)
+                    text = check_text(it.text, max_chars)
                 except ValueError as exc:
                     summary.failed += 1
                     fail = Failure(it.id or f"#{pos}", str(exc), "invalid_text")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from indexer.blobs import BlobStore
-from indexer.pipeline import Failure, ImageItem, Indexer, Summary, TextItem, check_text
+from indexer.pipeline import ImageItem, Indexer, TextItem, check_text
 from indexer.stores import IMAGES, TEXTS, Hit, open_store
 from indexer.stores.base import normalise_filter
 from training.bundle import Bundle, load_bundle
@@ -329,7 +329,7 @@ class Engine:
         return results  # type: ignore[return-value]
 
     def add_texts(self, items: list[TextItem]) -> list[dict[str, Any]]:
-        summary = self._index_texts(items)
+        summary = self.indexer.index_texts(items, skip_existing=False, max_chars=self.settings.max_text_chars)
         self.refresh_gauges()
         out = []
         for k in range(len(items)):
@@ -337,26 +337,6 @@ class Engine:
             out.append({"id": None, "error": {"code": err.code, "message": err.reason}} if err
                        else {"id": summary.ids[k], "error": None})
         return out
-
-    def _index_texts(self, items: list[TextItem]) -> Summary:
-        # the indexer's own limit is generous; the service enforces the configured one
-        valid, bad = [], {}
-        for k, it in enumerate(items):
-            try:
-                check_text(it.text, self.settings.max_text_chars)
-                valid.append(k)
-            except ValueError as exc:
-                bad[k] = exc
-        summary = self.indexer.index_texts([items[k] for k in valid], skip_existing=False)
-        merged = Summary(indexed=summary.indexed, failed=summary.failed + len(bad))
-        merged.ids = [None] * len(items)
-        for j, k in enumerate(valid):
-            merged.ids[k] = summary.ids[j]
-            if j in summary.errors:
-                merged.errors[k] = summary.errors[j]
-        for k, exc in bad.items():
-            merged.errors[k] = Failure(items[k].id or f"#{k}", str(exc), "invalid_text")
-        return merged
 
     def get(self, collection: str, item_id: str) -> dict[str, Any]:
         found = self.store.retrieve(collection, [item_id])
