@@ -291,13 +291,36 @@ class Backbone:
         x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         return (x - self.mean) / self.std
 
+    # Each tower is split at a block index so training can cache the frozen trunk once and run (and
+    # fine-tune) only the last blocks: trunk(…, stop=k) then head(…, start=k) equals the whole tower.
+    @property
+    def depth(self) -> int:
+        """Blocks of the shallower tower: the most that can be unfrozen in both."""
+        return min(len(self.model.visual.transformer.resblocks), len(self.model.transformer.resblocks))
+
+    @staticmethod
+    def _run_blocks(transformer: nn.Module, x: torch.Tensor, start: int, stop: int | None,
+                    attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)
+        for block in transformer.resblocks[start:stop]:
+            x = block(x, attn_mask=attn_mask)
+        return x if transformer.batch_first else x.transpose(0, 1)
+
+    def image_trunk(self, pixels: torch.Tensor, stop: int) -> torch.Tensor:
+        visual = self.model.visual
+        return self._run_blocks(visual.transformer, visual._embeds(pixels), 0, stop)
+
+    def image_head(self, x: torch.Tensor, start: int) -> ImageFeatures:
+        visual = self.model.visual
+        pooled, tokens = visual._pool(self._run_blocks(visual.transformer, x, start, None))
+        if visual.proj is not None:
+            pooled, tokens = pooled @ visual.proj, tokens @ visual.proj
+        return ImageFeatures(F.normalize(pooled.float(), dim=-1), F.normalize(tokens.float(), dim=-1))
+
     def image_features(self, pixels: torch.Tensor) -> ImageFeatures:
         """Normalised pixels → (global, patch tokens), differentiable (training uses it)."""
-        visual = self.model.visual
-        pooled, tokens = visual(pixels)
-        if visual.proj is not None:
-            tokens = tokens @ visual.proj
-        return ImageFeatures(F.normalize(pooled.float(), dim=-1), F.normalize(tokens.float(), dim=-1))
+        return self.image_head(self.image_trunk(pixels, 0), 0)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         return self.tokenizer(list(texts)).to(self.device)
@@ -309,14 +332,29 @@ class Backbone:
         position up to it: the sequence is cut there (exactly the same features, a fraction of the
         compute for short captions in a 77-token context).
         """
+        ids = self.cut_ids(ids)
+        return self.text_head(self.text_trunk(ids, 0), ids, 0)
+
+    @staticmethod
+    def cut_ids(ids: torch.Tensor) -> torch.Tensor:
+        n = int(ids.argmax(dim=-1).max().item()) + 1 if ids.shape[0] else ids.shape[1]
+        return ids[:, :n]
+
+    def _text_mask(self, n: int) -> torch.Tensor | None:
+        mask = self.model.attn_mask
+        return mask[:n, :n] if mask is not None else None
+
+    def text_trunk(self, ids: torch.Tensor, stop: int) -> torch.Tensor:
         m = self.model
         cast = m.transformer.get_cast_dtype()
-        eot = ids.argmax(dim=-1)
-        n = int(eot.max().item()) + 1 if ids.shape[0] else ids.shape[1]
-        ids = ids[:, :n]
-        mask = m.attn_mask[:n, :n] if m.attn_mask is not None else None
+        n = ids.shape[1]
         x = m.token_embedding(ids).to(cast) + m.positional_embedding[:n].to(cast)
-        x = m.transformer(x, attn_mask=mask)
+        return self._run_blocks(m.transformer, x, 0, stop, self._text_mask(n))
+
+    def text_head(self, x: torch.Tensor, ids: torch.Tensor, start: int) -> TextFeatures:
+        m = self.model
+        eot = ids.argmax(dim=-1)
+        x = self._run_blocks(m.transformer, x, start, None, self._text_mask(ids.shape[1]))
         x = m.ln_final(x)
         proj = m.text_projection
         x = proj(x) if isinstance(proj, nn.Linear) else (x @ proj if proj is not None else x)

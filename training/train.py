@@ -51,6 +51,8 @@ class TrainConfig:
     warmup_epochs: int = 1  # all-violations loss before hardest negatives
     patch_loss: float = 1.0  # weight of an extra triplet term on the word–patch score alone
     tune_fusion: bool = True  # pick the fusion's patch share on the validation split after training
+    unfreeze_blocks: int = 0  # fine-tune the last N blocks of both towers with the matcher (pretrained backbones)
+    backbone_lr_scale: float = 0.1  # their learning rate relative to the matcher's
     val_candidates: int = 20
     workers: int = 4
     matcher: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +104,15 @@ def _load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimi
     sched.load_state_dict(ck["sched"])
     _set_rng_state(ck["rng"])
     return ck
+
+
+def _round_to_fp16(backbone: Backbone) -> None:
+    """The bundle stores fp16 weights: make the served backbone exactly the trained one."""
+    with torch.no_grad():
+        for t in list(backbone.model.parameters()) + list(backbone.model.buffers()):
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    backbone.invalidate_fingerprint()
 
 
 def filip_loss(img_tok: torch.Tensor, txt_tok: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -169,36 +180,135 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
             log("backbone time budget reached")
             break
     model.eval()
-    with torch.no_grad():  # the bundle stores fp16: make the served weights exactly the trained ones
-        for t in list(model.parameters()) + list(model.buffers()):
-            if t.is_floating_point():
-                t.copy_(t.half().float())
-    backbone.invalidate_fingerprint()
+    _round_to_fp16(backbone)
     return {"epochs": len(history), "history": history, "seconds": round(time.perf_counter() - t_start, 1)}
 
 
-def train_matcher(matcher: Matcher, train_f: Features, val_f: Features | None, cfg: TrainConfig, ckpt_path: Path,
-                  resume: bool, device: torch.device, progress: bool = True, log: Any = print) -> dict[str, Any]:
-    """Hardest-negative triplet training on cached features; keeps the best validation rSum."""
+@dataclass
+class Trunk:
+    """Hidden states at the input of the unfrozen blocks, computed once (the frozen part of both towers)."""
+
+    image_ids: list[str]
+    img: torch.Tensor  # [Ni, M+1, width] fp16
+    txt: torch.Tensor  # [Nt, n, width] fp16
+    txt_ids: torch.Tensor  # [Nt, n] token ids, cut at the dataset's last EOT
+    txt_img: torch.Tensor  # [Nt]
+    texts: list[str]
+
+
+@torch.inference_mode()
+def trunk_features(backbone: Backbone, items: list[CaptionedImage], images_dir: Path, stop: int, workers: int,
+                   progress: bool, batch: int = 128) -> Trunk:
+    pixels = load_pixels(items, images_dir, backbone.image_size, workers, progress)
+    img = torch.cat([backbone.image_trunk(backbone.pixels(pixels[lo:lo + batch]), stop).half().cpu()
+                     for lo in range(0, len(items), batch)])
+    texts = [c for it in items for c in it.captions]
+    ids = backbone.cut_ids(backbone.tokenize(texts))
+    txt = torch.cat([backbone.text_trunk(ids[lo:lo + batch], stop).half().cpu() for lo in range(0, len(texts), batch)])
+    txt_img = torch.tensor([i for i, it in enumerate(items) for _ in it.captions], dtype=torch.long)
+    return Trunk([it.image_id for it in items], img, txt, ids.cpu(), txt_img, texts)
+
+
+def _head_batch(backbone: Backbone, trunk: Trunk, img: torch.Tensor, txt: torch.Tensor, start: int
+                ) -> tuple[torch.Tensor, ...]:
+    dev = backbone.device
+    imf = backbone.image_head(trunk.img[img].to(dev).float(), start)
+    txf = backbone.text_head(trunk.txt[txt].to(dev).float(), trunk.txt_ids[txt].to(dev), start)
+    return imf.tokens, imf.globals, txf.tokens, txf.mask, txf.globals
+
+
+@torch.inference_mode()
+def features_from_trunk(backbone: Backbone, trunk: Trunk, start: int, batch: int = 256) -> Features:
+    """Run the (fine-tuned) heads over a whole split: the Features evaluation expects."""
+    width = backbone.context_length - 2
+    n_img, n_txt = len(trunk.image_ids), len(trunk.texts)
+    it_, ig, tt, tm, tg = [], [], [], [], []
+    for lo in range(0, max(n_img, n_txt), batch):
+        i = torch.arange(lo, min(lo + batch, n_img))
+        t = torch.arange(lo, min(lo + batch, n_txt))
+        if len(i):
+            imf = backbone.image_head(trunk.img[i].to(backbone.device).float(), start)
+            it_.append(imf.tokens.cpu().half())
+            ig.append(imf.globals.cpu())
+        if len(t):
+            txf = backbone.text_head(trunk.txt[t].to(backbone.device).float(), trunk.txt_ids[t].to(backbone.device),
+                                     start)
+            pad = width - txf.tokens.shape[1]
+            tt.append(F.pad(txf.tokens.cpu().half(), (0, 0, 0, pad)))
+            tm.append(F.pad(txf.mask.cpu(), (0, pad), value=False))
+            tg.append(txf.globals.cpu())
+    return Features(trunk.image_ids, torch.cat(ig), torch.cat(it_), trunk.txt_img, torch.cat(tg), torch.cat(tt),
+                    torch.cat(tm), trunk.texts)
+
+
+def unfreeze_last(backbone: Backbone, n: int) -> list[torch.nn.Parameter]:
+    """Freeze the backbone except the last `n` blocks of both towers and their output norms/projections."""
+    m = backbone.model
+    if not 0 < n <= backbone.depth:
+        raise ValueError(f"unfreeze_blocks must be between 1 and {backbone.depth} for {backbone.name}")
+    for p in m.parameters():
+        p.requires_grad_(False)
+    parts: list[Any] = [*m.visual.transformer.resblocks[-n:], m.visual.ln_post, *m.transformer.resblocks[-n:],
+                        m.ln_final]
+    params = [p for part in parts for p in part.parameters()]
+    for extra in (m.visual.proj, m.text_projection):
+        if isinstance(extra, torch.nn.Parameter):
+            params.append(extra)
+        elif isinstance(extra, torch.nn.Module):
+            params += list(extra.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def train_matcher(matcher: Matcher, train_f: Features | Trunk, val_f: Features | Trunk | None, cfg: TrainConfig,
+                  ckpt_path: Path, resume: bool, device: torch.device, progress: bool = True, log: Any = print,
+                  backbone: Backbone | None = None) -> dict[str, Any]:
+    """Hardest-negative triplet training; keeps the best validation rSum.
+
+    With `Trunk` inputs (cfg.unfreeze_blocks > 0) the backbone's last blocks run, and train, in every step;
+    otherwise the matcher reads frozen cached features.
+    """
     matcher.to(device)
+    start_block = 0
+    trainable: torch.nn.Module = matcher
+    groups: list[dict[str, Any]] = [{"params": [p for p in matcher.parameters() if p.requires_grad]}]
+    if isinstance(train_f, Trunk):
+        assert backbone is not None
+        start_block = backbone.depth - cfg.unfreeze_blocks
+        groups.append({"params": unfreeze_last(backbone, cfg.unfreeze_blocks), "lr": cfg.lr * cfg.backbone_lr_scale})
+        trainable = torch.nn.ModuleDict({"matcher": matcher, "backbone": backbone.model})
+
+    def batch(img: torch.Tensor, txt: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if isinstance(train_f, Trunk):
+            return _head_batch(backbone, train_f, img, txt, start_block)  # type: ignore[arg-type]
+        return (train_f.img_tok[img].to(device), train_f.img_glob[img].to(device), train_f.txt_tok[txt].to(device),
+                train_f.txt_mask[txt].to(device), train_f.txt_glob[txt].to(device))
+
+    def validation() -> Features | None:
+        if isinstance(val_f, Trunk):
+            backbone.model.eval()  # type: ignore[union-attr]
+            return features_from_trunk(backbone, val_f, start_block)  # type: ignore[arg-type]
+        return val_f
+
     # one caption per image per batch (its other captions would be false negatives)
     caps_of: list[list[int]] = [[] for _ in train_f.image_ids]
     for t, i in enumerate(train_f.txt_img.tolist()):
         caps_of[i].append(t)
     usable = torch.tensor([i for i, c in enumerate(caps_of) if c])
     steps = max(1, len(usable) // cfg.batch_size)
-    params = [p for p in matcher.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = _schedule(opt, cfg.schedule, steps * cfg.epochs)
     start_epoch, history, best = 0, [], {"rsum": -1.0, "epoch": 0, "state": None, "metrics": None}
     if resume and ckpt_path.is_file():
-        ck = _load_checkpoint(ckpt_path, matcher, opt, sched)
+        ck = _load_checkpoint(ckpt_path, trainable, opt, sched)
         start_epoch, history, best = ck["epoch"], ck["history"], ck["best"]
         log(f"resumed matcher training after epoch {start_epoch}")
     t_start = time.perf_counter()
     deadline = t_start + cfg.minutes * 60 if cfg.minutes else None
     for epoch in range(start_epoch, cfg.epochs):
-        matcher.train()
+        trainable.train()
         hardest = epoch >= cfg.warmup_epochs
         perm = usable[torch.randperm(len(usable))]
         losses, seen, t0 = [], 0, time.perf_counter()
@@ -206,9 +316,9 @@ def train_matcher(matcher: Matcher, train_f: Features, val_f: Features | None, c
         for step in bar:
             img = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             txt = torch.tensor([random.choice(caps_of[i]) for i in img.tolist()])
-            pi = matcher.prepare_images(train_f.img_tok[img].to(device), train_f.img_glob[img].to(device))
-            pt = matcher.prepare_texts(train_f.txt_tok[txt].to(device), train_f.txt_mask[txt].to(device),
-                                       train_f.txt_glob[txt].to(device))
+            img_tok, img_glob, txt_tok, txt_mask, txt_glob = batch(img, txt)
+            pi = matcher.prepare_images(img_tok, img_glob)
+            pt = matcher.prepare_texts(txt_tok, txt_mask, txt_glob)
             fused, _, patch = matcher.score_matrices(pi, pt)
             loss = triplet_loss(fused, cfg.margin, hardest=hardest)
             if cfg.patch_loss > 0:  # trains the fine-grained part at full strength, whatever the fusion share
@@ -225,25 +335,30 @@ def train_matcher(matcher: Matcher, train_f: Features, val_f: Features | None, c
                 break
         entry: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "hardest": hardest,
                                  "examples_per_s": round(seen / (time.perf_counter() - t0), 1)}
-        if val_f is not None:
-            res = evaluate(matcher, val_f, cfg.val_candidates, ("two_stage",), device)["two_stage"]
+        val_now = validation()
+        if val_now is not None:
+            res = evaluate(matcher, val_now, cfg.val_candidates, ("two_stage",), device)["two_stage"]
             entry["val"] = res
             if res["rsum"] > best["rsum"]:
                 best = {"rsum": res["rsum"], "epoch": epoch + 1, "metrics": res,
-                        "state": copy.deepcopy(matcher.state_dict())}
+                        "state": copy.deepcopy(trainable.state_dict())}
             log(f"matcher epoch {epoch + 1}: loss {entry['loss']:.3f}, val two-stage rSum {res['rsum']:.1f} "
                 f"(best {best['rsum']:.1f} @ {best['epoch']})")
         else:
-            best = {"rsum": 0.0, "epoch": epoch + 1, "metrics": None, "state": copy.deepcopy(matcher.state_dict())}
+            best = {"rsum": 0.0, "epoch": epoch + 1, "metrics": None, "state": copy.deepcopy(trainable.state_dict())}
             log(f"matcher epoch {epoch + 1}: loss {entry['loss']:.3f}")
         history.append(entry)
-        _save_checkpoint(ckpt_path, matcher, opt, sched, epoch=epoch + 1, history=history, best=best)
+        _save_checkpoint(ckpt_path, trainable, opt, sched, epoch=epoch + 1, history=history, best=best)
         if deadline and time.perf_counter() > deadline:
             log("matcher time budget reached")
             break
     if best["state"] is not None:
-        matcher.load_state_dict(best["state"])
-    matcher.eval()
+        trainable.load_state_dict(best["state"])
+    trainable.eval()
+    if backbone is not None and isinstance(train_f, Trunk):
+        for p in backbone.model.parameters():
+            p.requires_grad_(False)
+        _round_to_fp16(backbone)
     return {"epochs": len(history), "history": history, "best_epoch": best["epoch"], "best_val": best["metrics"],
             "seconds": round(time.perf_counter() - t_start, 1)}
 
@@ -296,14 +411,23 @@ def run_training(backbone: Backbone, train_items: list[CaptionedImage], val_item
     if from_scratch and cfg.clip_epochs > 0 and not keep_backbone:
         report["backbone"] = train_backbone(backbone, train_items, images_dir, cfg, work / "backbone.ckpt", resume,
                                             progress, log)
-    cache = work / "features"
-    train_f = cached_extract(backbone, train_items, images_dir, cache, workers=cfg.workers, progress=progress)
-    val_f = cached_extract(backbone, val_items, images_dir, cache, workers=cfg.workers,
-                           progress=progress) if val_items else None
+    train_f: Features | Trunk
+    val_f: Features | Trunk | None
+    if cfg.unfreeze_blocks > 0:  # the heads change while training: cache the frozen trunk instead of features
+        stop = backbone.depth - cfg.unfreeze_blocks
+        train_f = trunk_features(backbone, train_items, images_dir, stop, cfg.workers, progress)
+        val_f = trunk_features(backbone, val_items, images_dir, stop, cfg.workers, progress) if val_items else None
+    else:
+        cache = work / "features"
+        train_f = cached_extract(backbone, train_items, images_dir, cache, workers=cfg.workers, progress=progress)
+        val_f = cached_extract(backbone, val_items, images_dir, cache, workers=cfg.workers,
+                               progress=progress) if val_items else None
     seed_everything(cfg.seed + 1)
     matcher = Matcher(matcher_config_for(backbone, cfg.matcher))
     report["matcher"] = train_matcher(matcher, train_f, val_f, cfg, work / "matcher.ckpt", resume, backbone.device,
-                                      progress, log)
+                                      progress, log, backbone=backbone)
+    if isinstance(val_f, Trunk):
+        val_f = features_from_trunk(backbone, val_f, backbone.depth - cfg.unfreeze_blocks)
     if val_f is not None and cfg.tune_fusion:
         report["fusion"] = tune_fusion(matcher, val_f, backbone.device)
         log(f"fusion patch share {report['fusion']['learned_share']} → {report['fusion']['chosen_share']} "
@@ -312,6 +436,7 @@ def run_training(backbone: Backbone, train_items: list[CaptionedImage], val_item
         final = evaluate(matcher, val_f, cfg.val_candidates, ("global", "two_stage"), backbone.device)
         report["val"] = final
         log(format_table(final))
-    save_bundle(out, backbone, matcher, include_backbone=from_scratch, extra={"training": report})
+    save_bundle(out, backbone, matcher, include_backbone=from_scratch or cfg.unfreeze_blocks > 0,
+                extra={"training": report})
     (out / "training_log.json").write_text(json.dumps(report, indent=2, default=str))
     return report

@@ -113,3 +113,23 @@ def test_bundle_errors_are_clear(tiny_run: tuple[Path, Path], tmp_path: Path) ->
         load_bundle(broken)
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(tmp_path)
+
+
+def test_unfreezing_the_last_blocks_fine_tunes_only_those(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    data, out = tiny_run
+    tuned = tmp_path / "tuned"
+    rc = main(["train", "--data", str(data / "dataset.json"), "--images", str(data / "images"), "--format",
+               "karpathy", "--out", str(tuned), "--backbone-from", str(out), "--unfreeze-blocks", "1",
+               "--epochs", "1", "--batch-size", "32", "--no-progress", "--matcher", '{"num_samples": 20}'])
+    assert rc == 0
+    before = load_file(str(out / "backbone.safetensors"))
+    after = load_file(str(tuned / "backbone.safetensors"))
+    last_v, first_v = "visual.transformer.resblocks.2.mlp.c_fc.weight", "visual.transformer.resblocks.0.mlp.c_fc.weight"
+    last_t, first_t = "transformer.resblocks.2.attn.in_proj_weight", "transformer.resblocks.1.attn.in_proj_weight"
+    assert not torch.equal(before[last_v], after[last_v]) and not torch.equal(before[last_t], after[last_t])
+    assert torch.equal(before[first_v], after[first_v]) and torch.equal(before[first_t], after[first_t])
+    assert torch.equal(before["token_embedding.weight"], after["token_embedding.weight"])
+    cfg = json.loads((tuned / "config.json").read_text())
+    b = load_bundle(tuned)
+    assert b.backbone.fingerprint == cfg["backbone"]["fingerprint"] != load_bundle(out).backbone.fingerprint
+    assert cfg["training"]["config"]["unfreeze_blocks"] == 1
