@@ -223,20 +223,17 @@ def features_from_trunk(backbone: Backbone, trunk: Trunk, start: int, batch: int
     width = backbone.context_length - 2
     n_img, n_txt = len(trunk.image_ids), len(trunk.texts)
     it_, ig, tt, tm, tg = [], [], [], [], []
-    for lo in range(0, max(n_img, n_txt), batch):
-        i = torch.arange(lo, min(lo + batch, n_img))
-        t = torch.arange(lo, min(lo + batch, n_txt))
-        if len(i):
-            imf = backbone.image_head(trunk.img[i].to(backbone.device).float(), start)
-            it_.append(imf.tokens.cpu().half())
-            ig.append(imf.globals.cpu())
-        if len(t):
-            txf = backbone.text_head(trunk.txt[t].to(backbone.device).float(), trunk.txt_ids[t].to(backbone.device),
-                                     start)
-            pad = width - txf.tokens.shape[1]
-            tt.append(F.pad(txf.tokens.cpu().half(), (0, 0, 0, pad)))
-            tm.append(F.pad(txf.mask.cpu(), (0, pad), value=False))
-            tg.append(txf.globals.cpu())
+    for lo in range(0, n_img, batch):
+        imf = backbone.image_head(trunk.img[lo:lo + batch].to(backbone.device).float(), start)
+        it_.append(imf.tokens.cpu().half())
+        ig.append(imf.globals.cpu())
+    for lo in range(0, n_txt, batch):
+        txf = backbone.text_head(trunk.txt[lo:lo + batch].to(backbone.device).float(),
+                                 trunk.txt_ids[lo:lo + batch].to(backbone.device), start)
+        pad = width - txf.tokens.shape[1]
+        tt.append(F.pad(txf.tokens.cpu().half(), (0, 0, 0, pad)))
+        tm.append(F.pad(txf.mask.cpu(), (0, pad), value=False))
+        tg.append(txf.globals.cpu())
     return Features(trunk.image_ids, torch.cat(ig), torch.cat(it_), trunk.txt_img, torch.cat(tg), torch.cat(tt),
                     torch.cat(tm), trunk.texts)
 

@@ -133,3 +133,18 @@ def test_unfreezing_the_last_blocks_fine_tunes_only_those(tiny_run: tuple[Path, 
     b = load_bundle(tuned)
     assert b.backbone.fingerprint == cfg["backbone"]["fingerprint"] != load_bundle(out).backbone.fingerprint
     assert cfg["training"]["config"]["unfreeze_blocks"] == 1
+
+
+def test_heads_over_a_cached_trunk_equal_the_whole_towers(tiny_run: tuple[Path, Path]) -> None:
+    """trunk(stop=k) + head(start=k) == full encoder, for a split with more captions than one batch holds."""
+    from training.train import features_from_trunk, trunk_features
+
+    data, out = tiny_run
+    b = load_bundle(out)
+    items = read_dataset(data / "dataset.json", "karpathy", "val")
+    full = extract(b.backbone, items, data / "images")
+    trunk = trunk_features(b.backbone, items, data / "images", stop=2, workers=2, progress=False)
+    split = features_from_trunk(b.backbone, trunk, start=2, batch=16)  # 24 images, 120 captions: several batches
+    torch.testing.assert_close(split.img_glob, full.img_glob, atol=2e-3, rtol=1e-2)
+    torch.testing.assert_close(split.txt_glob, full.txt_glob, atol=2e-3, rtol=1e-2)
+    assert torch.equal(split.txt_mask, full.txt_mask) and split.txt_tok.shape == full.txt_tok.shape
