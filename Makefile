@@ -18,8 +18,10 @@ test: install
 demo: install
 	$(VENV)/bin/finesearch demo
 
-# The committed demo bundle's recipe (seeded; ~30 min on 2 CPU cores). Writes models/demo.
+# The committed demo bundle's recipe (seeded; ~35 min on 2 CPU cores). Writes models/demo.
+# Keep DEMO_RECIPE equal to training/recipe.py's FULL_RECIPE.
 DEMO_DATA ?= data/synth
+DEMO_RECIPE ?= --clip-epochs 12 --token-loss 0.5 --epochs 6 --lr 2e-3
 demo-model: install
 	test -f $(DEMO_DATA)/dataset.json || $(VENV)/bin/finesearch synth --out $(DEMO_DATA) --seed 0
 	$(VENV)/bin/finesearch train --data $(DEMO_DATA)/dataset.json --images $(DEMO_DATA)/images --format karpathy \
