@@ -19,7 +19,6 @@ demo: install
 	$(VENV)/bin/finesearch demo
 
 # The committed demo bundle's recipe (seeded; ~35 min on 2 CPU cores). Writes models/demo.
-# Keep DEMO_RECIPE equal to training/recipe.py's FULL_RECIPE.
 DEMO_DATA ?= data/synth
 DEMO_RECIPE ?= --clip-epochs 12 --token-loss 0.5 --epochs 6 --lr 2e-3
 demo-model: install

@@ -19,9 +19,6 @@ from .features import extract
 from .synth import generate
 from .train import TrainConfig, run_training
 
-#: `finesearch train` options of the committed demo bundle (after synth --seed 0 with the default sizes).
-FULL_RECIPE = ["--backbone", TINY_MODEL, "--from-scratch", "--clip-epochs", "12", "--token-loss", "0.5",
-               "--epochs", "6", "--lr", "2e-3"]
 REDUCED_DATA = {"seed": 1, "train": 1500, "val": 300, "test": 300}
 REDUCED = TrainConfig(seed=0, clip_epochs=4, clip_batch=128, token_loss=0.5, epochs=2, lr=2e-3, batch_size=128)
 
