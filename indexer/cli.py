@@ -14,7 +14,7 @@ from rich.table import Table
 from training.cli_args import add_backbone_args, backbone_from_args
 from training.datasets import FORMATS, read_dataset
 
-from .pipeline import Failure, ImageItem, Indexer, Summary, TextItem
+from .pipeline import Failure, ImageItem, Indexer, Summary, TextItem, metadata_entry
 from .stores import IMAGES, open_store
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -109,11 +109,10 @@ def load_metadata(path: Path | None) -> dict[str, dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise SystemExit(f"finesearch: error: {path}:{n}: not JSON: {exc}") from exc
-        key = row.pop("file", None) or row.pop("image", None)
+        key, entry = metadata_entry(row)
         if not key:
             raise SystemExit(f"finesearch: error: {path}:{n}: each line needs a \"file\" key")
-        meta = row.pop("metadata", None)
-        out[str(key)] = {"id": row.pop("id", None), "metadata": meta if isinstance(meta, dict) else row}
+        out[key] = entry
     return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training.backbone import Backbone
-from training.images import DEFAULT_MAX_PIXELS, ImageRejected, load_for_model, probe_image
+from training.images import DEFAULT_MAX_PIXELS, ImageRejected, load_with_info
 from training.tokenbank import TokenBank
 
 from .blobs import BlobStore
@@ -84,6 +84,18 @@ class Summary:
         return {"indexed": self.indexed, "skipped": self.skipped, "failed": self.failed,
                 "elapsed_s": round(self.elapsed, 3), "items_per_s": round(self.rate, 2),
                 "failures": [f.__dict__ for f in self.failures]}
+
+
+def metadata_entry(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """One metadata.jsonl line → (file key, {"id", "metadata"}): the same format for the CLI and bulk jobs.
+
+    `{"file": ..., "id"?: ..., "metadata": {...}}`, or the other keys of the line as the metadata.
+    """
+    row = dict(row)
+    key = row.pop("file", None) or row.pop("image", None)
+    meta = row.pop("metadata", None)
+    item_id = row.pop("id", None)
+    return (str(key) if key else None), {"id": item_id, "metadata": meta if isinstance(meta, dict) else row}
 
 
 def sha256_hex(data: bytes) -> str:
@@ -153,18 +165,19 @@ class Indexer:
             return self.banks[name]
 
     # --------------------------------------------------------------- images
-    def _read(self, item: ImageItem) -> tuple[bytes, str]:
+    def _read(self, item: ImageItem) -> tuple[bytes, str, str]:
+        """(bytes, id, sha256): the digest is both the default id and the payload's checksum."""
         data = item.data if item.data is not None else Path(item.path).read_bytes()  # type: ignore[arg-type]
-        return data, item.id or sha256_hex(data)[:32]
+        digest = sha256_hex(data)
+        return data, item.id or digest[:32], digest
 
     def _decode(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-        info = probe_image(data, self.max_pixels)
-        return load_for_model(data, self.backbone.image_size, self.max_pixels), {
-            "width": info.width, "height": info.height, "format": info.format}
+        arr, info = load_with_info(data, self.backbone.image_size, self.max_pixels)
+        return arr, {"width": info.width, "height": info.height, "format": info.format}
 
     def _prepare(self, pool: ThreadPoolExecutor, batch: Sequence[tuple[int, ImageItem]], skip_existing: bool,
                  seen: set[str], collection: str) -> _Prepared:
-        def read(pair: tuple[int, ImageItem]) -> tuple[bytes, str] | Failure:
+        def read(pair: tuple[int, ImageItem]) -> tuple[bytes, str, str] | Failure:
             _, item = pair
             try:
                 return self._read(item)
@@ -182,10 +195,10 @@ class Indexer:
                 skipped.append(pos)
             else:
                 seen.add(r[1])
-                todo.append((pos, item, r[0], r[1]))
+                todo.append((pos, item, *r))
 
-        def decode(entry: tuple[int, ImageItem, bytes, str]) -> tuple[np.ndarray, dict[str, Any]] | Failure:
-            _, item, data, _ = entry
+        def decode(entry: tuple[int, ImageItem, bytes, str, str]) -> tuple[np.ndarray, dict[str, Any]] | Failure:
+            _, item, data, _, _ = entry
             try:
                 return self._decode(data)
             except ImageRejected as exc:
@@ -195,7 +208,7 @@ class Indexer:
 
         decoded = list(pool.map(decode, todo))
         out_ids, pixels, payloads, positions = [], [], [], []
-        for (pos, item, data, iid), d in zip(todo, decoded, strict=True):
+        for (pos, item, data, iid, digest), d in zip(todo, decoded, strict=True):
             if isinstance(d, Failure):
                 failures.append((pos, d))
                 continue
@@ -205,7 +218,7 @@ class Indexer:
             positions.append(pos)
             payloads.append({
                 "kind": "image", "uri": item.uri or (str(item.path.resolve()) if item.path else None),
-                "sha256": sha256_hex(data), "bytes": len(data), **info,
+                "sha256": digest, "bytes": len(data), **info,
                 "metadata": dict(item.metadata), **item.extra,
             })
         return _Prepared(out_ids, np.stack(pixels) if pixels else None, payloads, positions, skipped, failures)

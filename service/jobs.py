@@ -22,11 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from indexer.pipeline import ImageItem, Summary, TextItem
+from indexer.cli import IMAGE_SUFFIXES
+from indexer.pipeline import ImageItem, Summary, TextItem, metadata_entry
 from training.images import ImageRejected, probe_image
 
 log = logging.getLogger("finesearch.jobs")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 MAX_ERRORS = 1000
 
 
@@ -207,10 +207,9 @@ class JobManager:
         meta: dict[str, dict[str, Any]] = {}
         for mfile in root.rglob("metadata.jsonl"):
             for row in _read_jsonl(mfile, errors):
-                key = row.pop("file", None) or row.pop("image", None)
+                key, entry = metadata_entry(row)
                 if key:
-                    m = row.pop("metadata", None)
-                    meta[str(key)] = {"id": row.pop("id", None), "metadata": m if isinstance(m, dict) else row}
+                    meta[key] = entry
         captions = [row for cfile in root.rglob("captions.jsonl") for row in _read_jsonl(cfile, errors)]
         job["total"] = len(files) + len(captions)
         self._save(job)

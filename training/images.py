@@ -107,16 +107,21 @@ def decode_image(
     consumer only needs a small image: a 4000x3000 photo for a 224 px model
     decodes several times faster and never holds 36 MB of pixels.
     """
+    return _decode_with_info(source, max_pixels, draft_size)[0]
+
+
+def _decode_with_info(source: bytes | str | Path, max_pixels: int, draft_size: int | None
+                      ) -> tuple[Image.Image, ImageInfo]:
     img = _open(source)
     try:
-        _check(img, max_pixels)
+        info = _check(img, max_pixels)
         if draft_size and img.format in ("JPEG", "MPO"):
             img.draft("RGB", (draft_size, draft_size))
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
         img = ImageOps.exif_transpose(img) or img
-        return to_rgb(img)
+        return to_rgb(img), info
     except ImageRejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -138,4 +143,11 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
 
 def load_for_model(source: bytes | str | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode and prepare one image for a `size`-pixel model input (uint8 HWC)."""
-    return resize_center_crop(decode_image(source, max_pixels, draft_size=size * 2), size)
+    return load_with_info(source, size, max_pixels)[0]
+
+
+def load_with_info(source: bytes | str | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+                   ) -> tuple[np.ndarray, ImageInfo]:
+    """`load_for_model` plus the original's format and size, from one header parse."""
+    img, info = _decode_with_info(source, max_pixels, size * 2)
+    return resize_center_crop(img, size), info
