@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 
 from indexer.blobs import BlobStore
 from indexer.pipeline import ImageItem, Indexer, TextItem, check_text
 from indexer.stores import IMAGES, TEXTS, Hit, open_store
 from indexer.stores.base import normalise_filter
+from training.backbone import pad_words
 from training.bundle import Bundle, load_bundle
 from training.images import ImageRejected, load_for_model, probe_image
 from training.matcher import PreparedImages, PreparedTexts
@@ -149,13 +150,11 @@ class Engine:
             s_global = torch.cat([jobs[i].scores for i in idx]).to(dev)
             qidx = torch.repeat_interleave(torch.arange(len(idx), device=dev), torch.tensor(sizes, device=dev))
             if direction == "t2i":
-                words = torch.zeros(len(idx), lmax, m.config.dim, device=dev)
-                wmask = torch.zeros(len(idx), lmax, dtype=torch.bool, device=dev)
-                for r, i in enumerate(idx):
-                    n = min(jobs[i].query.tokens.shape[0], lmax)
-                    words[r, :n] = jobs[i].query.tokens[:n].to(dev, torch.float32)
-                    wmask[r, :n] = True
-                q = m.prepare_texts(words, wmask, torch.stack([jobs[i].query.globals for i in idx]).to(dev))
+                padded = [pad_words(jobs[i].query.tokens[None].float(),
+                                    torch.ones(1, jobs[i].query.tokens.shape[0], dtype=torch.bool), lmax) for i in idx]
+                words, wmask = torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded])
+                q_glob = torch.stack([jobs[i].query.globals for i in idx]).to(dev)
+                q = m.prepare_texts(words.to(dev), wmask.to(dev), q_glob)
                 c = m.prepare_images(torch.cat([jobs[i].tokens for i in idx]).to(dev),
                                      torch.cat([jobs[i].globals for i in idx]).to(dev))
                 q = PreparedTexts(q.words[qidx], q.mask[qidx], q.globals[qidx], q.lda[qidx])
@@ -163,10 +162,8 @@ class Engine:
             else:
                 q = m.prepare_images(torch.stack([jobs[i].query.tokens for i in idx]).to(dev),
                                      torch.stack([jobs[i].query.globals for i in idx]).to(dev))
-                pad = [lmax - min(lmax, jobs[i].tokens.shape[1]) for i in idx]
-                toks = torch.cat([F.pad(jobs[i].tokens[:, :lmax], (0, 0, 0, p)) for i, p in zip(idx, pad, strict=True)])
-                masks = torch.cat([F.pad(jobs[i].mask[:, :lmax], (0, p), value=False)
-                                   for i, p in zip(idx, pad, strict=True)])
+                padded = [pad_words(jobs[i].tokens, jobs[i].mask, lmax) for i in idx]
+                toks, masks = torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded])
                 # text globals only enter the global term, which Qdrant already scored (s_global)
                 c = m.prepare_texts(toks.to(dev), masks.to(dev), torch.zeros(len(toks), m.config.dim, device=dev))
                 q = PreparedImages(q.patches[qidx], q.globals[qidx])
@@ -363,9 +360,7 @@ class Engine:
         if uri and not uri.startswith(("http://", "https://")):
             path = Path(uri)
             if path.is_file():
-                media = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
-                         "BMP": "image/bmp", "TIFF": "image/tiff"}.get(p.get("format", ""), "application/octet-stream")
-                return str(path), media
+                return str(path), Image.MIME.get(p.get("format", ""), "application/octet-stream")
         raise ApiError(404, f"the original bytes of image {item_id!r} are not available on this server", "not_found")
 
     # ------------------------------------------------------------- operations

@@ -111,6 +111,14 @@ class TextFeatures:
         return self.mask.sum(dim=1)
 
 
+def pad_words(tokens: torch.Tensor, mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Word tokens [B, L, d] and mask [B, L] cut or zero-padded to exactly `width` positions,
+    so batches of captions with different lengths can be stacked."""
+    tokens, mask = tokens[:, :width], mask[:, :width]
+    pad = width - tokens.shape[1]
+    return F.pad(tokens, (0, 0, 0, pad)), F.pad(mask, (0, pad), value=False)
+
+
 @dataclass
 class ImageFeatures:
     globals: torch.Tensor  # [B, d]

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .backbone import Backbone
+from .backbone import Backbone, pad_words
 from .datasets import CaptionedImage
 from .images import load_for_model
 from .tokenbank import TokenBank
@@ -79,9 +79,9 @@ def extract(backbone: Backbone, items: Sequence[CaptionedImage], images_dir: Pat
     for lo in tqdm(range(0, len(texts), batch_size * 2), disable=not progress, desc="encode texts"):
         f = backbone.encode_texts(texts[lo:lo + batch_size * 2])
         tg.append(f.globals.cpu())
-        pad = width - f.tokens.shape[1]
-        tt.append(torch.nn.functional.pad(f.tokens.cpu().half(), (0, 0, 0, pad)))
-        tm.append(torch.nn.functional.pad(f.mask.cpu(), (0, pad), value=False))
+        tok, mask = pad_words(f.tokens.cpu().half(), f.mask.cpu(), width)
+        tt.append(tok)
+        tm.append(mask)
     d = backbone.embed_dim
     return Features(
         [it.image_id for it in items],
@@ -113,9 +113,7 @@ def cached_extract(backbone: Backbone, items: Sequence[CaptionedImage], images_d
         meta = json.loads((folder / "index.json").read_text())
         img_tok, _ = _bank(folder / "images", backbone).gather(g["img_rows"].numpy())
         txt_tok, txt_mask = _bank(folder / "texts", backbone).gather(g["txt_rows"].numpy())
-        pad = backbone.context_length - 2 - txt_tok.shape[1]
-        txt_tok = torch.nn.functional.pad(txt_tok, (0, 0, 0, pad))
-        txt_mask = torch.nn.functional.pad(txt_mask, (0, pad), value=False)
+        txt_tok, txt_mask = pad_words(txt_tok, txt_mask, backbone.context_length - 2)
         return Features(meta["image_ids"], g["img_glob"], img_tok, g["txt_img"], g["txt_glob"], txt_tok,
                         txt_mask, meta["texts"])
     feats = extract(backbone, items, images_dir, **kw)  # type: ignore[arg-type]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
-from .backbone import Backbone
+from .backbone import Backbone, pad_words
 from .bundle import save_bundle
 from .datasets import CaptionedImage
 from .evaluate import evaluate, format_table
@@ -230,9 +230,9 @@ def features_from_trunk(backbone: Backbone, trunk: Trunk, start: int, batch: int
     for lo in range(0, n_txt, batch):
         txf = backbone.text_head(trunk.txt[lo:lo + batch].to(backbone.device).float(),
                                  trunk.txt_ids[lo:lo + batch].to(backbone.device), start)
-        pad = width - txf.tokens.shape[1]
-        tt.append(F.pad(txf.tokens.cpu().half(), (0, 0, 0, pad)))
-        tm.append(F.pad(txf.mask.cpu(), (0, pad), value=False))
+        tok, mask = pad_words(txf.tokens.cpu().half(), txf.mask.cpu(), width)
+        tt.append(tok)
+        tm.append(mask)
         tg.append(txf.globals.cpu())
     return Features(trunk.image_ids, torch.cat(ig), torch.cat(it_), trunk.txt_img, torch.cat(tg), torch.cat(tt),
                     torch.cat(tm), trunk.texts)
