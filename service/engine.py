@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from indexer.stores.base import normalise_filter
 from training.backbone import pad_words
 from training.bundle import Bundle, load_bundle
 from training.images import ImageRejected, load_for_model, probe_image
-from training.matcher import PreparedImages, PreparedTexts
+from training.matcher import DIRECTIONS, KINDS
 
 from .batching import MicroBatcher, OutOfMemory
 from .config import Settings
@@ -98,6 +99,9 @@ class Engine:
         self.backbone = self.bundle.backbone
         self.matcher = self.bundle.matcher
         self.device = self.backbone.device
+        # per direction and kind (fused, global, fine): the (scale, bias) of the calibrated probability
+        self.calibration: list[list[list[float]]] | None = (
+            self.matcher.calibration.cpu().tolist() if bool(self.matcher.calibrated) else None)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(settings.data_dir, settings.qdrant_url, settings.qdrant_api_key,
                                 prefix=settings.qdrant_prefix)
@@ -154,20 +158,19 @@ class Engine:
                                     torch.ones(1, jobs[i].query.tokens.shape[0], dtype=torch.bool), lmax) for i in idx]
                 words, wmask = torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded])
                 q_glob = torch.stack([jobs[i].query.globals for i in idx]).to(dev)
-                q = m.prepare_texts(words.to(dev), wmask.to(dev), q_glob)
+                q = m.prepare_texts(words.to(dev), wmask.to(dev), q_glob).trimmed().take(qidx)
                 c = m.prepare_images(torch.cat([jobs[i].tokens for i in idx]).to(dev),
                                      torch.cat([jobs[i].globals for i in idx]).to(dev))
-                q = PreparedTexts(q.words[qidx], q.mask[qidx], q.globals[qidx], q.lda[qidx])
-                fused, patch = m.score_pairs(c, q, s_global)
+                fused, patch = m.score_pairs(c, q, s_global, direction)
             else:
                 q = m.prepare_images(torch.stack([jobs[i].query.tokens for i in idx]).to(dev),
-                                     torch.stack([jobs[i].query.globals for i in idx]).to(dev))
+                                     torch.stack([jobs[i].query.globals for i in idx]).to(dev)).take(qidx)
                 padded = [pad_words(jobs[i].tokens, jobs[i].mask, lmax) for i in idx]
                 toks, masks = torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded])
                 # text globals only enter the global term, which Qdrant already scored (s_global)
-                c = m.prepare_texts(toks.to(dev), masks.to(dev), torch.zeros(len(toks), m.config.dim, device=dev))
-                q = PreparedImages(q.patches[qidx], q.globals[qidx])
-                fused, patch = m.score_pairs(q, c, s_global)
+                zeros = torch.zeros(len(toks), m.config.dim, device=dev)
+                c = m.prepare_texts(toks.to(dev), masks.to(dev), zeros).trimmed()
+                fused, patch = m.score_pairs(q, c, s_global, direction)
             for i, f, p in zip(idx, fused.float().cpu().split(sizes), patch.float().cpu().split(sizes), strict=True):
                 out[i] = (f, p)
         return out  # type: ignore[return-value]
@@ -231,15 +234,34 @@ class Engine:
     def _page(self, scored: list[tuple[Hit, float | None, float | None]], opts: SearchOptions, kind: str
               ) -> list[dict[str, Any]]:
         """Sort by the final score (fused when reranked, else global), cut at min_score, then page."""
-        rows = sorted(((fused if fused is not None else hit.score, hit, patch) for hit, fused, patch in scored),
-                      key=lambda r: -r[0])
+        direction = "t2i" if kind == IMAGES else "i2t"
+        rows = []
+        for hit, fused, patch in scored:
+            readable = self.readable_scores(direction, hit.score, fused, patch)
+            rows.append((fused if fused is not None else hit.score, readable, hit))
+        rows.sort(key=lambda r: -r[0])
         if opts.min_score is not None:
-            rows = [r for r in rows if r[0] >= opts.min_score]
+            rows = [r for r in rows if r[1]["score"] >= opts.min_score]
         page = rows[opts.offset: opts.offset + opts.limit]
-        return [self.describe(hit, kind) | {"rank": opts.offset + i + 1, "score": round(score, 6),
-                                             "global_score": round(hit.score, 6),
-                                             "fine_score": None if patch is None else round(patch, 6)}
-                for i, (score, hit, patch) in enumerate(page)]
+        return [self.describe(hit, kind) | {"rank": opts.offset + i + 1, **readable}
+                for i, (_, readable, hit) in enumerate(page)]
+
+    def readable_scores(self, direction: str, cosine: float, fused: float | None, patch: float | None
+                        ) -> dict[str, float | None]:
+        """score, global_score and fine_score as the probabilities calibrated on validation (docs/api.md);
+        a matcher without calibration reports its raw scores."""
+        table = self.calibration
+        if table is None:
+            return {"score": round(fused if fused is not None else cosine, 6), "global_score": round(cosine, 6),
+                    "fine_score": None if patch is None else round(patch, 6), "cosine": round(cosine, 6)}
+
+        def prob(x: float, kind: str) -> float:
+            a, b = table[DIRECTIONS.index(direction)][KINDS.index(kind)]
+            return round(1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, a * x + b)))), 6)
+
+        glob = prob(cosine, "global")
+        return {"score": prob(fused, "fused") if fused is not None else glob, "global_score": glob,
+                "fine_score": None if patch is None else prob(patch, "fine"), "cosine": round(cosine, 6)}
 
     def describe(self, hit: Hit | tuple[str, dict[str, Any]], kind: str) -> dict[str, Any]:
         item_id, p = (hit.id, hit.payload) if isinstance(hit, Hit) else hit

@@ -15,7 +15,8 @@ class SearchParams(BaseModel):
     limit: int = Field(10, ge=1, le=1000, description="results to return (capped by the server's max_limit)")
     candidates: int = Field(100, ge=1, le=10000, description="global top-k handed to the matcher")
     rerank: bool = Field(True, description="rerank the candidates with the fine-grained matcher")
-    min_score: float | None = Field(None, ge=-10, le=10, description="drop results scored below this")
+    min_score: float | None = Field(None, ge=-10, le=10, description="drop results whose `score` is below this "
+                                                                      "(a probability 0–1 with a calibrated model)")
     offset: int = Field(0, ge=0, le=100000, description="skip this many results (paging)")
     filter: dict[str, FilterValue] | None = Field(
         None, description="metadata field → value or list of values; `kind`, `item_id`, `image_id` address the item")
@@ -32,9 +33,13 @@ class ImageIdSearch(SearchParams):
 class SearchResult(BaseModel):
     id: str
     rank: int
-    score: float = Field(description="final score: fused when reranked, else the global cosine")
-    global_score: float
-    fine_score: float | None = Field(description="the matcher's word–patch score; null when not reranked")
+    score: float = Field(description="final score: with a calibrated model, the probability (0–1) that the result "
+                                     "matches the query, from the fused score when reranked, else from the global "
+                                     "cosine alone; results are sorted by it")
+    global_score: float = Field(description="the same probability judged from the global CLIP cosine alone")
+    fine_score: float | None = Field(description="the same probability judged from the matcher's word–patch score "
+                                                 "alone; null when not reranked")
+    cosine: float = Field(description="the raw global cosine similarity from Qdrant")
     metadata: dict[str, Any] = {}
     uri: str | None = None
     content_url: str | None = None

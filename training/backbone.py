@@ -336,9 +336,9 @@ class Backbone:
     def text_features(self, ids: torch.Tensor) -> TextFeatures:
         """Token ids → (global at EOT, word tokens 1..EOT-1, mask): encode_text's steps, every token kept.
 
-        The text transformer is causal, so positions after the batch's last EOT cannot change any
-        position up to it: the sequence is cut there (exactly the same features, a fraction of the
-        compute for short captions in a 77-token context).
+        Positions after the batch's last EOT cannot change any position up to it (the causal mask, or for a
+        bidirectional tower the mask that hides everything after each EOT), so the sequence is cut there:
+        exactly the same features, a fraction of the compute for short captions in a 77-token context.
         """
         ids = self.cut_ids(ids)
         return self.text_head(self.text_trunk(ids, 0), ids, 0)
@@ -348,21 +348,29 @@ class Backbone:
         n = int(ids.argmax(dim=-1).max().item()) + 1 if ids.shape[0] else ids.shape[1]
         return ids[:, :n]
 
-    def _text_mask(self, n: int) -> torch.Tensor | None:
+    def _text_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """The causal mask of a causal text tower; for a bidirectional one (`no_causal_mask`), a mask that hides
+        every position after each caption's EOT, so padding and the batch's other captions never change a token."""
+        n = ids.shape[1]
         mask = self.model.attn_mask
-        return mask[:n, :n] if mask is not None else None
+        if mask is not None:
+            return mask[:n, :n]
+        after_eot = torch.arange(n, device=ids.device)[None, :] > ids.argmax(dim=-1)[:, None]  # [B, n] keys
+        heads = self.model.transformer.resblocks[0].attn.num_heads
+        add = torch.zeros(after_eot.shape, device=ids.device).masked_fill(after_eot, float("-inf"))
+        return add[:, None, :].expand(-1, n, -1).repeat_interleave(heads, dim=0)  # [B·heads, n, n]
 
     def text_trunk(self, ids: torch.Tensor, stop: int) -> torch.Tensor:
         m = self.model
         cast = m.transformer.get_cast_dtype()
         n = ids.shape[1]
         x = m.token_embedding(ids).to(cast) + m.positional_embedding[:n].to(cast)
-        return self._run_blocks(m.transformer, x, 0, stop, self._text_mask(n))
+        return self._run_blocks(m.transformer, x, 0, stop, self._text_mask(ids))
 
     def text_head(self, x: torch.Tensor, ids: torch.Tensor, start: int) -> TextFeatures:
         m = self.model
         eot = ids.argmax(dim=-1)
-        x = self._run_blocks(m.transformer, x, start, None, self._text_mask(ids.shape[1]))
+        x = self._run_blocks(m.transformer, x, start, None, self._text_mask(ids))
         x = m.ln_final(x)
         proj = m.text_projection
         x = proj(x) if isinstance(proj, nn.Linear) else (x @ proj if proj is not None else x)

@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from .backbone import Backbone, BackboneError, BackboneSource
 from .matcher import Matcher, MatcherConfig
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+MATCHER_FORMAT = 2  # the oldest bundle format whose matcher this version serves
 
 
 class BundleError(RuntimeError):
@@ -99,9 +100,9 @@ def read_bundle_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def load_bundle(path: str | Path, device: str | None = None, precision: str = "auto",
-                cache_dir: str | None = None) -> Bundle:
-    """Ready encoders + matcher. The backbone's fingerprint must equal the one recorded at training."""
+def load_backbone(path: str | Path, device: str | None = None, precision: str = "auto",
+                  cache_dir: str | None = None) -> Backbone:
+    """A bundle's backbone alone (e.g. to train a new matcher on it); its fingerprint must match the record."""
     path = Path(path)
     config = read_bundle_config(path)
     b = config["backbone"]
@@ -126,6 +127,21 @@ def load_bundle(path: str | Path, device: str | None = None, precision: str = "a
             f"{path}: backbone {b['name']} / {b.get('pretrained')} loaded with fingerprint {backbone.fingerprint}, "
             f"but the matcher was trained on {b['fingerprint']}: the weights differ from those used in training"
         )
+    return backbone
+
+
+def load_bundle(path: str | Path, device: str | None = None, precision: str = "auto",
+                cache_dir: str | None = None) -> Bundle:
+    """Ready encoders + matcher. The backbone's fingerprint must equal the one recorded at training."""
+    path = Path(path)
+    config = read_bundle_config(path)
+    if config["format"] < MATCHER_FORMAT:
+        raise BundleError(
+            f"{path} holds a matcher of bundle format {config['format']} (finesearch "
+            f"{config.get('finesearch_version')}), which this finesearch no longer serves. Its backbone is still "
+            f"usable: retrain the matcher with `finesearch train ... --backbone-from {path}`"
+        )
+    backbone = load_backbone(path, device, precision, cache_dir)
     mfile = path / "matcher.safetensors"
     if not mfile.is_file():
         raise BundleError(f"{path}: matcher.safetensors is missing")

@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from .backbone import TINY_MODEL
-from .bundle import load_bundle
+from .bundle import load_backbone, load_bundle, read_bundle_config
 from .cli_args import add_backbone_args, backbone_from_args
 from .datasets import FORMATS, read_dataset
 from .evaluate import evaluate_protocol, format_table
 from .features import cached_extract, extract
 from .synth import generate
 from .train import TrainConfig, run_training
+
+DEFAULT_CLIP_STEPS = 1000  # backbone steps when training from scratch without --clip-steps
 
 
 def register(sub: Any) -> None:
@@ -68,6 +70,9 @@ def register(sub: Any) -> None:
     s.add_argument("--test", type=int, default=1_000)
     s.add_argument("--size", type=int, default=64, help="image side in pixels")
     s.add_argument("--twin-rate", type=float, default=0.4, help="share of images that are hard-case twins")
+    s.add_argument("--style", choices=["shapes", "grid"], default="shapes",
+                   help="shapes: a row or column of sized shapes; grid: patterned icons in a 2×2 grid (other "
+                        "objects, words and layouts)")
     s.set_defaults(func=cmd_synth)
 
 
@@ -75,15 +80,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name not in ("matcher", "seed") and getattr(args, f.name, None) is not None}
     from_scratch = args.from_scratch
-    if from_scratch and not args.backbone_from and "clip_epochs" not in overrides and "clip_minutes" not in overrides:
-        overrides["clip_epochs"] = 30
+    if from_scratch and not args.backbone_from and "clip_steps" not in overrides:
+        overrides["clip_steps"] = DEFAULT_CLIP_STEPS
     cfg = TrainConfig(seed=args.seed, matcher=json.loads(args.matcher), **overrides)
     train = read_dataset(args.data, args.format, args.train_split)
     val = read_dataset(args.data, args.format, args.val_split) if args.val_split else None
     if args.backbone_from:
-        bundle = load_bundle(args.backbone_from, device=args.device, precision=args.precision)
-        backbone = bundle.backbone
-        from_scratch = bool(bundle.config["backbone"].get("weights"))  # keep shipping the weights it came with
+        backbone = load_backbone(args.backbone_from, device=args.device, precision=args.precision)
+        # keep shipping the weights it came with
+        from_scratch = bool(read_bundle_config(args.backbone_from)["backbone"].get("weights"))
     else:
         backbone = backbone_from_args(args)
     info = {"file": str(args.data), "format": args.format, "train_images": len(train),
@@ -92,8 +97,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                           resume=args.resume, progress=not args.no_progress, data_info=info,
                           keep_backbone=args.backbone_from is not None)
     if args.backbone_from:  # keep the provenance of the reused backbone in the new bundle
-        from .bundle import read_bundle_config
-
         src = read_bundle_config(args.backbone_from)
         cfg_file = args.out / "config.json"
         merged = json.loads(cfg_file.read_text())
@@ -124,7 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    info = generate(args.out, args.seed, args.train, args.val, args.test, args.size, args.twin_rate)
+    info = generate(args.out, args.seed, args.train, args.val, args.test, args.size, args.twin_rate, args.style)
     print(json.dumps(info))
     return 0
 

@@ -41,13 +41,13 @@ def recall(i2t_rank: torch.Tensor, t2i_rank: torch.Tensor) -> dict[str, Any]:
 
 
 @dataclass
-class Prepared:
+class PreparedSet:
     img: PreparedImages
     txt: PreparedTexts
 
 
 @torch.inference_mode()
-def prepare(matcher: Matcher, f: Features, device: torch.device | str = "cpu", batch: int = 1024) -> Prepared:
+def prepare(matcher: Matcher, f: Features, device: torch.device | str = "cpu", batch: int = 1024) -> PreparedSet:
     """Per-item matcher work (selection, adapters, LDA) once for the whole set."""
     matcher.eval()
     imgs, txts = [], []
@@ -56,54 +56,93 @@ def prepare(matcher: Matcher, f: Features, device: torch.device | str = "cpu", b
     for lo in range(0, len(f.texts), batch):
         txts.append(matcher.prepare_texts(f.txt_tok[lo:lo + batch].to(device), f.txt_mask[lo:lo + batch].to(device),
                                           f.txt_glob[lo:lo + batch].to(device)))
-    return Prepared(
+    return PreparedSet(
         PreparedImages(torch.cat([p.patches for p in imgs]), torch.cat([p.globals for p in imgs])),
-        PreparedTexts(torch.cat([p.words for p in txts]), torch.cat([p.mask for p in txts]),
-                      torch.cat([p.globals for p in txts]), torch.cat([p.lda for p in txts])),
+        PreparedTexts(*(torch.cat([getattr(p, k) for p in txts]) for k in ("words", "mask", "globals", "lda",
+                                                                           "importance"))).trimmed(),
     )
 
 
-def _take_img(p: PreparedImages, idx: torch.Tensor) -> PreparedImages:
-    return PreparedImages(p.patches[idx], p.globals[idx])
+@dataclass
+class CandidateScores:
+    """Each query's global top-k and the global and patch scores of those k pairs, both directions.
 
+    Fusion is a mix of the two, so once these are known, any fusion share costs a recombination only.
+    """
 
-def _take_txt(p: PreparedTexts, idx: torch.Tensor) -> PreparedTexts:
-    return PreparedTexts(p.words[idx], p.mask[idx], p.globals[idx], p.lda[idx])
+    t2i_top: torch.Tensor  # [Nt, k] image indices
+    t2i_global: torch.Tensor
+    t2i_patch: torch.Tensor
+    i2t_top: torch.Tensor  # [Ni, k] caption indices
+    i2t_global: torch.Tensor
+    i2t_patch: torch.Tensor
 
 
 @torch.inference_mode()
-def two_stage_ranks(matcher: Matcher, p: Prepared, txt_img: torch.Tensor, candidates: int,
-                    pairs_per_call: int = 32768) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global top-k, matcher rerank of those k; items beyond k keep their global order below them."""
+def candidate_scores(matcher: Matcher, p: PreparedSet, candidates: int, pairs_per_call: int = 32768
+                     ) -> CandidateScores:
     g = p.img.globals @ p.txt.globals.T  # [Ni, Nt]
-    txt_img = txt_img.to(g.device)
-    g_i2t, g_t2i = ranks_from_scores(g, txt_img)
     ni, nt = g.shape
 
-    def rerank(n_q: int, k: int, top: torch.Tensor, score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-               ) -> torch.Tensor:
+    def score(n_q: int, top: torch.Tensor, pair: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+              ) -> torch.Tensor:
+        k = top.shape[1]
         out = torch.empty(n_q, k, device=g.device)
-        step = max(1, pairs_per_call // k)
+        step = max(1, pairs_per_call // max(k, 1))
         for lo in range(0, n_q, step):
             q = torch.arange(lo, min(lo + step, n_q), device=g.device)
-            out[lo:lo + len(q)] = score(q.repeat_interleave(k), top[q].reshape(-1)).view(len(q), k)
+            out[lo:lo + len(q)] = pair(q.repeat_interleave(k), top[q].reshape(-1)).view(len(q), k)
         return out
 
-    # t2i: each caption against its top-k images
-    k = min(candidates, ni)
-    top = g.T.topk(k, dim=1).indices  # [Nt, k]
-    fine = rerank(nt, k, top, lambda t, i: matcher.score_pairs(_take_img(p.img, i), _take_txt(p.txt, t))[0])
-    gt_in = top == txt_img[:, None]
+    t2i_g, t2i_top = g.T.topk(min(candidates, ni), dim=1)
+    t2i_p = score(nt, t2i_top, lambda t, i: matcher.score_pairs(p.img.take(i), p.txt.take(t))[1])
+    i2t_g, i2t_top = g.topk(min(candidates, nt), dim=1)
+    i2t_p = score(ni, i2t_top, lambda i, t: matcher.score_pairs(p.img.take(i), p.txt.take(t))[1])
+    return CandidateScores(t2i_top, t2i_g, t2i_p, i2t_top, i2t_g, i2t_p)
+
+
+def two_stage_ranks_from(cs: CandidateScores, txt_img: torch.Tensor, g_i2t: torch.Tensor, g_t2i: torch.Tensor,
+                         share_t2i: float, share_i2t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks after reranking each query's top-k by (1−w)·global + w·patch; items beyond k keep their global
+    order below them (so a ground truth outside the top-k keeps its global rank)."""
+    txt_img = txt_img.to(cs.t2i_top.device)
+    fine = (1 - share_t2i) * cs.t2i_global + share_t2i * cs.t2i_patch
+    gt_in = cs.t2i_top == txt_img[:, None]
     gt_fine = fine.masked_fill(~gt_in, float("-inf")).max(dim=1).values
-    t2i = torch.where(gt_in.any(dim=1), (fine > gt_fine[:, None]).sum(dim=1), g_t2i)
-    # i2t: each image against its top-k captions
-    k = min(candidates, nt)
-    top = g.topk(k, dim=1).indices  # [Ni, k]
-    fine = rerank(ni, k, top, lambda i, t: matcher.score_pairs(_take_img(p.img, i), _take_txt(p.txt, t))[0])
-    gt_in = txt_img[top] == torch.arange(ni, device=g.device)[:, None]
+    t2i = torch.where(gt_in.any(dim=1), (fine > gt_fine[:, None]).sum(dim=1), g_t2i.to(fine.device))
+    fine = (1 - share_i2t) * cs.i2t_global + share_i2t * cs.i2t_patch
+    gt_in = txt_img[cs.i2t_top] == torch.arange(cs.i2t_top.shape[0], device=fine.device)[:, None]
     gt_fine = fine.masked_fill(~gt_in, float("-inf")).max(dim=1).values
-    i2t = torch.where(gt_in.any(dim=1), (fine > gt_fine[:, None]).sum(dim=1), g_i2t)
+    i2t = torch.where(gt_in.any(dim=1), (fine > gt_fine[:, None]).sum(dim=1), g_i2t.to(fine.device))
     return i2t.cpu(), t2i.cpu()
+
+
+def shares(matcher: Matcher) -> tuple[float, float]:
+    """The matcher's fusion share per direction (t2i, i2t)."""
+    return float(matcher.share[0]), float(matcher.share[1])
+
+
+@torch.inference_mode()
+def two_stage_ranks(matcher: Matcher, p: PreparedSet, txt_img: torch.Tensor, candidates: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global top-k, matcher rerank of those k (the service's two stages), with the matcher's fusion shares."""
+    g_i2t, g_t2i = ranks_from_scores((p.img.globals @ p.txt.globals.T).cpu(), txt_img)
+    cs = candidate_scores(matcher, p, candidates)
+    return two_stage_ranks_from(cs, txt_img, g_i2t, g_t2i, *shares(matcher))
+
+
+@torch.inference_mode()
+def exhaustive_ranks(matcher: Matcher, p: PreparedSet, txt_img: torch.Tensor, block: int = 256
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matcher over every pair; each direction ranks by its own fusion share."""
+    ni = p.img.patches.shape[0]
+    gs, ps = zip(*[matcher.score_matrices(p.img.take(torch.arange(lo, min(lo + block, ni))), p.txt)
+                   for lo in range(0, ni, block)], strict=True)
+    g, s = torch.cat(gs).cpu(), torch.cat(ps).cpu()
+    w_t2i, w_i2t = shares(matcher)
+    i2t, _ = ranks_from_scores((1 - w_i2t) * g + w_i2t * s, txt_img)
+    _, t2i = ranks_from_scores((1 - w_t2i) * g + w_t2i * s, txt_img)
+    return i2t, t2i
 
 
 @torch.inference_mode()
@@ -118,15 +157,12 @@ def evaluate(matcher: Matcher, f: Features, candidates: int = 100, rankers: tupl
         out["global"] = {**recall(*ranks_from_scores(sims.cpu(), txt_img)), "seconds": time.perf_counter() - t0}
     if "two_stage" in rankers:
         t0 = time.perf_counter()
-        p = prepare(matcher, f, device)
-        i2t, t2i = two_stage_ranks(matcher, p, txt_img, candidates)
+        i2t, t2i = two_stage_ranks(matcher, prepare(matcher, f, device), txt_img, candidates)
         out["two_stage"] = {**recall(i2t, t2i), "candidates": candidates, "seconds": time.perf_counter() - t0}
     if "exhaustive" in rankers:
         t0 = time.perf_counter()
-        p = prepare(matcher, f, device)
-        sims = torch.cat([matcher.score_matrix(_take_img(p.img, torch.arange(lo, min(lo + 256, len(f.image_ids)))),
-                                               p.txt) for lo in range(0, len(f.image_ids), 256)])
-        out["exhaustive"] = {**recall(*ranks_from_scores(sims.cpu(), txt_img)), "seconds": time.perf_counter() - t0}
+        i2t, t2i = exhaustive_ranks(matcher, prepare(matcher, f, device), txt_img)
+        out["exhaustive"] = {**recall(i2t, t2i), "seconds": time.perf_counter() - t0}
     for v in out.values():
         v["seconds"] = round(v["seconds"], 3)
     return out

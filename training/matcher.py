@@ -1,9 +1,28 @@
-"""Fine-grained patch–word matcher (MGAN-style interaction with LDA aggregation).
+"""Fine-grained patch–word matcher: MGAN's similarity interaction with LDA aggregation.
 
-See DESIGN.md "Matcher". One module serves three callers with the same maths:
-the service (one query against k candidates), evaluation (all pairs, chunked)
-and training (all pairs of a batch, with a differentiable patch selection).
-Everything is batched: there is no Python loop over candidates, patches or words.
+See DESIGN.md "Matcher" and docs/evaluation.md for the measured choices. One module
+serves three callers with the same maths: the service (one query against k
+candidates), evaluation (all pairs, chunked) and training (all pairs of a batch,
+or each query against its mined candidates). Everything is batched: there is no
+Python loop over candidates, patches or words.
+
+What differs from a literal reading of MGAN, and why (each measured on validation):
+
+* Every softmax of eqs. 7–9 has a learnable inverse temperature. Cosines between
+  tokens spread over a few tenths, so a softmax over raw cosines is nearly uniform
+  and the interaction degenerates into mean pooling.
+* MGAN's Linear₁₋₃ act on positions (the k-th selected patch, the l-th word). The
+  selected patches are sorted indices that differ per image, so a weight "for slot
+  k" means nothing; here the layer between the two softmaxes is shared by every
+  position (`n·softmax(τ·c)` scaled by the outer temperature), which is order-free
+  and still lets training choose how sharp each attention is. `slot_linear` keeps
+  the positional layers for the ablation.
+* The selector's perturbation noise is relative to the spread of the image's own
+  selector scores, so training and inference pick the same patches; `top_k=0`
+  keeps every patch.
+* LDA projects up (hidden ≥ d) and mixes two length-invariant aggregations of the
+  word scores: the mean, and a sum weighted by learned word importances that sum
+  to one. A plain sum makes the score grow with the caption's length.
 """
 
 from __future__ import annotations
@@ -16,22 +35,53 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbone import pad_words
+from .losses import centre_tokens
+
+DIRECTIONS = ("t2i", "i2t")  # t2i: a caption ranks images; i2t: an image ranks captions
+KINDS = ("fused", "global", "fine")
+
 
 @dataclass
 class MatcherConfig:
     dim: int = 512
     num_patches: int = 49  # M of the backbone (grid²)
-    max_words: int = 75  # context_length − 2: Linear₁ acts on this many word positions
-    top_k: int = 16  # K patches kept by the selector
+    max_words: int = 75  # context_length − 2
+    # patch selector (MGAN eq. 5); top_k = 0 keeps every patch and skips the selector
+    top_k: int = 0
     selector_hidden: int = 64
-    sigma: float = 0.05  # perturbed top-k noise
+    sigma: float = 0.5  # perturbed top-k noise, relative to the std of the image's selector scores
     num_samples: int = 100  # perturbed top-k samples
+    # tokens minus their item's mean (what is particular to each patch or word), as the backbone's token term saw them
+    centre: bool = False
+    # residual adapters on tokens (zero-initialised)
     adapters: bool = True
-    adapter_hidden: int = 128
-    lda_hidden: int = 64
+    adapter_hidden: int = 256
+    # similarity interaction (eqs. 7–9)
+    temperature: float = 10.0  # initial inverse temperature of the inner softmaxes
+    learn_temperature: bool = True
+    slot_linear: bool = False  # MGAN's positional Linear₁₋₃ (ablation; order-dependent)
+    # LDA aggregation of the word scores
+    lda_hidden: int = 256
+    aggregation: str = "weighted"  # "weighted": importance-weighted sum + mean; "sum": plain Σ + mean
+    # fusion with the global score: S = (1−w)·global + w·patch, w learned in training, then tuned per direction
     fusion: str = "learned"  # or "fixed"
-    fusion_global: float = 0.6
-    fusion_patch: float = 0.2
+    fusion_share: float = 0.25  # MGAN's β=0.6, λ=0.2 as a share
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in ("weighted", "sum"):
+            raise ValueError(f"aggregation must be 'weighted' or 'sum', not {self.aggregation!r}")
+        if self.fusion not in ("learned", "fixed"):
+            raise ValueError(f"fusion must be 'learned' or 'fixed', not {self.fusion!r}")
+        if not 0 < self.fusion_share < 1:
+            raise ValueError("fusion_share must be between 0 and 1")
+        if self.top_k < 0 or self.top_k > self.num_patches:
+            raise ValueError(f"top_k={self.top_k} must be 0 (all) or at most the backbone's {self.num_patches} "
+                             "patches")
+
+    @property
+    def kept_patches(self) -> int:
+        return self.top_k or self.num_patches
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,7 +91,7 @@ class MatcherConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown matcher options {sorted(unknown)} (bundle from a newer finesearch?)")
+            raise ValueError(f"unknown matcher options {sorted(unknown)} (bundle from another finesearch version?)")
         return cls(**d)
 
 
@@ -54,23 +104,25 @@ def masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.
 
 class PerturbedTopK(torch.autograd.Function):
     """Differentiable top-k (Berthet et al. 2020, as in TS2-Net): the mean of the hard
-    top-k indicators of noisy scores, with the perturbed-optimizer gradient E[y·Zᵀ]/σ."""
+    top-k indicators of noisy scores, with the perturbed-optimizer gradient E[y·Zᵀ]/σ.
+
+    `sigma` is a tensor [B, 1]: each image's noise scale (relative to its own score spread)."""
 
     @staticmethod
-    def forward(ctx: Any, scores: torch.Tensor, k: int, num_samples: int, sigma: float) -> torch.Tensor:
+    def forward(ctx: Any, scores: torch.Tensor, k: int, num_samples: int, sigma: torch.Tensor) -> torch.Tensor:
         b, m = scores.shape
         noise = torch.randn(b, num_samples, m, device=scores.device, dtype=scores.dtype)
-        idx = torch.topk(scores[:, None, :] + sigma * noise, k, dim=-1, sorted=False).indices
+        idx = torch.topk(scores[:, None, :] + sigma[:, :, None] * noise, k, dim=-1, sorted=False).indices
         idx = torch.sort(idx, dim=-1).values  # keep spatial order
         onehot = F.one_hot(idx, m).to(scores.dtype)  # [b, n, k, m]
-        ctx.save_for_backward(onehot, noise)
-        ctx.sigma, ctx.num_samples = sigma, num_samples
+        ctx.save_for_backward(onehot, noise, sigma)
+        ctx.num_samples = num_samples
         return onehot.mean(dim=1)  # [b, k, m]
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
-        onehot, noise = ctx.saved_tensors
-        jac = torch.einsum("bnkm,bne->bkme", onehot, noise) / (ctx.num_samples * ctx.sigma)
+        onehot, noise, sigma = ctx.saved_tensors
+        jac = torch.einsum("bnkm,bne->bkme", onehot, noise) / (ctx.num_samples * sigma[:, :, None, None])
         return torch.einsum("bkm,bkme->be", grad, jac), None, None, None
 
 
@@ -89,7 +141,10 @@ class Adapter(nn.Module):
 
 
 class LDA(nn.Module):
-    """Lightweight dynamic aggregator: (w_sum, w_mean) from the caption's words and its length."""
+    """Lightweight dynamic aggregator: (w_sum, w_mean) from the caption's words and its length.
+
+    Project up (hidden ≥ d + 1), non-linearity, project back, residual, softmax — as the LDA paper describes.
+    """
 
     def __init__(self, dim: int, hidden: int, max_words: int) -> None:
         super().__init__()
@@ -113,153 +168,200 @@ class PreparedImages:
     patches: torch.Tensor  # [B, K, d] selected, adapted, normalised
     globals: torch.Tensor  # [B, d]
 
+    def take(self, idx: torch.Tensor) -> PreparedImages:
+        return PreparedImages(self.patches[idx], self.globals[idx])
+
 
 @dataclass
 class PreparedTexts:
+    """Per-caption work done once: adapted words, their importances and the LDA weights."""
+
     words: torch.Tensor  # [B, max_words, d] adapted, normalised, zero padded
     mask: torch.Tensor  # [B, max_words]
     globals: torch.Tensor  # [B, d]
     lda: torch.Tensor  # [B, 2] (w_sum, w_mean)
+    importance: torch.Tensor  # [B, max_words] word weights of the sum branch, summing to 1 over real words
+
+    def take(self, idx: torch.Tensor) -> PreparedTexts:
+        return PreparedTexts(self.words[idx], self.mask[idx], self.globals[idx], self.lda[idx], self.importance[idx])
+
+    def trimmed(self) -> PreparedTexts:
+        """Padding cut to the longest caption here: the same scores (masks), less work per pair."""
+        n = max(1, int(self.mask.sum(dim=1).max())) if self.mask.shape[0] else 1
+        return PreparedTexts(self.words[:, :n], self.mask[:, :n], self.globals, self.lda, self.importance[:, :n])
+
+
+@dataclass
+class Interaction:
+    """What the interaction computed for a batch of pairs, kept for losses and explanations."""
+
+    patch: torch.Tensor  # [...] S_patch = (s_w2p + s_p2w) / 2
+    word_scores: torch.Tensor  # [..., L] s_w (eq. 9), zero on padding
+    word_attention: torch.Tensor  # [..., L, K] α′: each word's weights over the kept patches
 
 
 class Matcher(nn.Module):
     def __init__(self, config: MatcherConfig) -> None:
         super().__init__()
         c = self.config = config
-        if c.top_k > c.num_patches:
-            raise ValueError(f"top_k={c.top_k} is more than the backbone's {c.num_patches} patches")
+        k = c.kept_patches
         # MLP on [patch; global], its first layer split in two so the global half is
         # computed once per image instead of once per patch (same function, half the FLOPs).
-        self.sel_patch = nn.Linear(c.dim, c.selector_hidden)
-        self.sel_global = nn.Linear(c.dim, c.selector_hidden, bias=False)
-        self.sel_out = nn.Linear(c.selector_hidden, 1)
+        if c.top_k:
+            self.sel_patch = nn.Linear(c.dim, c.selector_hidden)
+            self.sel_global = nn.Linear(c.dim, c.selector_hidden, bias=False)
+            self.sel_out = nn.Linear(c.selector_hidden, 1)
         self.patch_adapter = Adapter(c.dim, c.adapter_hidden) if c.adapters else None
         self.word_adapter = Adapter(c.dim, c.adapter_hidden) if c.adapters else None
-        self.lin1 = nn.Linear(c.max_words, c.max_words)  # over the words of one patch row
-        self.lin2 = nn.Linear(c.top_k, c.top_k)  # over the patch scores
-        self.lin3 = nn.Linear(c.top_k, c.top_k)  # over the patches of one word column
+        if c.slot_linear:
+            self.lin1 = nn.Linear(c.max_words, c.max_words)  # over the words of one patch row
+            self.lin2 = nn.Linear(k, k)  # over the patch scores
+            self.lin3 = nn.Linear(k, k)  # over the patches of one word column
+        # log inverse temperatures: inner/outer softmax of eq. 7 (rows), eq. 8 (patch scores), eq. 9 (columns)
+        inner = math.log(c.temperature)
+        self.log_temp = nn.Parameter(torch.tensor([inner, 0.0, inner, 0.0, inner, 0.0]),
+                                     requires_grad=c.learn_temperature)
+        self.importance: nn.Linear | None = None
+        if c.aggregation == "weighted":  # word importance for LDA's sum branch; starts as the plain mean
+            self.importance = nn.Linear(c.dim, 1)
+            nn.init.zeros_(self.importance.weight)
+            nn.init.zeros_(self.importance.bias)
         self.lda = LDA(c.dim, c.lda_hidden, c.max_words)
-        total = c.fusion_global + c.fusion_patch
-        self.register_buffer("fusion_total", torch.tensor(total))
-        mix = torch.tensor(math.log(c.fusion_patch / c.fusion_global))  # sigmoid(mix) = patch share
-        self.fusion_mix = nn.Parameter(mix, requires_grad=c.fusion == "learned")
+        self.fusion_mix = nn.Parameter(torch.tensor(math.log(c.fusion_share / (1 - c.fusion_share))),
+                                       requires_grad=c.fusion == "learned")
+        # set on validation after training (see training/calibrate.py): per direction, the patch share and
+        # the logistic calibration (scale, bias) of the fused, global and fine scores
+        self.register_buffer("share", torch.full((2,), c.fusion_share))
+        self.register_buffer("calibration", torch.tensor([[1.0, 0.0]] * 3).repeat(2, 1, 1))  # [dir, kind, 2]
+        self.register_buffer("calibrated", torch.tensor(False))
 
     # ----------------------------------------------------------- per side
     def select(self, patches: torch.Tensor, globals_: torch.Tensor) -> torch.Tensor:
         """[B, M, d] → [B, K, d]: hard top-K at inference, perturbed (differentiable) in training."""
+        if not self.config.top_k:
+            return patches
         b, m, d = patches.shape
         h = self.sel_patch(patches) + self.sel_global(globals_)[:, None, :]
         scores = self.sel_out(F.gelu(h)).squeeze(-1)  # [B, M]
         k = self.config.top_k
         if self.training and torch.is_grad_enabled():
-            ind = PerturbedTopK.apply(scores, k, self.config.num_samples, self.config.sigma)
+            sigma = self.config.sigma * scores.detach().std(dim=-1, keepdim=True).clamp(min=1e-4)
+            ind = PerturbedTopK.apply(scores, k, self.config.num_samples, sigma)
             return ind @ patches
         idx = torch.sort(torch.topk(scores, k, dim=-1).indices, dim=-1).values
         return torch.gather(patches, 1, idx[..., None].expand(b, k, d))
 
     def prepare_images(self, patches: torch.Tensor, globals_: torch.Tensor) -> PreparedImages:
         patches = patches.float()
+        if self.config.centre:
+            patches = centre_tokens(patches)
         sel = self.select(patches, globals_.float())
         sel = self.patch_adapter(sel) if self.patch_adapter is not None else F.normalize(sel, dim=-1)
         return PreparedImages(sel, globals_.float())
 
     def prepare_texts(self, words: torch.Tensor, mask: torch.Tensor, globals_: torch.Tensor) -> PreparedTexts:
-        lmax = self.config.max_words
-        words, mask = words[:, :lmax].float(), mask[:, :lmax]
-        if words.shape[1] < lmax:
-            pad = lmax - words.shape[1]
-            words = F.pad(words, (0, 0, 0, pad))
-            mask = F.pad(mask, (0, pad), value=False)
+        words, mask = pad_words(words.float(), mask.bool(), self.config.max_words)
+        if self.config.centre:
+            words = centre_tokens(words, mask)
         if self.word_adapter is not None:
             words = self.word_adapter(words)
         words = words * mask[..., None]
-        return PreparedTexts(words, mask, globals_.float(), self.lda(words, mask))
+        logits = self.importance(words).squeeze(-1) if self.importance is not None else torch.zeros_like(mask, dtype=
+                                                                                                        words.dtype)
+        importance = masked_softmax(logits, mask)
+        return PreparedTexts(words, mask, globals_.float(), self.lda(words, mask), importance)
 
     # -------------------------------------------------------- interaction
-    def _patch_score(self, sim: torch.Tensor, mask: torch.Tensor, lda: torch.Tensor) -> torch.Tensor:
-        """sim [..., K, L] with word mask [..., L] and LDA weights [..., 2] → S_patch [...]."""
-        wmask = mask[..., None, :].expand_as(sim)
-        # patch rows: α = softmax(Linear₁(softmax(c))) over valid words; s_p = αᵀc
-        alpha = masked_softmax(self.lin1(masked_softmax(sim, wmask)), wmask)
-        s_p = (alpha * sim).sum(-1)  # [..., K]
-        beta = torch.softmax(self.lin2(torch.softmax(s_p, dim=-1)), dim=-1)
-        s_w2p = (beta * s_p).sum(-1)
-        # word columns: α′ = softmax(Linear₃(softmax(c))) over the K patches; s_w = α′ᵀc
+    def _attend(self, c: torch.Tensor, mask: torch.Tensor | None, which: int) -> torch.Tensor:
+        """Weights softmax(Linear(softmax(c))) over the last dim, with temperatures (see module docstring)."""
+        t_in, t_out = self.log_temp[2 * which: 2 * which + 2].exp()
+        if mask is None:
+            mask = torch.ones_like(c, dtype=torch.bool)
+        inner = masked_softmax(t_in * c, mask)
+        if self.config.slot_linear:  # positions beyond this batch's width are padding: zero inputs, cut outputs
+            lin = (self.lin1, self.lin2, self.lin3)[which]
+            width = inner.shape[-1]
+            return masked_softmax(t_out * lin(F.pad(inner, (0, lin.in_features - width)))[..., :width], mask)
+        n = mask.sum(-1, keepdim=True).to(c.dtype)
+        return masked_softmax(t_out * n * inner, mask)
+
+    def interact(self, sim: torch.Tensor, txt_mask: torch.Tensor, lda: torch.Tensor, importance: torch.Tensor
+                 ) -> Interaction:
+        """sim [..., K, L] with the word mask, LDA weights and word importances → S_patch and its parts."""
+        wmask = txt_mask[..., None, :].expand_as(sim)
+        # eq. 7: patch rows, attention over the caption's words; eq. 8: attention over the patch scores
+        s_p = (self._attend(sim, wmask, 0) * sim).sum(-1)  # [..., K]
+        s_w2p = (self._attend(s_p, None, 1) * s_p).sum(-1)
+        # eq. 9: word columns, attention over the patches
         cols = sim.transpose(-1, -2)  # [..., L, K]
-        alpha3 = torch.softmax(self.lin3(torch.softmax(cols, dim=-1)), dim=-1)
-        s_w = (alpha3 * cols).sum(-1) * mask  # [..., L]
-        n = mask.sum(-1).to(sim.dtype)
-        s_sum = s_w.sum(-1)
-        s_p2w = lda[..., 0] * s_sum + lda[..., 1] * s_sum / n.clamp(min=1)
-        return (s_w2p + s_p2w) / 2
+        att = self._attend(cols, None, 2)
+        s_w = (att * cols).sum(-1) * txt_mask  # [..., L]
+        # LDA (replaces eq. 10): w_sum · Σ_l a_l s_w + w_mean · mean_l s_w
+        n = txt_mask.sum(-1).to(sim.dtype).clamp(min=1)
+        mean = s_w.sum(-1) / n
+        summed = (importance * s_w).sum(-1) if self.config.aggregation == "weighted" else s_w.sum(-1)
+        s_p2w = lda[..., 0] * summed + lda[..., 1] * mean
+        return Interaction((s_w2p + s_p2w) / 2, s_w, att)
 
-    def fuse(self, s_global: torch.Tensor, s_patch: torch.Tensor) -> torch.Tensor:
-        w = torch.sigmoid(self.fusion_mix)
-        return self.fusion_total * ((1 - w) * s_global + w * s_patch)
+    def mix(self, s_global: torch.Tensor, s_patch: torch.Tensor, direction: str | None = None) -> torch.Tensor:
+        """(1−w)·global + w·patch: with `direction`, the share tuned for it; without, the trained share."""
+        w = torch.sigmoid(self.fusion_mix) if direction is None else self.share[DIRECTIONS.index(direction)]
+        return (1 - w) * s_global + w * s_patch
 
-    def score_pairs(self, img: PreparedImages, txt: PreparedTexts, s_global: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def calibrate(self, score: torch.Tensor, direction: str, kind: str = "fused") -> torch.Tensor:
+        """A score → the probability, fitted on validation, that the pair matches (see docs/api.md)."""
+        a, b = self.calibration[DIRECTIONS.index(direction), KINDS.index(kind)]
+        return torch.sigmoid(a * score + b)
+
+    def score_pairs(self, img: PreparedImages, txt: PreparedTexts, s_global: torch.Tensor | None = None,
+                    direction: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Aligned pairs (image i, text i) → (fused score [N], patch score [N]).
 
         `s_global` lets a caller that already has the global cosines (Qdrant's scores) pass them in.
+        The fused score is the uncalibrated mix; ranking by it equals ranking by its calibrated probability.
         """
         sim = torch.einsum("nkd,nld->nkl", img.patches, txt.words)
-        s_patch = self._patch_score(sim, txt.mask, txt.lda)
+        s_patch = self.interact(sim, txt.mask, txt.lda, txt.importance).patch
         if s_global is None:
             s_global = (img.globals * txt.globals).sum(-1)
-        return self.fuse(s_global.to(s_patch.dtype), s_patch), s_patch
-
-    def score_matrix(self, img: PreparedImages, txt: PreparedTexts, chunk: int = 65536) -> torch.Tensor:
-        """All pairs → fused scores [B_images, B_texts], chunked over texts to bound memory."""
-        return self.score_matrices(img, txt, chunk)[0]
+        return self.mix(s_global.to(s_patch.dtype), s_patch, direction), s_patch
 
     def score_matrices(self, img: PreparedImages, txt: PreparedTexts, chunk: int = 65536
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """All pairs → (fused, global, patch) score matrices [B_images, B_texts]."""
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All pairs → (global, patch) score matrices [B_images, B_texts], chunked over texts to bound memory."""
         bi, bt = img.patches.shape[0], txt.words.shape[0]
         step = max(1, chunk // max(bi, 1))
-        patches, globals_ = [], []
+        patches = []
         for lo in range(0, bt, step):
-            w, m, lda = txt.words[lo:lo + step], txt.mask[lo:lo + step], txt.lda[lo:lo + step]
-            sim = torch.einsum("ikd,tld->itkl", img.patches, w)
-            patches.append(self._patch_score(sim, m[None].expand(bi, -1, -1), lda[None].expand(bi, -1, -1)))
-            globals_.append(img.globals @ txt.globals[lo:lo + step].T)
+            t = txt.take(torch.arange(lo, min(lo + step, bt), device=txt.words.device))
+            sim = torch.einsum("ikd,tld->itkl", img.patches, t.words)
+            e = lambda x: x[None].expand(bi, *x.shape)  # noqa: E731
+            patches.append(self.interact(sim, e(t.mask), e(t.lda), e(t.importance)).patch)
         if not patches:
-            empty = img.globals.new_zeros(bi, 0)
-            return empty, empty, empty
-        g, p = torch.cat(globals_, dim=1), torch.cat(patches, dim=1)
-        return self.fuse(g, p), g, p
+            return img.globals.new_zeros(bi, 0), img.globals.new_zeros(bi, 0)
+        return img.globals @ txt.globals.T, torch.cat(patches, dim=1)
 
-    def set_patch_share(self, share: float) -> None:
-        """Set the fusion's patch share w (S = total·((1−w)·global + w·patch)), e.g. as tuned on validation."""
-        share = min(max(share, 1e-4), 1 - 1e-4)
+    def score_matrix(self, img: PreparedImages, txt: PreparedTexts, direction: str | None = None,
+                     chunk: int = 65536) -> torch.Tensor:
+        """All pairs → fused scores [B_images, B_texts] (the share of `direction`, or the trained one)."""
+        g, p = self.score_matrices(img, txt, chunk)
+        return self.mix(g, p, direction)
+
+    def set_shares(self, t2i: float, i2t: float) -> None:
+        """The patch share w per direction, e.g. as tuned on validation."""
         with torch.no_grad():
-            self.fusion_mix.fill_(math.log(share / (1 - share)))
+            self.share.copy_(torch.tensor([t2i, i2t], dtype=self.share.dtype))
 
     # ------------------------------------------------------ service calls
     def rank_images(self, txt: PreparedTexts, img: PreparedImages) -> tuple[torch.Tensor, torch.Tensor]:
         """One text query (batch 1) against k image candidates → (fused [k], patch [k])."""
         k = img.patches.shape[0]
-        q = PreparedTexts(txt.words.expand(k, -1, -1), txt.mask.expand(k, -1), txt.globals.expand(k, -1),
-                          txt.lda.expand(k, -1))
-        return self.score_pairs(img, q)
+        return self.score_pairs(img, txt.take(torch.zeros(k, dtype=torch.long, device=txt.words.device)),
+                                direction="t2i")
 
     def rank_texts(self, img: PreparedImages, txt: PreparedTexts) -> tuple[torch.Tensor, torch.Tensor]:
         """One image query (batch 1) against k caption candidates → (fused [k], patch [k])."""
         k = txt.words.shape[0]
-        q = PreparedImages(img.patches.expand(k, -1, -1), img.globals.expand(k, -1))
-        return self.score_pairs(q, txt)
+        return self.score_pairs(img.take(torch.zeros(k, dtype=torch.long, device=img.patches.device)), txt,
+                                direction="i2t")
 
-
-def triplet_loss(scores: torch.Tensor, margin: float = 0.2, hardest: bool = True) -> torch.Tensor:
-    """VSE++ loss on an [images × texts] score matrix whose diagonal holds the positives, both directions.
-
-    `hardest=False` sums over every violating negative (the warm-up of the first epoch).
-    """
-    diag = scores.diag()
-    eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
-    cost_t = (margin + scores - diag[:, None]).clamp(min=0).masked_fill(eye, 0)  # image → wrong texts
-    cost_i = (margin + scores - diag[None, :]).clamp(min=0).masked_fill(eye, 0)  # text → wrong images
-    if hardest:
-        return cost_t.max(dim=1).values.sum() + cost_i.max(dim=0).values.sum()
-    return cost_t.sum() + cost_i.sum()

@@ -20,7 +20,7 @@ from .synth import generate
 from .train import TrainConfig, run_training
 
 REDUCED_DATA = {"seed": 1, "train": 1500, "val": 300, "test": 300}
-REDUCED = TrainConfig(seed=0, clip_epochs=4, clip_batch=128, token_loss=0.5, epochs=2, lr=2e-3, batch_size=128)
+REDUCED = TrainConfig(seed=0, clip_steps=200, steps=150, val_every=75, calibrate_candidates=50)
 
 
 def run_reduced(work: Path, committed: Path | None = None) -> dict[str, Any]:

@@ -6,6 +6,9 @@ its relation, some only one or two. A share of images come in *twins* that
 differ only by swapped colours or swapped positions, the hard case a pooled
 global vector tends to confuse and word–patch matching is meant to fix.
 Output is a Karpathy-format `dataset.json` plus PNG images.
+
+`style="grid"` draws the second, differently drawn style (training/synth_grid.py): a matcher must
+gain on both, not on one generator's quirks.
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ import json
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Protocol
 
 from PIL import Image, ImageDraw
+
+from . import synth_grid
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
@@ -112,41 +118,62 @@ def captions(scene: Scene, rng: random.Random) -> list[str]:
     return caps
 
 
+class _Style(Protocol):
+    def random_scene(self, rng: random.Random, size: int) -> Any: ...
+    def twin(self, rng: random.Random, scene: Any) -> tuple[Any, str]: ...
+    def render(self, scene: Any, size: int) -> Image.Image: ...
+    def captions(self, scene: Any, rng: random.Random) -> list[str]: ...
+    def meta(self, scene: Any) -> dict[str, Any]: ...
+
+
+def _shapes_meta(scene: Scene) -> dict[str, Any]:
+    return {"meta_objects": [o.__dict__ for o in scene.objects], "meta_layout": scene.layout}
+
+
+STYLES: dict[str, Any] = {
+    "shapes": SimpleNamespace(random_scene=_random_scene, twin=_twin, render=render, captions=captions,
+                              meta=_shapes_meta),
+    "grid": synth_grid,
+}
+
+
 def generate(out: str | Path, seed: int = 0, train: int = 10_000, val: int = 1_000, test: int = 1_000,
-             size: int = 64, twin_rate: float = 0.4) -> dict[str, Any]:
+             size: int = 64, twin_rate: float = 0.4, style: str = "shapes") -> dict[str, Any]:
     """Write `out/images/<split>/<n>.png` and `out/dataset.json` (Karpathy format); deterministic for a seed."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; use one of {', '.join(STYLES)}")
+    st: _Style = STYLES[style]
     out = Path(out)
     rng = random.Random(seed)
     images: list[dict[str, Any]] = []
-    stats = {"colour-swap": 0, "position-swap": 0}
+    stats: dict[str, int] = {}
     n = 0
     for split, count in (("train", train), ("val", val), ("test", test)):
         folder = out / "images" / split
         folder.mkdir(parents=True, exist_ok=True)
         made = 0
-        prev: Scene | None = None
+        prev: Any = None
         while made < count:
             twin_of = None
             if prev is not None and rng.random() < twin_rate:
-                scene, kind = _twin(rng, prev)
-                stats[kind] += 1
+                scene, kind = st.twin(rng, prev)
+                stats[kind] = stats.get(kind, 0) + 1
                 twin_of = images[-1]["imgid"]
                 prev = None
             else:
-                scene, kind = _random_scene(rng, size), None
+                scene, kind = st.random_scene(rng, size), None
                 prev = scene
             fname = f"{n:06d}.png"
-            render(scene, size).save(folder / fname, optimize=False, compress_level=1)
+            st.render(scene, size).save(folder / fname, optimize=False, compress_level=1)
             images.append({
                 "imgid": n, "filename": fname, "filepath": split, "split": split,
-                "sentences": [{"raw": c} for c in captions(scene, rng)],
-                "meta_hard_case": kind, "meta_twin_of": twin_of,
-                "meta_objects": [o.__dict__ for o in scene.objects], "meta_layout": scene.layout,
+                "sentences": [{"raw": c} for c in st.captions(scene, rng)],
+                "meta_hard_case": kind, "meta_twin_of": twin_of, **st.meta(scene),
             })
             n += 1
             made += 1
-    doc = {"dataset": "finesearch-synth", "seed": seed, "size": size, "images": images}
+    doc = {"dataset": "finesearch-synth", "style": style, "seed": seed, "size": size, "images": images}
     tmp = out / "dataset.json.tmp"
     tmp.write_text(json.dumps(doc))
     tmp.replace(out / "dataset.json")
-    return {"images": n, **stats, "path": str(out / "dataset.json")}
+    return {"images": n, "style": style, **stats, "path": str(out / "dataset.json")}

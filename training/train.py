@@ -1,13 +1,14 @@
 """Training: (1) a from-scratch backbone with the CLIP loss, (2) the matcher on frozen, cached features.
 
-Seeded and resumable: a checkpoint after every epoch of each stage holds the
-weights, optimiser, schedule, RNG state and best validation result, so
+Lengths are optimiser steps (or a time budget, whichever ends first), not epochs, so a
+small dataset gets as many updates as a large one. Seeded and resumable: checkpoints
+hold the weights, optimiser, schedule, RNG state and best validation result, so
 `--resume` continues where an interrupted run stopped.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import math
 import random
@@ -18,42 +19,56 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
-from .backbone import Backbone, pad_words
+from .backbone import Backbone
 from .bundle import save_bundle
+from .calibrate import tune
 from .datasets import CaptionedImage
-from .evaluate import evaluate, format_table
-from .features import Features, cached_extract, load_pixels
-from .matcher import Matcher, MatcherConfig, triplet_loss
+from .evaluate import evaluate, format_table, ranks_from_scores, recall
+from .features import Features, cached_extract, extract, load_pixels
+from .losses import contrastive_loss, filip_loss
+from .matcher import Matcher, MatcherConfig
+from .matcher_train import FeatureSource, Frozen, Trunk, train_matcher
+from .mining import Truth, bow_neighbours
 
 
 @dataclass
 class TrainConfig:
     seed: int = 0
     # stage 1: backbone from scratch (skipped for pretrained backbones)
-    clip_epochs: int = 0
+    clip_steps: int = 0
     clip_minutes: float | None = None  # wall-clock budget, whichever ends first
     clip_batch: int = 128
     clip_lr: float = 1e-3
-    token_loss: float = 0.0  # FILIP-style word–patch contrastive term weight
+    token_loss: float = 0.5  # FILIP-style word–patch contrastive term weight
+    token_centre: bool = False  # the token term on centred tokens (losses.centre_tokens)
+    hard_batches: float = 0.5  # share of each batch drawn as clusters of mutual neighbours
+    cluster: int = 8  # images per cluster
+    mine_every: int = 200  # re-mine the clusters from the model's own global similarities every N steps (0: never)
+    mine_after: float = 0.2  # start mining after this share of the steps (word-overlap clusters before)
+    hard_global: bool = True  # the global contrastive loss sees the clusters too (else only the random part)
+    clip_precision: str = "auto"  # bf16 autocast where the CPU supports it; or fp32, bf16
     # stage 2: matcher
-    epochs: int = 10
+    steps: int = 1000
     minutes: float | None = None
-    batch_size: int = 128
-    lr: float = 5e-4
+    queries: int = 32  # queries per direction per step, each against its mined candidates
+    candidates: int = 16  # each query's global top-k, mined once from the frozen globals
+    lr: float = 1e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # or "step"
     grad_clip: float = 2.0
     margin: float = 0.2
-    warmup_epochs: int = 1  # all-violations loss before hardest negatives
-    patch_loss: float = 1.0  # weight of an extra triplet term on the word–patch score alone
-    tune_fusion: bool = True  # pick the fusion's patch share on the validation split after training
+    listwise: float = 1.0  # softmax cross-entropy over each query's candidates
+    listwise_scale: float = 20.0
+    triplet: float = 1.0  # MGAN eq. 14: hinge against the hardest negative among the candidates
+    patch_loss: float = 1.0  # the same losses on the word–patch score alone, whatever the fusion share
+    val_every: int = 250
+    val_candidates: int = 20
+    tune_fusion: bool = True  # per-direction share and score calibration on the validation split
+    calibrate_candidates: int = 100  # the service's default candidate count
     unfreeze_blocks: int = 0  # fine-tune the last N blocks of both towers with the matcher (pretrained backbones)
     backbone_lr_scale: float = 0.1  # their learning rate relative to the matcher's
-    val_candidates: int = 20
     workers: int = 4
     matcher: dict[str, Any] = field(default_factory=dict)
 
@@ -115,85 +130,162 @@ def _round_to_fp16(backbone: Backbone) -> None:
     backbone.invalidate_fingerprint()
 
 
-def filip_loss(img_tok: torch.Tensor, txt_tok: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Token-wise max similarity contrastive loss (FILIP): trains patch and word tokens directly."""
-    sim = torch.einsum("imd,tld->itml", img_tok, txt_tok)  # [B, B, M, L]
-    m = mask[None, :, None, :]
-    i2t = sim.masked_fill(~m, -1e4).max(dim=3).values.mean(dim=2)  # each patch's best word
-    t2i = (sim.max(dim=2).values * mask[None]).sum(-1) / mask.sum(-1).clamp(min=1)[None]  # each word's best patch
-    labels = torch.arange(img_tok.shape[0], device=img_tok.device)
-    return (F.cross_entropy(scale * i2t, labels) + F.cross_entropy(scale * t2i.T, labels)) / 2
+def backbone_check(backbone: Backbone, items: list[CaptionedImage], images_dir: Path, workers: int,
+                   limit: int = 1000) -> dict[str, Any]:
+    """Global R@K of the backbone on (up to `limit` images of) a split, and whether it is near chance."""
+    feats = extract(backbone, items[:limit], images_dir, workers=workers)
+    res = recall(*ranks_from_scores(feats.img_glob @ feats.txt_glob.T, feats.txt_img))
+    n = len(feats.image_ids)
+    chance = 100.0 * (1 + 5 + 10) / max(n, 1) * 2 + 100.0 * (1 + 5 + 10) * 5 / max(len(feats.texts), 1)
+    return {**res, "images": n, "chance_rsum": round(min(chance, 600.0), 2),
+            "near_chance": bool(res["rsum"] < 3 * chance + 10)}
+
+
+def _autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast for training where the CPU has bf16 instructions (about 1.5× faster here), else fp32."""
+    if mode == "bf16" or (mode == "auto" and device.type == "cpu" and cpu_has_bf16()):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class BatchSampler:
+    """Batches whose first part is random and whose last `hard` share comes in clusters of mutual neighbours.
+
+    Neighbours start as images described with the most similar words (bow_neighbours) and can be replaced
+    by the model's own confusions as training goes (`mine`).
+    """
+
+    def __init__(self, items: list[CaptionedImage], batch: int, hard: float, cluster: int = 8) -> None:
+        self.n, self.batch = len(items), min(batch, len(items))
+        self.cluster = max(2, min(cluster, self.n))
+        self.clusters = int(self.batch * hard) // self.cluster if hard > 0 else 0
+        self.neighbours: torch.Tensor | None = None
+        if self.clusters:
+            self.neighbours = bow_neighbours([it.captions for it in items], 2 * self.cluster)
+        self.perm, self.pos = torch.randperm(self.n), 0
+
+    def _take(self, count: int) -> torch.Tensor:
+        if self.pos + count > self.n:
+            self.perm, self.pos = torch.randperm(self.n), 0
+        out = self.perm[self.pos:self.pos + count]
+        self.pos += count
+        return out
+
+    def __next__(self) -> tuple[torch.Tensor, int]:
+        """(image indices, how many of the first ones are random)."""
+        if not self.clusters or self.neighbours is None or self.neighbours.shape[1] == 0:
+            return self._take(self.batch), self.batch
+        n_random = self.batch - self.clusters * self.cluster
+        anchors = self._take(self.clusters)
+        pick = torch.rand(len(anchors), self.neighbours.shape[1]).argsort(dim=1)[:, : self.cluster - 1]
+        members = torch.cat([anchors[:, None], self.neighbours[anchors[:, None], pick]], dim=1).flatten()
+        hard = list(dict.fromkeys(members.tolist()))
+        rest = [i for i in self._take(n_random + self.batch).tolist() if i not in set(hard)][:n_random]
+        return torch.tensor(rest + hard, dtype=torch.long), len(rest)
+
+    @torch.inference_mode()
+    def mine(self, globals_: torch.Tensor, chunk: int = 2048) -> None:
+        """Replace the neighbours by each image's most similar images under the current model."""
+        k = min(2 * self.cluster, self.n - 1)
+        out = []
+        for lo in range(0, self.n, chunk):
+            sims = globals_[lo:lo + chunk] @ globals_.T
+            sims[torch.arange(sims.shape[0]), torch.arange(lo, lo + sims.shape[0])] = -2.0
+            out.append(sims.topk(k, dim=1).indices.cpu())
+        self.neighbours = torch.cat(out)
+
+
+@torch.inference_mode()
+def _image_globals(backbone: Backbone, pixels: torch.Tensor, precision: str, batch: int = 512) -> torch.Tensor:
+    backbone.model.eval()
+    out = []
+    with _autocast(backbone.device, precision):
+        for lo in range(0, len(pixels), batch):
+            out.append(backbone.image_features(backbone.pixels(pixels[lo:lo + batch])).globals.float())
+    return torch.cat(out)
 
 
 def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: Path, cfg: TrainConfig,
                    ckpt_path: Path, resume: bool, progress: bool = True, log: Any = print) -> dict[str, Any]:
-    """Contrastive (CLIP) training of a backbone from scratch on (image, random caption) pairs."""
+    """Contrastive (CLIP) training of a backbone from scratch, plus a token-level (FILIP) term, for cfg.clip_steps.
+
+    Batches put caption-word neighbours together (cfg.hard_batches) and never push apart an image and a
+    caption that truly describes it (an equivalent caption of another image in the batch).
+    """
     model = backbone.model
     pixels = torch.from_numpy(load_pixels(items, images_dir, backbone.image_size, cfg.workers, progress))
     captions = [it.captions for it in items]
-    steps_per_epoch = max(1, len(items) // cfg.clip_batch)
-    total = steps_per_epoch * max(1, cfg.clip_epochs)
+    flat = [c for caps in captions for c in caps]
+    first = np.cumsum([0] + [len(c) for c in captions])
+    truth = Truth(torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long), flat)
+    total = max(1, cfg.clip_steps)
+    sampler = BatchSampler(items, cfg.clip_batch, cfg.hard_batches, cfg.cluster)
+    mine_from = int(total * cfg.mine_after) if cfg.mine_every > 0 else total + 1
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.1)
     sched = _schedule(opt, "cosine", total, warmup=min(200, total // 10))
-    loss_fn = ClipLoss()
-    start_epoch, history = 0, []
+    step, history = 0, []
     if resume and ckpt_path.is_file():
         ck = _load_checkpoint(ckpt_path, model, opt, sched)
-        start_epoch, history = ck["epoch"], ck["history"]
-        log(f"resumed backbone training after epoch {start_epoch}")
+        step, history = ck["step"], ck["history"]
+        log(f"resumed backbone training after step {step}")
     t_start = time.perf_counter()
     deadline = t_start + cfg.clip_minutes * 60 if cfg.clip_minutes else None
-    for epoch in range(start_epoch, cfg.clip_epochs):
-        model.train()
-        perm = torch.randperm(len(items))
-        seen, losses = 0, []
-        bar = tqdm(range(steps_per_epoch), disable=not progress, desc=f"clip {epoch + 1}/{cfg.clip_epochs}")
-        t0 = time.perf_counter()
-        for step in bar:
-            idx = perm[step * cfg.clip_batch:(step + 1) * cfg.clip_batch]
-            texts = [random.choice(captions[i]) for i in idx.tolist()]
-            x = backbone.pixels(pixels[idx])
-            ids = backbone.tokenize(texts)
-            imf = backbone.image_features(x)
-            txf = backbone.text_features(ids)
+    log_every = max(1, min(200, total // 10))
+    losses: list[float] = []
+    t0, seen = time.perf_counter(), 0
+    bar = tqdm(total=total, initial=step, disable=not progress, desc="backbone")
+    model.train()
+    while step < total:
+        if step >= mine_from and (step - mine_from) % cfg.mine_every == 0 and sampler.clusters:
+            sampler.mine(_image_globals(backbone, pixels, cfg.clip_precision))
+            model.train()
+        idx, n_random = next(sampler)
+        cap = torch.tensor([first[i] + random.randrange(len(captions[i])) for i in idx.tolist()], dtype=torch.long)
+        exclude = truth.matches(idx[:, None], cap[None, :]) & ~torch.eye(len(idx), dtype=torch.bool)
+        exclude = exclude.to(backbone.device)
+        with _autocast(backbone.device, cfg.clip_precision):
+            imf = backbone.image_features(backbone.pixels(pixels[idx]))
+            txf = backbone.text_features(backbone.tokenize([flat[c] for c in cap.tolist()]))
             scale = model.logit_scale.exp()
-            loss = loss_fn(imf.globals, txf.globals, scale)
+            g = slice(None) if cfg.hard_global else slice(0, n_random)
+            loss = contrastive_loss(imf.globals[g], txf.globals[g], scale, exclude[g, g])
             if cfg.token_loss > 0:
-                loss = loss + cfg.token_loss * filip_loss(imf.tokens, txf.tokens, txf.mask, scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
-            seen += len(idx)
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{seen / (time.perf_counter() - t0):.0f}")
-            if deadline and time.perf_counter() > deadline:
-                break
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)),
-                        "examples_per_s": seen / (time.perf_counter() - t0)})
-        log(f"clip epoch {epoch + 1}: loss {history[-1]['loss']:.3f}, {history[-1]['examples_per_s']:.0f} ex/s")
-        _save_checkpoint(ckpt_path, model, opt, sched, epoch=epoch + 1, history=history)
-        if deadline and time.perf_counter() > deadline:
+                loss = loss + cfg.token_loss * filip_loss(imf.tokens, txf.tokens, txf.mask, scale, exclude,
+                                                         centre=cfg.token_centre)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        step += 1
+        seen += len(idx)
+        losses.append(loss.item())
+        bar.update(1)
+        over = deadline is not None and time.perf_counter() > deadline
+        if step % log_every == 0 or step == total or over:
+            history.append({"step": step, "loss": round(float(np.mean(losses)), 4),
+                            "examples_per_s": round(seen / (time.perf_counter() - t0), 1)})
+            log(f"backbone step {step}/{total}: loss {history[-1]['loss']:.3f} (chance "
+                f"{math.log(len(idx)) * (1 + cfg.token_loss):.2f}), {history[-1]['examples_per_s']:.0f} ex/s")
+            losses, t0, seen = [], time.perf_counter(), 0
+            _save_checkpoint(ckpt_path, model, opt, sched, step=step, history=history)
+        if over:
             log("backbone time budget reached")
             break
+    bar.close()
     model.eval()
     _round_to_fp16(backbone)
-    return {"epochs": len(history), "history": history, "seconds": round(time.perf_counter() - t_start, 1)}
-
-
-@dataclass
-class Trunk:
-    """Hidden states at the input of the unfrozen blocks, computed once (the frozen part of both towers)."""
-
-    image_ids: list[str]
-    img: torch.Tensor  # [Ni, M+1, width] fp16
-    txt: torch.Tensor  # [Nt, n, width] fp16
-    txt_ids: torch.Tensor  # [Nt, n] token ids, cut at the dataset's last EOT
-    txt_img: torch.Tensor  # [Nt]
-    texts: list[str]
+    return {"steps": step, "history": history, "seconds": round(time.perf_counter() - t_start, 1)}
 
 
 @torch.inference_mode()
@@ -206,36 +298,7 @@ def trunk_features(backbone: Backbone, items: list[CaptionedImage], images_dir: 
     ids = backbone.cut_ids(backbone.tokenize(texts))
     txt = torch.cat([backbone.text_trunk(ids[lo:lo + batch], stop).half().cpu() for lo in range(0, len(texts), batch)])
     txt_img = torch.tensor([i for i, it in enumerate(items) for _ in it.captions], dtype=torch.long)
-    return Trunk([it.image_id for it in items], img, txt, ids.cpu(), txt_img, texts)
-
-
-def _head_batch(backbone: Backbone, trunk: Trunk, img: torch.Tensor, txt: torch.Tensor, start: int
-                ) -> tuple[torch.Tensor, ...]:
-    dev = backbone.device
-    imf = backbone.image_head(trunk.img[img].to(dev).float(), start)
-    txf = backbone.text_head(trunk.txt[txt].to(dev).float(), trunk.txt_ids[txt].to(dev), start)
-    return imf.tokens, imf.globals, txf.tokens, txf.mask, txf.globals
-
-
-@torch.inference_mode()
-def features_from_trunk(backbone: Backbone, trunk: Trunk, start: int, batch: int = 256) -> Features:
-    """Run the (fine-tuned) heads over a whole split: the Features evaluation expects."""
-    width = backbone.context_length - 2
-    n_img, n_txt = len(trunk.image_ids), len(trunk.texts)
-    it_, ig, tt, tm, tg = [], [], [], [], []
-    for lo in range(0, n_img, batch):
-        imf = backbone.image_head(trunk.img[lo:lo + batch].to(backbone.device).float(), start)
-        it_.append(imf.tokens.cpu().half())
-        ig.append(imf.globals.cpu())
-    for lo in range(0, n_txt, batch):
-        txf = backbone.text_head(trunk.txt[lo:lo + batch].to(backbone.device).float(),
-                                 trunk.txt_ids[lo:lo + batch].to(backbone.device), start)
-        tok, mask = pad_words(txf.tokens.cpu().half(), txf.mask.cpu(), width)
-        tt.append(tok)
-        tm.append(mask)
-        tg.append(txf.globals.cpu())
-    return Features(trunk.image_ids, torch.cat(ig), torch.cat(it_), trunk.txt_img, torch.cat(tg), torch.cat(tt),
-                    torch.cat(tm), trunk.texts)
+    return Trunk(backbone, stop, [it.image_id for it in items], img, txt, ids.cpu(), txt_img, texts)
 
 
 def unfreeze_last(backbone: Backbone, n: int) -> list[torch.nn.Parameter]:
@@ -258,137 +321,9 @@ def unfreeze_last(backbone: Backbone, n: int) -> list[torch.nn.Parameter]:
     return params
 
 
-def train_matcher(matcher: Matcher, train_f: Features | Trunk, val_f: Features | Trunk | None, cfg: TrainConfig,
-                  ckpt_path: Path, resume: bool, device: torch.device, progress: bool = True, log: Any = print,
-                  backbone: Backbone | None = None) -> dict[str, Any]:
-    """Hardest-negative triplet training; keeps the best validation rSum.
-
-    With `Trunk` inputs (cfg.unfreeze_blocks > 0) the backbone's last blocks run, and train, in every step;
-    otherwise the matcher reads frozen cached features.
-    """
-    matcher.to(device)
-    start_block = 0
-    trainable: torch.nn.Module = matcher
-    groups: list[dict[str, Any]] = [{"params": [p for p in matcher.parameters() if p.requires_grad]}]
-    if isinstance(train_f, Trunk):
-        assert backbone is not None
-        start_block = backbone.depth - cfg.unfreeze_blocks
-        groups.append({"params": unfreeze_last(backbone, cfg.unfreeze_blocks), "lr": cfg.lr * cfg.backbone_lr_scale})
-        trainable = torch.nn.ModuleDict({"matcher": matcher, "backbone": backbone.model})
-
-    def batch(img: torch.Tensor, txt: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if isinstance(train_f, Trunk):
-            return _head_batch(backbone, train_f, img, txt, start_block)  # type: ignore[arg-type]
-        return (train_f.img_tok[img].to(device), train_f.img_glob[img].to(device), train_f.txt_tok[txt].to(device),
-                train_f.txt_mask[txt].to(device), train_f.txt_glob[txt].to(device))
-
-    def validation() -> Features | None:
-        if isinstance(val_f, Trunk):
-            backbone.model.eval()  # type: ignore[union-attr]
-            return features_from_trunk(backbone, val_f, start_block)  # type: ignore[arg-type]
-        return val_f
-
-    # one caption per image per batch (its other captions would be false negatives)
-    caps_of: list[list[int]] = [[] for _ in train_f.image_ids]
-    for t, i in enumerate(train_f.txt_img.tolist()):
-        caps_of[i].append(t)
-    usable = torch.tensor([i for i, c in enumerate(caps_of) if c])
-    steps = max(1, len(usable) // cfg.batch_size)
-    params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = _schedule(opt, cfg.schedule, steps * cfg.epochs)
-    start_epoch, history, best = 0, [], {"rsum": -1.0, "epoch": 0, "state": None, "metrics": None}
-    if resume and ckpt_path.is_file():
-        ck = _load_checkpoint(ckpt_path, trainable, opt, sched)
-        start_epoch, history, best = ck["epoch"], ck["history"], ck["best"]
-        log(f"resumed matcher training after epoch {start_epoch}")
-    t_start = time.perf_counter()
-    deadline = t_start + cfg.minutes * 60 if cfg.minutes else None
-    for epoch in range(start_epoch, cfg.epochs):
-        trainable.train()
-        hardest = epoch >= cfg.warmup_epochs
-        perm = usable[torch.randperm(len(usable))]
-        losses, seen, t0 = [], 0, time.perf_counter()
-        bar = tqdm(range(steps), disable=not progress, desc=f"matcher {epoch + 1}/{cfg.epochs}")
-        for step in bar:
-            img = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            txt = torch.tensor([random.choice(caps_of[i]) for i in img.tolist()])
-            img_tok, img_glob, txt_tok, txt_mask, txt_glob = batch(img, txt)
-            pi = matcher.prepare_images(img_tok, img_glob)
-            pt = matcher.prepare_texts(txt_tok, txt_mask, txt_glob)
-            fused, _, patch = matcher.score_matrices(pi, pt)
-            loss = triplet_loss(fused, cfg.margin, hardest=hardest)
-            if cfg.patch_loss > 0:  # trains the fine-grained part at full strength, whatever the fusion share
-                loss = loss + cfg.patch_loss * triplet_loss(patch, cfg.margin, hardest=hardest)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            seen += len(img)
-            bar.set_postfix(loss=f"{loss.item():.3f}", ex_s=f"{seen / (time.perf_counter() - t0):.0f}")
-            if deadline and time.perf_counter() > deadline:
-                break
-        entry: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "hardest": hardest,
-                                 "examples_per_s": round(seen / (time.perf_counter() - t0), 1)}
-        val_now = validation()
-        if val_now is not None:
-            res = evaluate(matcher, val_now, cfg.val_candidates, ("two_stage",), device)["two_stage"]
-            entry["val"] = res
-            if res["rsum"] > best["rsum"]:
-                best = {"rsum": res["rsum"], "epoch": epoch + 1, "metrics": res,
-                        "state": copy.deepcopy(trainable.state_dict())}
-            log(f"matcher epoch {epoch + 1}: loss {entry['loss']:.3f}, val two-stage rSum {res['rsum']:.1f} "
-                f"(best {best['rsum']:.1f} @ {best['epoch']})")
-        else:
-            best = {"rsum": 0.0, "epoch": epoch + 1, "metrics": None, "state": copy.deepcopy(trainable.state_dict())}
-            log(f"matcher epoch {epoch + 1}: loss {entry['loss']:.3f}")
-        history.append(entry)
-        _save_checkpoint(ckpt_path, trainable, opt, sched, epoch=epoch + 1, history=history, best=best)
-        if deadline and time.perf_counter() > deadline:
-            log("matcher time budget reached")
-            break
-    if best["state"] is not None:
-        trainable.load_state_dict(best["state"])
-    trainable.eval()
-    if backbone is not None and isinstance(train_f, Trunk):
-        for p in backbone.model.parameters():
-            p.requires_grad_(False)
-        _round_to_fp16(backbone)
-    return {"epochs": len(history), "history": history, "best_epoch": best["epoch"], "best_val": best["metrics"],
-            "seconds": round(time.perf_counter() - t_start, 1)}
-
-
-@torch.inference_mode()
-def tune_fusion(matcher: Matcher, val_f: Features, device: torch.device, grid: int = 41) -> dict[str, Any]:
-    """Choose the patch share w that maximises validation rSum of the fused ranking (never the test split)."""
-    from .evaluate import prepare, ranks_from_scores, recall
-
-    p = prepare(matcher, val_f, device)
-    g_rows, p_rows = [], []
-    for lo in range(0, len(val_f.image_ids), 128):
-        idx = torch.arange(lo, min(lo + 128, len(val_f.image_ids)), device=p.img.patches.device)
-        _, g, s = matcher.score_matrices(type(p.img)(p.img.patches[idx], p.img.globals[idx]), p.txt)
-        g_rows.append(g.cpu())
-        p_rows.append(s.cpu())
-    g, s = torch.cat(g_rows), torch.cat(p_rows)
-    trials = []
-    for w in np.linspace(0.0, 1.0, grid).tolist():
-        r = recall(*ranks_from_scores((1 - w) * g + w * s, val_f.txt_img))
-        trials.append({"share": round(w, 4), "rsum": r["rsum"]})
-    best = max(trials, key=lambda t: (t["rsum"], -t["share"]))
-    before = float(torch.sigmoid(matcher.fusion_mix))
-    matcher.set_patch_share(best["share"])
-    return {"learned_share": round(before, 4), "chosen_share": best["share"], "val_rsum": best["rsum"],
-            "global_only_val_rsum": trials[0]["rsum"], "trials": trials}
-
-
 def matcher_config_for(backbone: Backbone, overrides: dict[str, Any]) -> MatcherConfig:
     grid = backbone.model.visual.grid_size
-    m = grid[0] * grid[1]
-    base = MatcherConfig(dim=backbone.embed_dim, num_patches=m, max_words=backbone.context_length - 2,
-                         top_k=min(16, m))
+    base = MatcherConfig(dim=backbone.embed_dim, num_patches=grid[0] * grid[1], max_words=backbone.context_length - 2)
     return MatcherConfig.from_dict({**asdict(base), **overrides})
 
 
@@ -405,32 +340,51 @@ def run_training(backbone: Backbone, train_items: list[CaptionedImage], val_item
     work = out / ".work"
     work.mkdir(exist_ok=True)
     report: dict[str, Any] = {"config": asdict(cfg), "data": data_info or {}}
-    if from_scratch and cfg.clip_epochs > 0 and not keep_backbone:
+    if from_scratch and cfg.clip_steps > 0 and not keep_backbone:
         report["backbone"] = train_backbone(backbone, train_items, images_dir, cfg, work / "backbone.ckpt", resume,
                                             progress, log)
-    train_f: Features | Trunk
-    val_f: Features | Trunk | None
+        if val_items:
+            check = backbone_check(backbone, val_items, images_dir, cfg.workers)
+            report["backbone"]["val"] = check
+            log(f"backbone on validation ({check['images']} images): global rSum {check['rsum']:.1f} (i2t R@1 "
+                f"{check['i2t']['r1']:.1f}, t2i R@1 {check['t2i']['r1']:.1f}; chance ≈ {check['chance_rsum']})")
+            if check["near_chance"]:
+                log("WARNING: the backbone is near chance on validation: it learned almost nothing. Train it longer "
+                    "(--clip-steps / --clip-minutes), check that captions describe their images, or start from "
+                    "pretrained weights (--backbone NAME --pretrained TAG|FILE).")
+    device = backbone.device
+    source: FeatureSource
+    val: FeatureSource | None
+    extra_params: list[torch.nn.Parameter] | None = None
     if cfg.unfreeze_blocks > 0:  # the heads change while training: cache the frozen trunk instead of features
         stop = backbone.depth - cfg.unfreeze_blocks
-        train_f = trunk_features(backbone, train_items, images_dir, stop, cfg.workers, progress)
-        val_f = trunk_features(backbone, val_items, images_dir, stop, cfg.workers, progress) if val_items else None
+        source = trunk_features(backbone, train_items, images_dir, stop, cfg.workers, progress)
+        val = trunk_features(backbone, val_items, images_dir, stop, cfg.workers, progress) if val_items else None
+        extra_params = unfreeze_last(backbone, cfg.unfreeze_blocks)
     else:
         cache = work / "features"
-        train_f = cached_extract(backbone, train_items, images_dir, cache, workers=cfg.workers, progress=progress)
-        val_f = cached_extract(backbone, val_items, images_dir, cache, workers=cfg.workers,
-                               progress=progress) if val_items else None
+        source = Frozen(cached_extract(backbone, train_items, images_dir, cache, workers=cfg.workers,
+                                       progress=progress), device)
+        val = Frozen(cached_extract(backbone, val_items, images_dir, cache, workers=cfg.workers, progress=progress),
+                     device) if val_items else None
     seed_everything(cfg.seed + 1)
     matcher = Matcher(matcher_config_for(backbone, cfg.matcher))
-    report["matcher"] = train_matcher(matcher, train_f, val_f, cfg, work / "matcher.ckpt", resume, backbone.device,
-                                      progress, log, backbone=backbone)
-    if isinstance(val_f, Trunk):
-        val_f = features_from_trunk(backbone, val_f, backbone.depth - cfg.unfreeze_blocks)
+    report["matcher"] = train_matcher(
+        matcher, source, val, cfg, work / "matcher.ckpt", resume, device, extra_params=extra_params,
+        extra_modules={"backbone": backbone.model} if extra_params else None, progress=progress, log=log,
+        schedule=_schedule, save=_save_checkpoint, load=_load_checkpoint)
+    if extra_params:
+        for p in backbone.model.parameters():
+            p.requires_grad_(False)
+        _round_to_fp16(backbone)
+    val_f: Features | None = val.features() if val is not None else None
     if val_f is not None and cfg.tune_fusion:
-        report["fusion"] = tune_fusion(matcher, val_f, backbone.device)
-        log(f"fusion patch share {report['fusion']['learned_share']} → {report['fusion']['chosen_share']} "
-            f"(val rSum {report['fusion']['global_only_val_rsum']} global-only, {report['fusion']['val_rsum']} fused)")
+        fusion = tune(matcher, val_f, cfg.calibrate_candidates, device)
+        report["fusion"] = fusion
+        log(f"fusion patch share per direction {fusion['shares']} (val rSum {fusion['val_global']['rsum']} "
+            f"global-only, {fusion['val_two_stage']['rsum']} two-stage at {cfg.calibrate_candidates} candidates)")
     if val_f is not None:
-        final = evaluate(matcher, val_f, cfg.val_candidates, ("global", "two_stage"), backbone.device)
+        final = evaluate(matcher, val_f, cfg.calibrate_candidates, ("global", "two_stage"), device)
         report["val"] = final
         log(format_table(final))
     save_bundle(out, backbone, matcher, include_backbone=from_scratch or cfg.unfreeze_blocks > 0,

@@ -1,12 +1,27 @@
 from __future__ import annotations
 
+import itertools
+from dataclasses import replace
+
+import pytest
 import torch
 import torch.nn.functional as F
 
-from training.matcher import LDA, Matcher, MatcherConfig, PreparedImages, PreparedTexts, triplet_loss
+from training.losses import list_triplet_loss, listwise_loss, triplet_loss
+from training.matcher import LDA, Matcher, MatcherConfig, PreparedImages, PreparedTexts
 
 CFG = MatcherConfig(dim=16, num_patches=12, max_words=10, top_k=5, selector_hidden=8, adapter_hidden=8,
-                    lda_hidden=8, num_samples=50)
+                    lda_hidden=24, num_samples=50)
+# every option the matcher has, each changed alone from CFG
+OPTIONS = {
+    "selector": CFG,
+    "all_patches": replace(CFG, top_k=0),
+    "no_adapters": replace(CFG, adapters=False),
+    "slot_linear": replace(CFG, slot_linear=True),
+    "fixed_temperature": replace(CFG, temperature=1.0, learn_temperature=False),
+    "sum_aggregation": replace(CFG, aggregation="sum"),
+    "fixed_fusion": replace(CFG, fusion="fixed"),
+}
 
 
 def _inputs(b: int = 4, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -21,66 +36,63 @@ def _inputs(b: int = 4, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return p, v, w, mask, t
 
 
-def _trained_like(seed: int = 0) -> Matcher:
+def _trained_like(cfg: MatcherConfig = CFG, seed: int = 0) -> Matcher:
     """Random non-zero weights everywhere (adapters too), so no branch is trivially identity."""
     torch.manual_seed(seed)
-    m = Matcher(CFG)
+    m = Matcher(cfg)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.3 * torch.randn_like(p))
     return m.eval()
 
 
-def reference_score(m: Matcher, pi: PreparedImages, pt: PreparedTexts, i: int, j: int) -> torch.Tensor:
-    """Per-pair loops over patches and words, straight from DESIGN.md's equations."""
+def _softmax_then(x: torch.Tensor, t_in: torch.Tensor, t_out: torch.Tensor) -> torch.Tensor:
+    """softmax(τ_out · n · softmax(τ_in · x)) over a 1-D vector of n valid entries (module docstring)."""
+    return torch.softmax(t_out * len(x) * torch.softmax(t_in * x, 0), 0)
+
+
+def reference_score(m: Matcher, pi: PreparedImages, pt: PreparedTexts, i: int, j: int, direction: str
+                    ) -> torch.Tensor:
+    """Per-pair loops over patches and words, straight from the equations (eqs. 7–9, LDA, fusion)."""
     n = int(pt.mask[j].sum())
     words = pt.words[j, :n]
     patches = pi.patches[i]
     c_mat = patches @ words.T  # K × n
-    s_p = []
-    for r in range(c_mat.shape[0]):
-        c = c_mat[r]
-        inner = torch.zeros(CFG.max_words)
-        inner[:n] = torch.softmax(c, 0)
-        alpha = torch.softmax(m.lin1(inner)[:n], 0)
-        s_p.append((alpha * c).sum())
-    s_p_t = torch.stack(s_p)
-    beta = torch.softmax(m.lin2(torch.softmax(s_p_t, 0)), 0)
-    s_w2p = (beta * s_p_t).sum()
-    s_w = []
-    for col in range(n):
-        c = c_mat[:, col]
-        alpha3 = torch.softmax(m.lin3(torch.softmax(c, 0)), 0)
-        s_w.append((alpha3 * c).sum())
-    s_w_t = torch.stack(s_w)
+    t = m.log_temp.exp()
+    s_p = torch.stack([(_softmax_then(c_mat[r], t[0], t[1]) * c_mat[r]).sum() for r in range(c_mat.shape[0])])
+    s_w2p = (_softmax_then(s_p, t[2], t[3]) * s_p).sum()
+    s_w = torch.stack([(_softmax_then(c_mat[:, col], t[4], t[5]) * c_mat[:, col]).sum() for col in range(n)])
     w_sum, w_mean = pt.lda[j]
-    s_p2w = w_sum * s_w_t.sum() + w_mean * s_w_t.mean()
+    importance = torch.softmax(m.importance(words).squeeze(-1), 0)
+    s_p2w = w_sum * (importance * s_w).sum() + w_mean * s_w.mean()
     s_patch = (s_w2p + s_p2w) / 2
     s_global = pi.globals[i] @ pt.globals[j]
-    share = torch.sigmoid(m.fusion_mix)
-    return (CFG.fusion_global + CFG.fusion_patch) * ((1 - share) * s_global + share * s_patch)
+    share = m.share[0 if direction == "t2i" else 1]
+    return (1 - share) * s_global + share * s_patch
 
 
 def test_batched_scorer_equals_per_pair_reference() -> None:
-    m = _trained_like()
+    m = _trained_like(replace(CFG, top_k=0))
+    m.set_shares(0.3, 0.6)
     p, v, w, mask, t = _inputs()
     with torch.no_grad():
         pi, pt = m.prepare_images(p, v), m.prepare_texts(w, mask, t)
-        matrix = m.score_matrix(pi, pt)
-        pairs, _ = m.score_pairs(pi, pt)
-        for i in range(4):
-            for j in range(4):
-                torch.testing.assert_close(matrix[i, j], reference_score(m, pi, pt, i, j), atol=1e-5, rtol=1e-4)
-        torch.testing.assert_close(pairs, matrix.diag())
-        # one query against k candidates, both directions
-        q = PreparedTexts(pt.words[1:2], pt.mask[1:2], pt.globals[1:2], pt.lda[1:2])
-        torch.testing.assert_close(m.rank_images(q, pi)[0], matrix[:, 1])
-        qi = PreparedImages(pi.patches[2:3], pi.globals[2:3])
-        torch.testing.assert_close(m.rank_texts(qi, pt)[0], matrix[2, :])
+        for direction in ("t2i", "i2t"):
+            matrix = m.score_matrix(pi, pt, direction)
+            for i, j in itertools.product(range(4), range(4)):
+                torch.testing.assert_close(matrix[i, j], reference_score(m, pi, pt, i, j, direction),
+                                           atol=1e-5, rtol=1e-4)
+            pairs, _ = m.score_pairs(pi, pt, direction=direction)
+            torch.testing.assert_close(pairs, matrix.diag())
+        # one query against k candidates, both directions, with each direction's share
+        t2i, i2t = m.score_matrix(pi, pt, "t2i"), m.score_matrix(pi, pt, "i2t")
+        torch.testing.assert_close(m.rank_images(pt.take(torch.tensor([1])), pi)[0], t2i[:, 1])
+        torch.testing.assert_close(m.rank_texts(pi.take(torch.tensor([2])), pt)[0], i2t[2, :])
 
 
-def test_padding_never_changes_a_score() -> None:
-    m = _trained_like(1)
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_padding_and_masking_never_change_a_score(option: str) -> None:
+    m = _trained_like(OPTIONS[option], 1)
     p, v, w, mask, t = _inputs()
     with torch.no_grad():
         base = m.score_matrix(m.prepare_images(p, v), m.prepare_texts(w, mask, t))
@@ -89,11 +101,17 @@ def test_padding_never_changes_a_score() -> None:
         mask2 = torch.cat([mask, torch.zeros(4, 3, dtype=torch.bool)], dim=1)
         w2[:, :7][~mask] = 5.0  # junk inside the padding too
         padded = m.score_matrix(m.prepare_images(p, v), m.prepare_texts(w2, mask2, t))
+        # a caption scored alone, without padding at all, gets the same score as in the padded batch
+        alone = m.score_matrix(m.prepare_images(p, v), m.prepare_texts(w[1:2, :3], mask[1:2, :3], t[1:2]))
+        trimmed = m.score_matrix(m.prepare_images(p, v), m.prepare_texts(w2, mask2, t).trimmed())
     torch.testing.assert_close(base, padded)
+    torch.testing.assert_close(base, trimmed)
+    torch.testing.assert_close(alone[:, 0], base[:, 1])
 
 
-def test_empty_caption_scores_finite() -> None:
-    m = _trained_like()
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_empty_caption_scores_finite(option: str) -> None:
+    m = _trained_like(OPTIONS[option])
     p, v, w, mask, t = _inputs()
     mask[0] = False
     with torch.no_grad():
@@ -120,20 +138,52 @@ def test_selection_is_hard_at_inference_and_differentiable_in_training() -> None
     assert m.sel_out.weight.grad.abs().sum() > 0
 
 
-def test_whole_matcher_gets_gradients_from_the_loss() -> None:
-    m = _trained_like().train()
+def test_selector_noise_follows_the_score_spread() -> None:
+    """Scaling the selector's scores scales its noise too: training picks what inference picks."""
+    m = _trained_like()
+    p, v, *_ = _inputs()
+    with torch.no_grad():
+        m.sel_out.weight.mul_(1000.0)  # a wide score spread: the perturbed pick must equal the hard pick
+        m.sel_out.bias.zero_()
+        hard = m.select(p, v)
+        m.train()
+        soft = m.select(p, v)
+    torch.testing.assert_close(soft, hard, atol=0.2, rtol=0)
+
+
+def test_all_patches_skips_the_selector() -> None:
+    m = _trained_like(replace(CFG, top_k=0))
+    p, v, *_ = _inputs()
+    assert not hasattr(m, "sel_patch")
+    assert torch.equal(m.select(p, v), p)
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_whole_matcher_gets_gradients_from_the_loss(option: str) -> None:
+    cfg = OPTIONS[option]
+    m = _trained_like(cfg).train()
     p, v, w, mask, t = _inputs()
-    loss = triplet_loss(m.score_matrix(m.prepare_images(p, v), m.prepare_texts(w, mask, t)), hardest=False)
+    g, s = m.score_matrices(m.prepare_images(p, v), m.prepare_texts(w, mask, t))
+    loss = triplet_loss(m.mix(g, s), hardest=False) + triplet_loss(s, hardest=False)
     loss.backward()
-    for name in ("sel_patch.weight", "lin1.weight", "lin2.weight", "lin3.weight", "lda.head.weight",
-                 "patch_adapter.down.weight", "word_adapter.down.weight", "fusion_mix"):
-        grad = dict(m.named_parameters())[name].grad
-        assert grad is not None and grad.abs().sum() > 0, name
+    names = ["lda.head.weight", "lda.up.weight"]
+    names += ["importance.weight"] if cfg.aggregation == "weighted" else []
+    names += ["sel_patch.weight"] if cfg.top_k else []
+    names += ["patch_adapter.down.weight", "word_adapter.down.weight"] if cfg.adapters else []
+    names += ["lin1.weight", "lin2.weight", "lin3.weight"] if cfg.slot_linear else []
+    names += ["log_temp"] if cfg.learn_temperature else []
+    names += ["fusion_mix"] if cfg.fusion == "learned" else []
+    params = dict(m.named_parameters())
+    for name in names:
+        assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
+    if not cfg.learn_temperature:
+        assert not params["log_temp"].requires_grad
 
 
-def test_lda_weights_sum_to_one_and_follow_length() -> None:
+def test_lda_projects_up_and_its_weights_follow_length() -> None:
     torch.manual_seed(0)
-    lda = LDA(16, 8, 10)
+    lda = LDA(16, 24, 10)
+    assert lda.up.out_features >= 16 + 1  # project up, as the LDA paper describes
     words = F.normalize(torch.randn(1, 10, 16), dim=-1).expand(10, -1, -1)
     mask = torch.arange(10)[None, :] < torch.arange(1, 11)[:, None]  # lengths 1..10, same words
     w = lda(words, mask)
@@ -141,12 +191,52 @@ def test_lda_weights_sum_to_one_and_follow_length() -> None:
     assert (w[:, 0].max() - w[:, 0].min()) > 1e-4
 
 
-def test_adapters_start_as_identity() -> None:
-    m = Matcher(CFG).eval()
+def test_patch_score_does_not_grow_with_caption_length() -> None:
+    """The same word repeated 2 or 9 times scores the same: both aggregations are length-normalised."""
+    m = _trained_like(replace(CFG, top_k=0))
+    p, v, w, mask, t = _inputs()
+    with torch.no_grad():
+        lda = torch.tensor([[0.7, 0.3]])
+        sims = []
+        for n in (2, 9):
+            words = w[0:1, :1].expand(1, n, -1)
+            pt = PreparedTexts(words, torch.ones(1, n, dtype=torch.bool), t[:1], lda, torch.full((1, n), 1 / n))
+            sims.append(m.score_pairs(m.prepare_images(p[:1], v[:1]), pt)[1])
+        summed = replace(m.config, aggregation="sum")
+        m_sum = Matcher(summed).eval()
+        m_sum.load_state_dict(m.state_dict(), strict=False)
+        grows = [m_sum.score_pairs(m_sum.prepare_images(p[:1], v[:1]),
+                                   PreparedTexts(w[0:1, :1].expand(1, n, -1), torch.ones(1, n, dtype=torch.bool),
+                                                 t[:1], torch.tensor([[0.7, 0.3]]), torch.full((1, n), 1 / n)))[1]
+                 for n in (2, 9)]
+    torch.testing.assert_close(sims[0], sims[1])
+    assert abs(float(grows[1] - grows[0])) > 1e-3  # the old plain sum does grow
+
+
+def test_adapters_start_as_identity_and_attention_starts_peaked() -> None:
+    m = Matcher(replace(CFG, top_k=0)).eval()
     p, v, w, mask, t = _inputs()
     with torch.no_grad():
         pt = m.prepare_texts(w, mask, t)
-    torch.testing.assert_close(pt.words[:, :7], w)
+        torch.testing.assert_close(pt.words[:, :7], w)
+        # at initialisation each word's score is close to its best patch's similarity (max), not the mean
+        sim = torch.einsum("kd,ld->kl", p[0], pt.words[0])
+        inter = m.interact(sim[None], pt.mask[:1], pt.lda[:1], pt.importance[:1])
+    best, mean = sim.max(0).values[:7], sim.mean(0)[:7]
+    got = inter.word_scores[0, :7]
+    assert bool(((got - best).abs() < (got - mean).abs()).all())
+    assert float(inter.word_attention[0, :7].max(-1).values.min()) > 0.5
+
+
+def test_temperatures_are_order_free_over_patches() -> None:
+    """Permuting the kept patches permutes nothing in the score: no weight belongs to a slot."""
+    m = _trained_like(replace(CFG, top_k=0))
+    p, v, w, mask, t = _inputs()
+    perm = torch.randperm(12)
+    with torch.no_grad():
+        a = m.score_matrix(m.prepare_images(p, v), m.prepare_texts(w, mask, t))
+        b = m.score_matrix(m.prepare_images(p[:, perm], v), m.prepare_texts(w, mask, t))
+    torch.testing.assert_close(a, b)
 
 
 def test_triplet_loss() -> None:
@@ -159,9 +249,36 @@ def test_triplet_loss() -> None:
     torch.testing.assert_close(triplet_loss(bad, 0.2), torch.tensor(expected_hard))
     all_viol = triplet_loss(bad, 0.2, hardest=False)
     assert all_viol.item() >= expected_hard - 1e-6
+    # an equivalent caption is never a negative: marking (0, 1) true removes both violations
+    positives = torch.zeros(3, 3, dtype=torch.bool)
+    positives[0, 1] = True
+    assert triplet_loss(bad, 0.2, positives=positives).item() == 0.0
+
+
+def test_list_losses() -> None:
+    scores = torch.tensor([[0.9, 0.5, 0.85], [0.2, 0.8, 0.1]])
+    positive = torch.tensor([[True, False, False], [False, False, True]])
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    # query 0: positive 0.9 vs hardest negative 0.85 → 0.15 margin violation; query 1: 0.1 vs 0.8 → 0.9
+    torch.testing.assert_close(list_triplet_loss(scores, positive, valid, 0.2), torch.tensor(0.15 + 0.9))
+    expected = -(torch.log_softmax(10 * scores[0], 0)[0] + torch.log_softmax(10 * scores[1], 0)[2]) / 2
+    torch.testing.assert_close(listwise_loss(scores, positive, valid, 10.0), expected)
+    # two positives: the probability mass of both counts
+    both = positive.clone()
+    both[0, 2] = True
+    assert listwise_loss(scores, both, valid, 10.0) < listwise_loss(scores, positive, valid, 10.0)
 
 
 def test_fixed_fusion_is_not_trained() -> None:
-    m = Matcher(MatcherConfig(**{**CFG.to_dict(), "fusion": "fixed"}))
+    m = Matcher(replace(CFG, fusion="fixed"))
     assert not m.fusion_mix.requires_grad
     torch.testing.assert_close(torch.sigmoid(m.fusion_mix), torch.tensor(0.25))
+
+
+def test_config_rejects_bad_options() -> None:
+    with pytest.raises(ValueError, match="aggregation"):
+        replace(CFG, aggregation="max")
+    with pytest.raises(ValueError, match="top_k"):
+        replace(CFG, top_k=13)
+    with pytest.raises(ValueError, match="unknown matcher options"):
+        MatcherConfig.from_dict({**CFG.to_dict(), "fusion_global": 0.6})

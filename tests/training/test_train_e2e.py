@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from service.cli import main
-from training.bundle import BundleError, load_bundle
+from training.bundle import BundleError, load_backbone, load_bundle
 from training.datasets import read_dataset
 from training.features import extract
 
@@ -22,9 +22,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     assert main(["synth", "--out", str(data), "--train", "96", "--val", "24", "--test", "24", "--seed", "3"]) == 0
     out = root / "bundle"
     rc = main(["train", "--data", str(data / "dataset.json"), "--images", str(data / "images"), "--format",
-               "karpathy", "--out", str(out), "--backbone", "finesearch-tiny", "--from-scratch", "--clip-epochs", "2",
-               "--clip-batch", "32", "--epochs", "2", "--batch-size", "32", "--token-loss", "0.5", "--no-progress",
-               "--matcher", '{"num_samples": 20}'])
+               "karpathy", "--out", str(out), "--backbone", "finesearch-tiny", "--from-scratch", "--clip-steps", "6",
+               "--clip-batch", "32", "--steps", "6", "--val-every", "3", "--queries", "8", "--candidates", "6",
+               "--calibrate-candidates", "10", "--no-progress", "--matcher", '{"top_k": 16, "num_samples": 20}'])
     assert rc == 0
     return data, out
 
@@ -34,8 +34,9 @@ def test_bundle_round_trip_scores_identically(tiny_run: tuple[Path, Path]) -> No
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["backbone"]["weights"] == "backbone.safetensors"
     assert cfg["matcher"]["num_samples"] == 20 and cfg["matcher"]["top_k"] == 16
-    assert cfg["training"]["backbone"]["epochs"] == 2 and cfg["training"]["matcher"]["epochs"] == 2
-    assert len(cfg["training"]["matcher"]["history"]) == 2
+    assert cfg["training"]["backbone"]["steps"] == 6 and cfg["training"]["matcher"]["steps"] == 6
+    assert [h["step"] for h in cfg["training"]["matcher"]["history"]] == [3, 6]
+    assert "val" in cfg["training"]["backbone"] and set(cfg["training"]["fusion"]["shares"]) == {"t2i", "i2t"}
     items = read_dataset(data / "dataset.json", "karpathy", "test")
     a, b = load_bundle(out, device="cpu"), load_bundle(out, device="cpu")
     assert a.backbone.fingerprint == cfg["backbone"]["fingerprint"]
@@ -44,10 +45,11 @@ def test_bundle_round_trip_scores_identically(tiny_run: tuple[Path, Path]) -> No
     torch.testing.assert_close(fa.img_tok, fb.img_tok, rtol=0, atol=0)
     with torch.no_grad():
         sa = a.matcher.score_matrix(a.matcher.prepare_images(fa.img_tok, fa.img_glob),
-                                    a.matcher.prepare_texts(fa.txt_tok, fa.txt_mask, fa.txt_glob))
+                                    a.matcher.prepare_texts(fa.txt_tok, fa.txt_mask, fa.txt_glob), "t2i")
         sb = b.matcher.score_matrix(b.matcher.prepare_images(fb.img_tok, fb.img_glob),
-                                    b.matcher.prepare_texts(fb.txt_tok, fb.txt_mask, fb.txt_glob))
+                                    b.matcher.prepare_texts(fb.txt_tok, fb.txt_mask, fb.txt_glob), "t2i")
     assert torch.equal(sa, sb)
+    assert bool(a.matcher.calibrated) and torch.equal(a.matcher.calibration, b.matcher.calibration)
 
 
 def test_eval_command_writes_all_three_rankers(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
@@ -71,12 +73,12 @@ def test_training_resumes_from_its_checkpoints(tiny_run: tuple[Path, Path], tmp_
     copy = tmp_path / "bundle"
     shutil.copytree(out, copy)
     rc = main(["train", "--data", str(data / "dataset.json"), "--images", str(data / "images"), "--format",
-               "karpathy", "--out", str(copy), "--from-scratch", "--clip-epochs", "2", "--clip-batch", "32",
-               "--epochs", "3", "--batch-size", "32", "--token-loss", "0.5", "--no-progress", "--resume",
-               "--matcher", '{"num_samples": 20}'])
+               "karpathy", "--out", str(copy), "--from-scratch", "--clip-steps", "6", "--clip-batch", "32",
+               "--steps", "9", "--val-every", "3", "--queries", "8", "--candidates", "6", "--calibrate-candidates",
+               "10", "--no-progress", "--resume", "--matcher", '{"top_k": 16, "num_samples": 20}'])
     assert rc == 0
     cfg = json.loads((copy / "config.json").read_text())
-    assert [h["epoch"] for h in cfg["training"]["matcher"]["history"]] == [1, 2, 3]  # only epoch 3 was new
+    assert [h["step"] for h in cfg["training"]["matcher"]["history"]] == [3, 6, 9]  # only step 9 was new
 
 
 def test_indexing_with_a_bundle_uses_its_backbone(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
@@ -101,12 +103,16 @@ def test_bundle_errors_are_clear(tiny_run: tuple[Path, Path], tmp_path: Path) ->
     (newer / "config.json").write_text(json.dumps({**cfg, "format": 99}))
     with pytest.raises(BundleError, match="upgrade finesearch"):
         load_bundle(newer)
+    (newer / "config.json").write_text(json.dumps({**cfg, "format": 1}))  # a matcher of the first design
+    with pytest.raises(BundleError, match="--backbone-from"):
+        load_bundle(newer)
+    assert load_backbone(newer).fingerprint == cfg["backbone"]["fingerprint"]  # its backbone still trains a matcher
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
     state = load_file(str(broken / "matcher.safetensors"))
-    del state["lin1.weight"]
+    del state["log_temp"]
     save_file(state, str(broken / "matcher.safetensors"))
-    with pytest.raises(BundleError, match="missing \\['lin1.weight'\\]"):
+    with pytest.raises(BundleError, match="missing \\['log_temp'\\]"):
         load_bundle(broken)
     (broken / "backbone.safetensors").unlink()
     with pytest.raises(BundleError, match="backbone weights backbone.safetensors are missing"):
@@ -120,7 +126,8 @@ def test_unfreezing_the_last_blocks_fine_tunes_only_those(tiny_run: tuple[Path, 
     tuned = tmp_path / "tuned"
     rc = main(["train", "--data", str(data / "dataset.json"), "--images", str(data / "images"), "--format",
                "karpathy", "--out", str(tuned), "--backbone-from", str(out), "--unfreeze-blocks", "1",
-               "--epochs", "1", "--batch-size", "32", "--no-progress", "--matcher", '{"num_samples": 20}'])
+               "--steps", "3", "--val-every", "3", "--queries", "8", "--candidates", "6", "--calibrate-candidates",
+               "10", "--no-progress"])
     assert rc == 0
     before = load_file(str(out / "backbone.safetensors"))
     after = load_file(str(tuned / "backbone.safetensors"))
@@ -137,14 +144,14 @@ def test_unfreezing_the_last_blocks_fine_tunes_only_those(tiny_run: tuple[Path, 
 
 def test_heads_over_a_cached_trunk_equal_the_whole_towers(tiny_run: tuple[Path, Path]) -> None:
     """trunk(stop=k) + head(start=k) == full encoder, for a split with more captions than one batch holds."""
-    from training.train import features_from_trunk, trunk_features
+    from training.train import trunk_features
 
     data, out = tiny_run
     b = load_bundle(out)
     items = read_dataset(data / "dataset.json", "karpathy", "val")
     full = extract(b.backbone, items, data / "images")
     trunk = trunk_features(b.backbone, items, data / "images", stop=2, workers=2, progress=False)
-    split = features_from_trunk(b.backbone, trunk, start=2, batch=16)  # 24 images, 120 captions: several batches
+    split = trunk.features(chunk=16)  # 24 images, 120 captions: several batches
     torch.testing.assert_close(split.img_glob, full.img_glob, atol=2e-3, rtol=1e-2)
     torch.testing.assert_close(split.txt_glob, full.txt_glob, atol=2e-3, rtol=1e-2)
     assert torch.equal(split.txt_mask, full.txt_mask) and split.txt_tok.shape == full.txt_tok.shape

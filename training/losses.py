@@ -1,0 +1,102 @@
+"""The training losses, in one place.
+
+* `triplet_loss` — MGAN eq. 14 (VSE++ hardest negative, margin 0.2), on an in-batch score matrix;
+* `list_triplet_loss` — the same hinge where each query's "batch" is its mined global top-k;
+* `listwise_loss` — softmax cross-entropy over each query's candidates: what the service's rerank orders;
+* `filip_loss` — token-wise late-interaction contrastive loss that trains a backbone's tokens (FILIP).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def triplet_loss(scores: torch.Tensor, margin: float = 0.2, hardest: bool = True,
+                 positives: torch.Tensor | None = None) -> torch.Tensor:
+    """VSE++ loss (MGAN eq. 14) on an [images × texts] score matrix whose diagonal holds the positives.
+
+    `positives` [images × texts] marks other pairs that are also true (identical or equivalent captions):
+    they are never negatives. `hardest=False` sums over every violating negative (a warm-up).
+    """
+    diag = scores.diag()
+    skip = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+    if positives is not None:
+        skip = skip | positives
+    cost_t = (margin + scores - diag[:, None]).clamp(min=0).masked_fill(skip, 0)  # image → wrong texts
+    cost_i = (margin + scores - diag[None, :]).clamp(min=0).masked_fill(skip, 0)  # text → wrong images
+    if hardest:
+        return cost_t.max(dim=1).values.sum() + cost_i.max(dim=0).values.sum()
+    return cost_t.sum() + cost_i.sum()
+
+
+def listwise_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor,
+                  scale: float | torch.Tensor = 20.0) -> torch.Tensor:
+    """Softmax cross-entropy of each query over its candidates [Q, C]: −log Σ_pos p, mean over queries.
+
+    Queries without a valid positive among their candidates are skipped.
+    """
+    logits = (scale * scores).masked_fill(~valid, float("-inf"))
+    pos = positive & valid
+    keep = pos.any(dim=1)
+    if not bool(keep.any()):
+        return scores.sum() * 0
+    lse_all = torch.logsumexp(logits[keep], dim=1)
+    lse_pos = torch.logsumexp(logits[keep].masked_fill(~pos[keep], float("-inf")), dim=1)
+    return (lse_all - lse_pos).mean()
+
+
+def list_triplet_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor, margin: float = 0.2
+                      ) -> torch.Tensor:
+    """Hinge between each query's best positive and its hardest negative among its candidates [Q, C]; summed."""
+    neg_inf = torch.finfo(scores.dtype).min
+    pos = positive & valid
+    neg = ~positive & valid
+    keep = pos.any(dim=1) & neg.any(dim=1)
+    best_pos = scores.masked_fill(~pos, neg_inf).max(dim=1).values
+    hardest = scores.masked_fill(~neg, neg_inf).max(dim=1).values
+    return ((margin - best_pos + hardest).clamp(min=0) * keep).sum()
+
+
+def _ce_rows(logits: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of each row of a square matrix against its diagonal, excluded cells left out."""
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, torch.finfo(logits.dtype).min)
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+
+
+def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
+                     exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE on aligned [B, d] globals; `exclude` [B, B] marks off-diagonal pairs that are
+    true too (equivalent captions), which are left out of the softmax instead of being pushed apart."""
+    logits = scale * img @ txt.T
+    ex_t = exclude.T if exclude is not None else None
+    return (_ce_rows(logits, exclude) + _ce_rows(logits.T, ex_t)) / 2
+
+
+def centre_tokens(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Each item's tokens minus their mean, re-normalised (zero where masked): what is particular to each
+    patch or word, without the image's or caption's shared gist that the global vector already carries."""
+    if mask is None:
+        mean = tokens.mean(dim=-2, keepdim=True)
+        return F.normalize(tokens - mean, dim=-1)
+    m = mask[..., None].to(tokens.dtype)
+    mean = (tokens * m).sum(dim=-2, keepdim=True) / m.sum(dim=-2, keepdim=True).clamp(min=1)
+    return F.normalize(tokens - mean, dim=-1) * m
+
+
+def filip_loss(img_tok: torch.Tensor, txt_tok: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor,
+               exclude: torch.Tensor | None = None, centre: bool = False) -> torch.Tensor:
+    """Token-wise max similarity contrastive loss (FILIP): trains patch and word tokens directly.
+
+    `centre`: on centred tokens (centre_tokens), so the loss cannot be met with the global gist copied into
+    every token and has to be met with word-aligned local detail.
+    """
+    if centre:
+        img_tok, txt_tok = centre_tokens(img_tok), centre_tokens(txt_tok, mask)
+    sim = torch.einsum("imd,tld->itml", img_tok, txt_tok)  # [B, B, M, L]
+    m = mask[None, :, None, :]
+    i2t = sim.masked_fill(~m, -1e4).max(dim=3).values.mean(dim=2)  # each patch's best word
+    t2i = (sim.max(dim=2).values * mask[None]).sum(-1) / mask.sum(-1).clamp(min=1)[None]  # each word's best patch
+    ex_t = exclude.T if exclude is not None else None
+    return (_ce_rows(scale * i2t, exclude) + _ce_rows(scale * t2i.T, ex_t)) / 2

@@ -1,0 +1,250 @@
+"""The matcher's training loop: each step, queries in both directions against their mined global top-k.
+
+Every step draws `queries` images; each image's query caption (one of its own, at random)
+ranks its mined top-k images (t2i), and the image ranks its mined top-k captions (i2t).
+Those candidate lists are the hard neighbours the service will rerank, so the losses
+(listwise softmax and MGAN's hardest-negative hinge, on the fused and on the patch score)
+train exactly that ordering. Positives are every candidate the caption (or an equivalent
+one) truly describes. Items are prepared once per step however many lists they appear in.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .backbone import Backbone, pad_words
+from .calibrate import tune
+from .evaluate import evaluate
+from .features import Features
+from .losses import list_triplet_loss, listwise_loss
+from .matcher import Matcher
+from .mining import Candidates, Truth, mine
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class FeatureSource(Protocol):
+    """Where a step's token features come from: a frozen cache, or a trunk whose last blocks train."""
+
+    image_ids: list[str]
+    txt_img: torch.Tensor
+    texts: list[str]
+
+    def batch(self, img: torch.Tensor, txt: torch.Tensor) -> Batch:
+        """(image tokens, image globals, word tokens, word mask, caption globals) of the given items."""
+        ...
+
+    def features(self) -> Features:
+        """The whole split as evaluation reads it (the current weights)."""
+        ...
+
+
+@dataclass
+class Frozen:
+    f: Features
+    device: torch.device
+
+    @property
+    def image_ids(self) -> list[str]:
+        return self.f.image_ids
+
+    @property
+    def txt_img(self) -> torch.Tensor:
+        return self.f.txt_img
+
+    @property
+    def texts(self) -> list[str]:
+        return self.f.texts
+
+    def batch(self, img: torch.Tensor, txt: torch.Tensor) -> Batch:
+        f, d = self.f, self.device
+        return (f.img_tok[img].to(d), f.img_glob[img].to(d), f.txt_tok[txt].to(d), f.txt_mask[txt].to(d),
+                f.txt_glob[txt].to(d))
+
+    def features(self) -> Features:
+        return self.f
+
+
+@dataclass
+class Trunk:
+    """Hidden states at the input of the unfrozen blocks, computed once (the frozen part of both towers)."""
+
+    backbone: Backbone
+    start: int  # first block that runs (and trains) in every step
+    image_ids: list[str]
+    img: torch.Tensor  # [Ni, M+1, width] fp16
+    txt: torch.Tensor  # [Nt, n, width] fp16
+    txt_ids: torch.Tensor  # [Nt, n] token ids, cut at the dataset's last EOT
+    txt_img: torch.Tensor  # [Nt]
+    texts: list[str]
+
+    def batch(self, img: torch.Tensor, txt: torch.Tensor) -> Batch:
+        b, dev = self.backbone, self.backbone.device
+        imf = b.image_head(self.img[img].to(dev).float(), self.start)
+        txf = b.text_head(self.txt[txt].to(dev).float(), self.txt_ids[txt].to(dev), self.start)
+        return imf.tokens, imf.globals, txf.tokens, txf.mask, txf.globals
+
+    @torch.inference_mode()
+    def features(self, chunk: int = 256) -> Features:
+        was_training = self.backbone.model.training
+        self.backbone.model.eval()
+        width = self.backbone.context_length - 2
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("it", "ig", "tt", "tm", "tg")}
+        for lo in range(0, len(self.image_ids), chunk):
+            idx = torch.arange(lo, min(lo + chunk, len(self.image_ids)))
+            tok, glob, *_ = self.batch(idx, idx[:0])
+            parts["it"].append(tok.cpu().half())
+            parts["ig"].append(glob.cpu())
+        for lo in range(0, len(self.texts), chunk):
+            idx = torch.arange(lo, min(lo + chunk, len(self.texts)))
+            _, _, tok, mask, glob = self.batch(idx[:0], idx)
+            tok, mask = pad_words(tok.cpu().half(), mask.cpu(), width)
+            parts["tt"].append(tok)
+            parts["tm"].append(mask)
+            parts["tg"].append(glob.cpu())
+        self.backbone.model.train(was_training)
+        c = {k: torch.cat(v) for k, v in parts.items()}
+        return Features(self.image_ids, c["ig"], c["it"], self.txt_img, c["tg"], c["tt"], c["tm"], self.texts)
+
+
+@dataclass
+class StepLosses:
+    total: torch.Tensor
+    parts: dict[str, float]
+
+
+def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, captions: torch.Tensor,
+                 t2i: Candidates, i2t: Candidates, cfg: Any) -> StepLosses:
+    """Losses of one step: `captions` rank their candidate images, `images` rank their candidate captions."""
+    t2i_idx, t2i_pos = t2i.index[captions], t2i.positive[captions]  # [Q, C]
+    i2t_idx, i2t_pos = i2t.index[images], i2t.positive[images]
+    img_u, img_inv = torch.unique(torch.cat([images, t2i_idx.flatten()]), return_inverse=True)
+    txt_u, txt_inv = torch.unique(torch.cat([captions, i2t_idx.flatten()]), return_inverse=True)
+    img_tok, img_glob, txt_tok, txt_mask, txt_glob = source.batch(img_u, txt_u)
+    pi = matcher.prepare_images(img_tok, img_glob)
+    pt = matcher.prepare_texts(txt_tok, txt_mask, txt_glob).trimmed()
+    q, c = captions.shape[0], t2i_idx.shape[1]
+    dev = pi.patches.device
+    # t2i pairs: query caption j (position j in txt_u order) with each candidate image
+    cap_pos = txt_inv[:q].to(dev)
+    t2i_img = img_inv[len(images):].view(q, c).to(dev)
+    f_t2i, p_t2i = matcher.score_pairs(pi.take(t2i_img.flatten()), pt.take(cap_pos.repeat_interleave(c)))
+    img_pos = img_inv[:len(images)].to(dev)
+    i2t_txt = txt_inv[q:].view(len(images), -1).to(dev)
+    k = i2t_txt.shape[1]
+    f_i2t, p_i2t = matcher.score_pairs(pi.take(img_pos.repeat_interleave(k)), pt.take(i2t_txt.flatten()))
+    t2i_pos, i2t_pos = t2i_pos.to(dev), i2t_pos.to(dev)
+    ones_t, ones_i = torch.ones_like(t2i_pos), torch.ones_like(i2t_pos)
+    parts: dict[str, torch.Tensor] = {}
+    for name, scores, pos, valid in (("t2i", f_t2i.view(q, c), t2i_pos, ones_t),
+                                     ("i2t", f_i2t.view(len(images), k), i2t_pos, ones_i),
+                                     ("t2i_patch", p_t2i.view(q, c), t2i_pos, ones_t),
+                                     ("i2t_patch", p_i2t.view(len(images), k), i2t_pos, ones_i)):
+        weight = cfg.patch_loss if name.endswith("_patch") else 1.0
+        if weight <= 0:
+            continue
+        if cfg.listwise > 0:
+            parts[f"listwise_{name}"] = weight * cfg.listwise * listwise_loss(scores, pos, valid, cfg.listwise_scale)
+        if cfg.triplet > 0:
+            parts[f"triplet_{name}"] = weight * cfg.triplet * list_triplet_loss(scores, pos, valid, cfg.margin) / q
+    total = torch.stack(list(parts.values())).sum()
+    return StepLosses(total, {k: float(v.detach()) for k, v in parts.items()})
+
+
+def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | None, cfg: Any,
+                  ckpt_path: Path, resume: bool, device: torch.device, *, extra_params: list[torch.nn.Parameter] | None
+                  = None, extra_modules: dict[str, torch.nn.Module] | None = None, progress: bool = True,
+                  log: Callable[[str], None] = print, schedule: Callable[..., Any], save: Callable[..., None],
+                  load: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Train for cfg.steps (or cfg.minutes); validate every cfg.val_every steps; keep the best validation rSum."""
+    matcher.to(device)
+    modules = torch.nn.ModuleDict({"matcher": matcher, **(extra_modules or {})})
+    groups: list[dict[str, Any]] = [{"params": [p for p in matcher.parameters() if p.requires_grad]}]
+    if extra_params:
+        groups.append({"params": extra_params, "lr": cfg.lr * cfg.backbone_lr_scale})
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = schedule(opt, cfg.schedule, cfg.steps, warmup=min(100, cfg.steps // 20))
+
+    t_mine = time.perf_counter()
+    start_f = source.features()
+    truth = Truth(source.txt_img, source.texts)
+    t2i, i2t = mine(start_f.img_glob, start_f.txt_glob, truth, cfg.candidates)
+    caps_of: list[list[int]] = [[] for _ in source.image_ids]
+    for t, i in enumerate(source.txt_img.tolist()):
+        caps_of[i].append(t)
+    usable = torch.tensor([i for i, cs in enumerate(caps_of) if cs], dtype=torch.long)
+    mined = {"candidates": cfg.candidates, "seconds": round(time.perf_counter() - t_mine, 1),
+             "t2i_positives_per_query": round(float(t2i.positive.sum(1).float().mean()), 2),
+             "i2t_positives_per_query": round(float(i2t.positive.sum(1).float().mean()), 2)}
+
+    step, history = 0, []
+    best: dict[str, Any] = {"rsum": -1.0, "step": 0, "state": None, "metrics": None}
+    if resume and ckpt_path.is_file():
+        ck = load(ckpt_path, modules, opt, sched)
+        step, history, best = ck["step"], ck["history"], ck["best"]
+        log(f"resumed matcher training after step {step}")
+    t_start = time.perf_counter()
+    deadline = t_start + cfg.minutes * 60 if cfg.minutes else None
+    perm, pos = usable[torch.randperm(len(usable))], 0
+    window: list[dict[str, float]] = []
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="matcher")
+    while step < cfg.steps:
+        modules.train()
+        if pos + cfg.queries > len(perm):
+            perm, pos = usable[torch.randperm(len(usable))], 0
+        images = perm[pos:pos + cfg.queries]
+        pos += cfg.queries
+        captions = torch.tensor([caps_of[i][np.random.randint(len(caps_of[i]))] for i in images.tolist()])
+        out = matcher_step(matcher, source, images, captions, t2i, i2t, cfg)
+        opt.zero_grad(set_to_none=True)
+        out.total.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        window.append({"loss": float(out.total.detach()), **out.parts})
+        bar.update(1)
+        bar.set_postfix(loss=f"{window[-1]['loss']:.3f}")
+        over = deadline is not None and time.perf_counter() > deadline
+        if step % cfg.val_every == 0 or step == cfg.steps or over:
+            entry: dict[str, Any] = {"step": step, **{k: round(float(np.mean([w[k] for w in window])), 4)
+                                                     for k in window[0]}}
+            window = []
+            if val is not None:
+                val_f = val.features()
+                res = tune(matcher, val_f, cfg.val_candidates, device)
+                entry["val"] = res["val_two_stage"]
+                entry["shares"] = res["shares"]
+                if res["val_two_stage"]["rsum"] > best["rsum"]:
+                    best = {"rsum": res["val_two_stage"]["rsum"], "step": step, "metrics": res["val_two_stage"],
+                            "state": copy.deepcopy(modules.state_dict())}
+                log(f"matcher step {step}: loss {entry['loss']:.3f}, val two-stage rSum {entry['val']['rsum']:.1f} "
+                    f"(best {best['rsum']:.1f} @ {best['step']}; global {res['val_global']['rsum']:.1f})")
+            else:
+                best = {"rsum": 0.0, "step": step, "metrics": None, "state": copy.deepcopy(modules.state_dict())}
+                log(f"matcher step {step}: loss {entry['loss']:.3f}")
+            history.append(entry)
+            save(ckpt_path, modules, opt, sched, step=step, history=history, best=best)
+        if over:
+            log("matcher time budget reached")
+            break
+    bar.close()
+    if best["state"] is not None:
+        modules.load_state_dict(best["state"])
+    modules.eval()
+    return {"steps": step, "history": history, "best_step": best["step"], "best_val": best["metrics"],
+            "mining": mined, "seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def evaluate_val(matcher: Matcher, val: Features, candidates: int, device: torch.device) -> dict[str, Any]:
+    return evaluate(matcher, val, candidates, ("global", "two_stage"), device)

@@ -1,0 +1,124 @@
+"""What the matcher trains on: each query's global top-k candidates, and which of them are true.
+
+The service reranks the global top-k, so the matcher learns to order exactly that: the
+candidates are mined once from the frozen backbone's global vectors. A caption often
+fits several images (identical captions, or the same caption up to case, punctuation
+and articles); those images are positives, never negatives — hardest-negative mining
+would otherwise pick exactly them.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+_ARTICLES = {"a", "an", "the"}
+_WORD = re.compile(r"\w+")
+
+
+def normalise_caption(text: str) -> str:
+    """Case, punctuation, spacing and articles removed: captions equal under this say the same thing."""
+    words = _WORD.findall(unicodedata.normalize("NFKC", text).lower())
+    return " ".join(w for w in words if w not in _ARTICLES)
+
+
+def caption_groups(texts: Sequence[str]) -> torch.Tensor:
+    """One group id per caption; equivalent captions share it."""
+    ids: dict[str, int] = {}
+    return torch.tensor([ids.setdefault(normalise_caption(t), len(ids)) for t in texts], dtype=torch.long)
+
+
+class Truth:
+    """Which (image, caption) pairs are true: the caption, or an equivalent one, belongs to the image."""
+
+    def __init__(self, txt_img: torch.Tensor, texts: Sequence[str]) -> None:
+        self.txt_img = txt_img
+        self.groups = caption_groups(texts)
+        self.n_groups = int(self.groups.max()) + 1 if len(self.groups) else 1
+        # each image's caption groups as sorted keys image·G + group, for vectorised membership tests
+        self.keys = torch.unique(txt_img * self.n_groups + self.groups)
+
+    def matches(self, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """Broadcasting image and caption indices → bool, True where the pair is a true match."""
+        probe = images * self.n_groups + self.groups[captions]
+        if len(self.keys) == 0:
+            return torch.zeros(probe.shape, dtype=torch.bool)
+        pos = torch.searchsorted(self.keys, probe.contiguous()).clamp(max=len(self.keys) - 1)
+        return self.keys[pos] == probe
+
+
+@dataclass
+class Candidates:
+    """Per query, its mined candidates [Q, C] and which of them are true matches [Q, C]."""
+
+    index: torch.Tensor  # long, candidate indices (images for caption queries, captions for image queries)
+    positive: torch.Tensor  # bool
+
+    def __len__(self) -> int:
+        return self.index.shape[0]
+
+
+def _topk_chunked(q: torch.Tensor, c: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    k = min(k, c.shape[0])
+    return torch.cat([(q[lo:lo + chunk] @ c.T).topk(k, dim=1).indices for lo in range(0, q.shape[0], chunk)])
+
+
+def mine(img_glob: torch.Tensor, txt_glob: torch.Tensor, truth: Truth, k: int) -> tuple[Candidates, Candidates]:
+    """(caption → its top-k images, image → its top-k captions) by global cosine, the ground truth always included.
+
+    The ground truth takes the last slot when the global top-k missed it, so every query has a positive.
+    """
+    txt_img = truth.txt_img
+    n_img = img_glob.shape[0]
+    t2i = _topk_chunked(txt_glob.float(), img_glob.float(), k)  # [Nt, k]
+    missing = ~(t2i == txt_img[:, None]).any(dim=1)
+    t2i[missing, -1] = txt_img[missing]
+    t2i_pos = truth.matches(t2i, torch.arange(len(txt_img))[:, None])
+
+    i2t = _topk_chunked(img_glob.float(), txt_glob.float(), k)  # [Ni, k]
+    own = txt_img[i2t] == torch.arange(n_img)[:, None]
+    first_caption = torch.full((n_img,), -1, dtype=torch.long)
+    first_caption[txt_img.flip(0)] = torch.arange(len(txt_img) - 1, -1, -1)  # one caption of each image
+    lacking = ~own.any(dim=1) & (first_caption >= 0)
+    i2t[lacking, -1] = first_caption[lacking]
+    i2t_pos = truth.matches(torch.arange(n_img)[:, None], i2t)
+    return Candidates(t2i, t2i_pos), Candidates(i2t, i2t_pos)
+
+
+def bow_neighbours(captions: Sequence[Sequence[str]], k: int, chunk: int = 2048) -> torch.Tensor:
+    """[N, k]: for each image, the k other images whose captions use the most similar words (tf-idf cosine).
+
+    Images described with the same words in another arrangement — swapped colours, swapped positions —
+    are exactly the pairs a bag-of-words global vector confuses; training batches that put them together
+    make the model tell them apart. Nothing here knows the dataset's vocabulary or grammar.
+    """
+    n = len(captions)
+    k = max(0, min(k, n - 1))
+    if k == 0:
+        return torch.zeros(n, 0, dtype=torch.long)
+    vocab: dict[str, int] = {}
+    rows, cols = [], []
+    for i, caps in enumerate(captions):
+        words = {vocab.setdefault(w, len(vocab)) for c in caps for w in normalise_caption(c).split()}
+        rows += [i] * len(words)
+        cols += sorted(words)
+    r, c = torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+    df = torch.bincount(c, minlength=len(vocab)).double()
+    idf = (torch.log((1 + n) / (1 + df)) + 1).float()
+    vals = idf[c]
+    norms = torch.zeros(n).index_add_(0, r, vals * vals).sqrt().clamp(min=1e-6)
+    x = torch.sparse_coo_tensor(torch.stack([r, c]), vals / norms[r], (n, len(vocab)),
+                                check_invariants=True).coalesce()
+    xt = x.t().to_dense() if n * len(vocab) <= 50_000_000 else x.t().coalesce()
+    out = []
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        sims = torch.sparse.mm(x.index_select(0, torch.arange(lo, hi)), xt)
+        sims = sims.to_dense() if sims.is_sparse else sims
+        sims[torch.arange(hi - lo), torch.arange(lo, hi)] = -1.0  # never its own neighbour
+        out.append(sims.topk(k, dim=1).indices)
+    return torch.cat(out)
