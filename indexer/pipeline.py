@@ -28,6 +28,7 @@ from training.tokenbank import TokenBank
 
 from .blobs import BlobStore
 from .stores import IMAGES, TEXTS, VectorStore
+from .validation import PayloadLimits, PayloadRejected, check_id, check_metadata
 
 MAX_TEXT_CHARS = 2000
 
@@ -50,6 +51,7 @@ class TextItem:
     id: str | None = None  # default: hash of the text
     metadata: dict[str, Any] = field(default_factory=dict)
     image_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # payload fields set by the caller (e.g. a bulk job's id)
 
 
 @dataclass
@@ -66,12 +68,20 @@ class Summary:
     failed: int = 0
     elapsed: float = 0.0
     failures: list[Failure] = field(default_factory=list)
-    ids: list[str | None] = field(default_factory=list)  # per input, in order; None where it failed
+    ids: list[str | None] = field(default_factory=list)  # per input, in order (skipped ones too); None where it failed
     errors: dict[int, Failure] = field(default_factory=dict)  # input position → why it failed
+    duplicates: dict[int, int] = field(default_factory=dict)  # input position → earlier position with the same id
 
     @property
     def rate(self) -> float:
         return self.indexed / self.elapsed if self.elapsed > 0 else 0.0
+
+    def fail(self, pos: int, failure: Failure) -> None:
+        self.failed += 1
+        self.failures.append(failure)
+        self.errors[pos] = failure
+        if pos < len(self.ids):
+            self.ids[pos] = None
 
     def merge(self, other: Summary) -> None:
         self.indexed += other.indexed
@@ -95,6 +105,8 @@ def metadata_entry(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     key = row.pop("file", None) or row.pop("image", None)
     meta = row.pop("metadata", None)
     item_id = row.pop("id", None)
+    if isinstance(item_id, int) and not isinstance(item_id, bool):
+        item_id = str(item_id)  # numeric ids are common in datasets; anything else meets the id rule's check
     return (str(key) if key else None), {"id": item_id, "metadata": meta if isinstance(meta, dict) else row}
 
 
@@ -121,7 +133,7 @@ class _Prepared:
     pixels: np.ndarray | None  # [B, S, S, 3] uint8
     payloads: list[dict[str, Any]]
     positions: list[int]  # index of each prepared item in the caller's input order
-    skipped: list[int]
+    skipped: list[tuple[int, str]]  # (position, id): already stored, or the same id earlier in this call
     failures: list[tuple[int, Failure]]
 
 
@@ -138,6 +150,7 @@ class Indexer:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         indexed_fields: Mapping[str, str] | None = None,
         bank_device: str | None = None,
+        limits: PayloadLimits | None = None,
     ) -> None:
         self.backbone = backbone
         self.store = store
@@ -147,6 +160,7 @@ class Indexer:
         self.max_pixels = max_pixels
         self.indexed_fields = dict(indexed_fields or {})
         self.bank_device = bank_device
+        self.limits = limits or PayloadLimits()
         store.bind_backbone(backbone.fingerprint, backbone.embed_dim, backbone.describe())
         self.banks: dict[str, TokenBank] = {}
         self._write_lock = threading.RLock()
@@ -175,12 +189,21 @@ class Indexer:
         arr, info = load_with_info(data, self.backbone.image_size, self.max_pixels)
         return arr, {"width": info.width, "height": info.height, "format": info.format}
 
+    def _check_item(self, item: ImageItem | TextItem) -> None:
+        """The id rule and the metadata bounds (indexer/validation.py), before any byte is read or written."""
+        if item.id is not None:
+            check_id(item.id, self.limits.max_id_chars)
+        check_metadata(item.metadata, self.limits)
+
     def _prepare(self, pool: ThreadPoolExecutor, batch: Sequence[tuple[int, ImageItem]], skip_existing: bool,
-                 seen: set[str], collection: str) -> _Prepared:
+                 seen: dict[str, int], collection: str) -> _Prepared:
         def read(pair: tuple[int, ImageItem]) -> tuple[bytes, str, str] | Failure:
             _, item = pair
             try:
+                self._check_item(item)
                 return self._read(item)
+            except PayloadRejected as exc:
+                return Failure(str(item.path or item.id or "upload"), str(exc), exc.code)
             except OSError as exc:
                 return Failure(str(item.path or item.id), f"cannot read file: {exc.strerror or exc}", "unreadable")
 
@@ -192,9 +215,9 @@ class Indexer:
             if isinstance(r, Failure):
                 failures.append((pos, r))
             elif r[1] in known or r[1] in seen:
-                skipped.append(pos)
+                skipped.append((pos, r[1]))
             else:
-                seen.add(r[1])
+                seen[r[1]] = pos
                 todo.append((pos, item, *r))
 
         def decode(entry: tuple[int, ImageItem, bytes, str, str]) -> tuple[np.ndarray, dict[str, Any]] | Failure:
@@ -234,21 +257,26 @@ class Indexer:
         summary.ids = [None] * len(items)
         batches = [list(enumerate(items))[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         bar = tqdm(total=total or len(items), unit="img", disable=not progress, dynamic_ncols=True)
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
             for prep in _prefetch((self._prepare(pool, b, skip_existing, seen, collection) for b in batches), depth=2):
                 summary.skipped += len(prep.skipped)
+                for pos, iid in prep.skipped:
+                    summary.ids[pos] = iid
+                    if iid in seen:
+                        summary.duplicates[pos] = seen[iid]
                 for pos, fail in prep.failures:
-                    summary.failed += 1
-                    summary.failures.append(fail)
-                    summary.errors[pos] = fail
+                    summary.fail(pos, fail)
                 if prep.pixels is not None:
                     feats = self.backbone.encode_images(prep.pixels)
-                    self._write(collection, prep.ids, feats.globals, feats.tokens,
-                                np.full(len(prep.ids), feats.tokens.shape[1]), prep.payloads)
-                    summary.indexed += len(prep.ids)
-                    for pos, iid in zip(prep.positions, prep.ids, strict=True):
-                        summary.ids[pos] = iid
+                    refused = self._write(collection, prep.ids, feats.globals, feats.tokens,
+                                          np.full(len(prep.ids), feats.tokens.shape[1]), prep.payloads)
+                    for k, (pos, iid) in enumerate(zip(prep.positions, prep.ids, strict=True)):
+                        if k in refused:
+                            summary.fail(pos, Failure(iid, refused[k], "store_refused"))
+                        else:
+                            summary.indexed += 1
+                            summary.ids[pos] = iid
                 done = len(prep.ids) + len(prep.skipped) + len(prep.failures)
                 bar.update(done)
                 summary.elapsed = time.perf_counter() - start
@@ -268,18 +296,21 @@ class Indexer:
         items = list(items)
         summary.ids = [None] * len(items)
         bar = tqdm(total=len(items), unit="text", disable=not progress, dynamic_ncols=True)
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         for lo in range(0, len(items), batch_size):
             chunk = list(enumerate(items[lo:lo + batch_size], lo))
             valid: list[tuple[int, str, str, TextItem]] = []
             for pos, it in chunk:
                 try:
+                    self._check_item(it)
+                    if it.image_id is not None:
+                        check_id(it.image_id, self.limits.max_id_chars)
                     text = check_text(it.text, max_chars)
+                except PayloadRejected as exc:
+                    summary.fail(pos, Failure(str(it.id or f"#{pos}"), str(exc), exc.code))
+                    continue
                 except ValueError as exc:
-                    summary.failed += 1
-                    fail = Failure(it.id or f"#{pos}", str(exc), "invalid_text")
-                    summary.failures.append(fail)
-                    summary.errors[pos] = fail
+                    summary.fail(pos, Failure(str(it.id or f"#{pos}"), str(exc), "invalid_text"))
                     continue
                 valid.append((pos, it.id or text_id(text), text, it))
             known = self.store.existing(collection, [v[1] for v in valid]) if skip_existing else set()
@@ -287,18 +318,24 @@ class Indexer:
             for v in valid:
                 if v[1] in known or v[1] in seen:
                     summary.skipped += 1
+                    summary.ids[v[0]] = v[1]
+                    if v[1] in seen:
+                        summary.duplicates[v[0]] = seen[v[1]]
                 else:
-                    seen.add(v[1])
+                    seen[v[1]] = v[0]
                     todo.append(v)
             if todo:
                 feats = self.backbone.encode_texts([t for _, _, t, _ in todo])
-                payloads = [{"kind": "text", "text": t, "image_id": it.image_id, "metadata": dict(it.metadata)}
-                            for _, _, t, it in todo]
-                self._write(collection, [i for _, i, _, _ in todo], feats.globals, feats.tokens,
-                            feats.lengths.cpu().numpy(), payloads)
-                summary.indexed += len(todo)
-                for pos, iid, _, _ in todo:
-                    summary.ids[pos] = iid
+                payloads = [{"kind": "text", "text": t, "image_id": it.image_id, "metadata": dict(it.metadata),
+                             **it.extra} for _, _, t, it in todo]
+                refused = self._write(collection, [i for _, i, _, _ in todo], feats.globals, feats.tokens,
+                                      feats.lengths.cpu().numpy(), payloads)
+                for k, (pos, iid, _, _) in enumerate(todo):
+                    if k in refused:
+                        summary.fail(pos, Failure(iid, refused[k], "store_refused"))
+                    else:
+                        summary.indexed += 1
+                        summary.ids[pos] = iid
             bar.update(len(chunk))
         bar.close()
         summary.elapsed = time.perf_counter() - start
@@ -306,18 +343,53 @@ class Indexer:
 
     # ---------------------------------------------------------------- writes
     def _write(self, collection: str, ids: list[str], globals_: Any, tokens: Any, lengths: np.ndarray,
-               payloads: list[dict[str, Any]]) -> None:
-        """Features first (durable), then Qdrant, then tombstone the rows of replaced items."""
-        bank = self.banks[collection]
+               payloads: list[dict[str, Any]]) -> dict[int, str]:
+        """Features first (durable), then Qdrant, then tombstone the rows of replaced items.
+
+        Returns {batch index: why the store refused it}. A refused batch is rolled back (its fresh rows
+        tombstoned, so no orphan row is left for compaction to find) and retried item by item, so one
+        item the store will not take never costs the others their write.
+        """
         with self._write_lock:
-            previous = self.store.retrieve(collection, ids)
-            rows = bank.append(tokens, lengths, ids=ids)
-            for p, r in zip(payloads, rows.tolist(), strict=True):
-                p["row"] = int(r)
+            try:
+                self._write_batch(collection, ids, globals_, tokens, lengths, payloads)
+                return {}
+            except Exception as exc:
+                if len(ids) == 1:
+                    return {0: f"the store refused the item: {exc}"}
+            refused: dict[int, str] = {}
+            for k in range(len(ids)):
+                try:
+                    self._write_batch(collection, ids[k:k + 1], globals_[k:k + 1], tokens[k:k + 1],
+                                      lengths[k:k + 1], payloads[k:k + 1])
+                except Exception as exc:
+                    refused[k] = f"the store refused the item: {exc}"
+            return refused
+
+    def _write_batch(self, collection: str, ids: list[str], globals_: Any, tokens: Any, lengths: np.ndarray,
+                     payloads: list[dict[str, Any]]) -> None:
+        bank = self.banks[collection]
+        previous = self.store.retrieve(collection, ids)
+        rows = bank.append(tokens, lengths, ids=ids)
+        for p, r in zip(payloads, rows.tolist(), strict=True):
+            p["row"] = int(r)
+        try:
             self.store.upsert(collection, ids, globals_.cpu().numpy(), payloads)
-            stale = [int(p["row"]) for p, _ in previous.values() if "row" in p]
-            if stale:
-                bank.delete(r for r in stale if r in bank)
+        except Exception:
+            self._roll_back(collection, ids, rows.tolist())
+            raise
+        stale = [int(p["row"]) for p, _ in previous.values() if "row" in p]
+        if stale:
+            bank.delete(r for r in stale if r in bank)
+
+    def _roll_back(self, collection: str, ids: list[str], rows: list[int]) -> None:
+        """Tombstone the rows a refused upsert left unreferenced; rows a point does reference stay."""
+        try:
+            now = self.store.retrieve(collection, ids)
+        except Exception:  # the store cannot even answer: leave the rows to `compact`, which drops orphans
+            return
+        referenced = {int(p["row"]) for p, _ in now.values() if "row" in p}
+        self.banks[collection].delete(r for r in rows if r not in referenced)
 
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         """Remove items: Qdrant first (they stop matching), then tombstone their token rows."""

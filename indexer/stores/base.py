@@ -31,6 +31,10 @@ class StoreError(RuntimeError):
     """The store is unreachable or refused an operation; the message names the store."""
 
 
+class StoreLocked(StoreError):
+    """Another process owns the embedded store of this data directory."""
+
+
 class IndexMismatch(StoreError):
     """The index was built with another backbone than the one offered."""
 
@@ -54,6 +58,14 @@ def named_vector(v: Any) -> np.ndarray | None:
     return np.asarray(v[VECTOR_NAME] if isinstance(v, dict) else v, dtype=np.float32)
 
 
+def _encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def normalise_filter(spec: FilterSpec | None) -> list[tuple[str, list[Any]]]:
     """{field: value | [values]} → [(payload key, allowed values)].
 
@@ -73,6 +85,13 @@ def normalise_filter(spec: FilterSpec | None) -> list[tuple[str, list[Any]]]:
         for v in values:
             if not isinstance(v, (str, int, bool)) or isinstance(v, float):
                 raise ValueError(f"filter values must be strings, integers or booleans; {field_name!r} has {v!r}")
+            if isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
+                raise ValueError(f"filter on {field_name!r}: integers must lie in the 64-bit range "
+                                 "[-2**63, 2**63-1]")
+            if isinstance(v, str) and not _encodable(v):
+                raise ValueError(f"filter on {field_name!r}: a value holds a lone surrogate (invalid Unicode)")
+        if not _encodable(field_name):
+            raise ValueError("a filter key holds a lone surrogate (invalid Unicode)")
         out.append((key, values))
     return out
 

@@ -81,6 +81,10 @@ def test_content_hash_ids_deduplicate_copies(tmp_path: Path, coco_mini: Path, ti
     ix.close()
 
 
+class _Crash(BaseException):
+    """Stands for the process dying mid-write (kill -9): nothing after it runs."""
+
+
 def test_crash_between_feature_write_and_upsert_leaves_a_consistent_store(
     tmp_path: Path, coco_mini: Path, tiny_backbone: Backbone, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -92,12 +96,12 @@ def test_crash_between_feature_write_and_upsert_leaves_a_consistent_store(
 
     def crashing_upsert(*a, **kw):  # type: ignore[no-untyped-def]
         calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated crash after the token bank write")
+        if calls["n"] == 2:  # a BaseException, like the process dying: no rollback can run
+            raise _Crash("simulated crash after the token bank write")
         return real_upsert(*a, **kw)
 
     monkeypatch.setattr(store, "upsert", crashing_upsert)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(_Crash, match="simulated crash"):
         ix.index_images([ImageItem(path=p, id=p.stem) for p in paths])
     bank = ix.banks[IMAGES]
     assert store.count(IMAGES) == 4 and len(bank) == 8  # 4 orphan rows, no point without features
@@ -113,6 +117,43 @@ def test_crash_between_feature_write_and_upsert_leaves_a_consistent_store(
     rows = [p["row"] for p in store.scroll(IMAGES)]
     tokens, mask = bank.gather(rows)
     assert tokens.shape[0] == 12 and bool(mask.all())
+    ix.close()
+
+
+def test_a_refused_write_leaves_no_orphan_row_and_fails_only_its_item(
+    tmp_path: Path, tiny_backbone: Backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_store(tmp_path)
+    ix = Indexer(tiny_backbone, store, tmp_path)
+    real_upsert = store.upsert
+
+    def picky_upsert(collection, ids, vectors, payloads):  # type: ignore[no-untyped-def]
+        if "bad" in ids:
+            raise ValueError("payload refused")
+        return real_upsert(collection, ids, vectors, payloads)
+
+    monkeypatch.setattr(store, "upsert", picky_upsert)
+    s = ix.index_texts([TextItem("one", id="a"), TextItem("two", id="bad"), TextItem("three", id="c")])
+    assert (s.indexed, s.failed) == (2, 1) and s.ids == ["a", None, "c"]
+    assert s.errors[1].code == "store_refused" and "payload refused" in s.errors[1].reason
+    assert store.count(TEXTS) == 2 and len(ix.banks[TEXTS]) == 2  # the refused rows were tombstoned
+    ix.close()
+
+
+def test_bad_ids_and_metadata_fail_alone_before_anything_is_written(tmp_path: Path, tiny_backbone: Backbone) -> None:
+    ix = Indexer(tiny_backbone, open_store(tmp_path), tmp_path)
+    deep: dict = {}
+    for _ in range(20):
+        deep = {"x": deep}
+    s = ix.index_texts([TextItem("ok", id="fine"), TextItem("slash", id="a/b"), TextItem("dots", id=".."),
+                        TextItem("deep", metadata=deep), TextItem("nan", metadata={"v": float("nan")}),
+                        TextItem("big", metadata={"v": 2**70}), TextItem("sur", metadata={"v": "\ud800"}),
+                        TextItem("ref", image_id="x/y")])
+    assert s.indexed == 1 and s.failed == 7
+    codes = [s.errors[k].code for k in range(1, 8)]
+    assert codes == ["invalid_id", "invalid_id", "too_deep", "invalid_number", "invalid_number", "invalid_unicode",
+                     "invalid_id"]
+    assert ix.store.count(TEXTS) == 1 and len(ix.banks[TEXTS]) == 1
     ix.close()
 
 
