@@ -220,6 +220,32 @@ class TokenBank:
             raise KeyError(f"token bank has no live row(s) {rows[bad][:10].tolist()}")
         return pos_c
 
+    def live(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Boolean mask: which of `rows` are live now."""
+        rows = np.asarray(rows, dtype=np.int64)
+        with self._lock:
+            if not len(self._rows):
+                return np.zeros(len(rows), dtype=bool)
+            pos = np.minimum(np.searchsorted(self._rows, rows), len(self._rows) - 1)
+            return self._rows[pos] == rows
+
+    def gather_live(self, rows: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(tokens, mask, kept): `gather` of the rows that are live, with `kept` the indices into `rows`.
+
+        One consistent step under the bank's lock: a row tombstoned by a concurrent replace or delete
+        between a search's recall and this call is dropped, never a KeyError. Unknown rows trigger one
+        refresh first (another process may have written them).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        with self._lock:
+            ok = self.live(rows)
+            if not ok.all():
+                self.refresh()
+                ok = self.live(rows)
+            kept = np.nonzero(ok)[0]
+            tokens, mask = self._gather_located(self._locate(rows[kept]))
+            return tokens, mask, kept
+
     def gather(self, rows: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [k, Lmax, d] fp16, mask [k, Lmax] bool) in the order of `rows`.
 
@@ -232,8 +258,12 @@ class TokenBank:
             except KeyError:
                 self.refresh()
                 pos = self._locate(rows)
+            return self._gather_located(pos)
+
+    def _gather_located(self, pos: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._lock:
             seg, start, ln = self._seg[pos], self._start[pos], self._len[pos]
-            k = len(rows)
+            k = len(pos)
             lmax = int(ln.max()) if k else 0
             ar = np.arange(lmax, dtype=np.int64)
             mask = ar[None, :] < ln[:, None]

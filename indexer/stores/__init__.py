@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import IMAGES, TEXTS, Hit, IndexMismatch, StoreError, VectorStore, point_id
+from .base import IMAGES, TEXTS, Hit, IndexMismatch, StoreError, StoreLocked, VectorStore, point_id
 
 
 def open_store(data_dir: str | Path | None = None, qdrant_url: str | None = None, api_key: str | None = None,
@@ -21,4 +21,5 @@ def open_store(data_dir: str | Path | None = None, qdrant_url: str | None = None
     return EdgeStore(Path(data_dir) / "qdrant")
 
 
-__all__ = ["IMAGES", "TEXTS", "Hit", "IndexMismatch", "StoreError", "VectorStore", "open_store", "point_id"]
+__all__ = ["IMAGES", "TEXTS", "Hit", "IndexMismatch", "StoreError", "StoreLocked", "VectorStore", "open_store",
+           "point_id"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from uuid import UUID
 
 import numpy as np
@@ -18,6 +20,7 @@ from .base import (
     FilterSpec,
     Hit,
     StoreError,
+    StoreLocked,
     VectorStore,
     filter_plan,
     named_vector,
@@ -72,11 +75,40 @@ def _user_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def take_ownership(data_dir: Path) -> IO[str]:
+    """An exclusive advisory lock on `<data_dir>/.lock`, held for as long as the returned file stays open.
+
+    Qdrant Edge is single-process. Without this, a second opener (an indexer, `index compact`, another
+    server) fails deep inside Qdrant with `Can't init WAL: Kind(WouldBlock)`; with it, it is told plainly
+    who holds the directory and what to do instead. The kernel drops the lock when the owner dies, even
+    by kill -9, so a crash never leaves the directory locked.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fh = open(data_dir / ".lock", "a+")  # held open for the life of the store
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise StoreLocked(
+            f"the data directory {data_dir} is in use by a running finesearch server or indexer ({holder}); "
+            "the embedded store allows one process at a time. Stop that process first, or send the work to "
+            "the running server (REST API; compaction: POST /v1/admin/compact), or use a Qdrant server "
+            "(--qdrant-url) for several processes") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()}")
+    fh.flush()
+    return fh
+
+
 class EdgeStore(VectorStore):
     backend = "qdrant-edge"
 
     def __init__(self, root: str | Path, hnsw_m: int = 16, ef_construct: int = 128) -> None:
         self.root = Path(root)
+        self._owner: IO[str] | None = take_ownership(self.root.parent)
         self.root.mkdir(parents=True, exist_ok=True)
         self._hnsw = (hnsw_m, ef_construct)
         self._shards: dict[str, qe.EdgeShard] = {}
@@ -211,3 +243,6 @@ class EdgeStore(VectorStore):
                     shard.flush()
                     shard.close()
             self._shards.clear()
+            if self._owner is not None:
+                self._owner.close()  # releases the lock
+                self._owner = None
