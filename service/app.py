@@ -15,9 +15,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import errors
-from .api.routes import items, jobs, ops, search
+from .api.routes import admin, items, jobs, ops, search
 from .config import Settings
 from .engine import Engine
+from .guards import CatchAll, JsonGuard
 from .jobs import JobManager
 from .metrics import REQUEST_LATENCY
 
@@ -115,7 +116,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = engine is None
         app.state.engine = engine or Engine(settings)
-        app.state.jobs = JobManager(app.state.engine, settings.data_dir / "jobs")
+        app.state.jobs = JobManager(app.state.engine, settings.data_dir / "jobs", settings.max_concurrent_jobs)
         app.state.engine.refresh_gauges()
         log.info("finesearch ready: model %s on %s", app.state.engine.bundle.id, app.state.engine.device)
         try:
@@ -132,12 +133,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.jobs = None
     errors.install(app)
 
-    for r in (search.router, items.router, jobs.router, ops.router):
+    for r in (search.router, items.router, jobs.router, admin.router, ops.router):
         app.include_router(r)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="web")
+    # outermost last: CatchAll → BodyLimit → Timing → JsonGuard → routes
+    app.add_middleware(JsonGuard, settings=settings)  # type: ignore[arg-type]
     app.add_middleware(Timing)
     app.add_middleware(BodyLimit, default=settings.max_body_bytes,  # type: ignore[arg-type]
                        per_path={"/v1/jobs/index": settings.max_archive_bytes})
+    app.add_middleware(CatchAll)
     return app
 
 

@@ -38,6 +38,19 @@ class Settings(BaseSettings):
     default_candidates: int = 100
     max_archive_bytes: int = 2 * 1024 * 1024 * 1024
     max_archive_files: int = 100_000
+    max_concurrent_jobs: int = Field(2, ge=1, description="bulk jobs indexed at the same time")
+
+    # hostile-input bounds: checked before or while parsing, so an oversized request costs almost nothing
+    max_json_bytes: int = Field(8 * 1024 * 1024, description="JSON request bodies (searches, /v1/texts)")
+    max_json_depth: int = Field(32, ge=4, description="nesting of arrays/objects in any JSON body")
+    max_json_items: int = Field(1000, ge=1, description="elements of any one JSON array or object (route-specific "
+                                                         "limits such as max_texts_per_request come first)")
+    max_metadata_depth: int = Field(10, ge=1, description="nesting inside one item's metadata object")
+    max_metadata_keys: int = Field(256, ge=1, description="object keys, at every level, in one item's metadata")
+    max_metadata_bytes: int = Field(16 * 1024, ge=2, description="one item's metadata as compact UTF-8 JSON")
+    max_filter_fields: int = Field(16, ge=1, description="fields in one search filter")
+    max_filter_values: int = Field(256, ge=1, description="values listed for one filter field")
+    max_id_chars: int = Field(512, ge=1, description="length of an item id")
 
     batch_window_ms: float = Field(2.0, description="micro-batching window; 0 turns micro-batching off")
     encode_batch: int = 64

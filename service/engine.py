@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from indexer.blobs import BlobStore
 from indexer.pipeline import ImageItem, Indexer, TextItem, check_text
 from indexer.stores import IMAGES, TEXTS, Hit, open_store
 from indexer.stores.base import normalise_filter
+from indexer.validation import PayloadLimits
 from training.backbone import pad_words
 from training.bundle import Bundle, load_bundle
 from training.images import ImageRejected, load_for_model, probe_image
@@ -107,7 +109,8 @@ class Engine:
                                 prefix=settings.qdrant_prefix)
         self.indexer = Indexer(self.backbone, self.store, settings.data_dir, batch_size=settings.index_batch,
                                workers=settings.decode_workers, max_pixels=settings.max_image_pixels,
-                               bank_device=str(self.device) if settings.bank_on_device else None)
+                               bank_device=str(self.device) if settings.bank_on_device else None,
+                               limits=PayloadLimits.from_settings(settings))
         self.blobs = BlobStore(settings.data_dir / "blobs")
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         window = settings.batch_window_ms
@@ -203,9 +206,11 @@ class Engine:
             timer.marks.setdefault("gather", 0.0)
             timer.marks.setdefault("rerank", 0.0)
             return [(h, None, None) for h in hits]
-        bank = self.indexer.banks[collection]
-        hits = await asyncio.to_thread(self._with_features, bank, hits)
-        tokens, mask = await asyncio.to_thread(bank.gather, [h.payload["row"] for h in hits])
+        hits, tokens, mask = await asyncio.to_thread(self._gather, self.indexer.banks[collection], hits)
+        if not hits:
+            timer.lap("gather")
+            timer.marks.setdefault("rerank", 0.0)
+            return []
         globals_ = torch.from_numpy(np.stack([h.vector for h in hits])) if collection == IMAGES else None
         scores = torch.tensor([h.score for h in hits], dtype=torch.float32)
         timer.lap("gather")
@@ -219,17 +224,16 @@ class Engine:
         return list(zip(hits, fused.tolist(), patch.tolist(), strict=True))
 
     @staticmethod
-    def _with_features(bank: Any, hits: list[Hit]) -> list[Hit]:
-        """Drop candidates whose token row is not (yet) visible; a point never exists without features,
-        but another writer's segment may appear a moment after its Qdrant upsert."""
-        missing = [h for h in hits if "row" not in h.payload or h.payload["row"] not in bank]
-        if missing:
-            bank.refresh()
-            missing = [h for h in hits if "row" not in h.payload or h.payload["row"] not in bank]
-            if missing:
-                log.warning("%d candidates have no token features; skipped: %s", len(missing),
-                            [h.id for h in missing[:5]])
-        return [h for h in hits if h not in missing] if missing else hits
+    def _gather(bank: Any, hits: list[Hit]) -> tuple[list[Hit], torch.Tensor, torch.Tensor]:
+        """The candidates' tokens in one consistent step (under the bank's lock); a candidate whose row a
+        concurrent replace or delete tombstoned after recall is dropped from this answer, not a 500."""
+        hits = [h for h in hits if isinstance(h.payload.get("row"), int)]
+        tokens, mask, kept = bank.gather_live([h.payload["row"] for h in hits])
+        if len(kept) < len(hits):
+            log.info("%d candidates lost their token features to a concurrent write; dropped",
+                     len(hits) - len(kept))
+            hits = [hits[i] for i in kept.tolist()]
+        return hits, tokens, mask
 
     def _page(self, scored: list[tuple[Hit, float | None, float | None]], opts: SearchOptions, kind: str
               ) -> list[dict[str, Any]]:
@@ -266,8 +270,8 @@ class Engine:
     def describe(self, hit: Hit | tuple[str, dict[str, Any]], kind: str) -> dict[str, Any]:
         item_id, p = (hit.id, hit.payload) if isinstance(hit, Hit) else hit
         if kind == IMAGES:
-            return {"id": item_id, "uri": p.get("uri") or f"/v1/images/{item_id}/content",
-                    "content_url": f"/v1/images/{item_id}/content", "metadata": p.get("metadata") or {},
+            url = f"/v1/images/{quote(item_id, safe='')}/content"  # ids may hold '?', '#', '%', spaces
+            return {"id": item_id, "uri": p.get("uri") or url, "content_url": url, "metadata": p.get("metadata") or {},
                     "width": p.get("width"), "height": p.get("height")}
         return {"id": item_id, "text": p.get("text"), "image_id": p.get("image_id"),
                 "metadata": p.get("metadata") or {}}
@@ -309,24 +313,31 @@ class Engine:
             raise ApiError(IMAGE_STATUS.get(exc.code, 400), str(exc), exc.code) from exc
 
     def _indexed_image_query(self, image_id: str) -> _Query:
-        found = self.store.retrieve(IMAGES, [image_id], with_vectors=True)
-        if image_id not in found:
-            raise ApiError(404, f"no image with id {image_id!r}", "not_found")
-        payload, vec = found[image_id]
-        tokens, _ = self.indexer.banks[IMAGES].gather([payload["row"]])
-        return _Query(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device))
+        for _ in range(3):  # a concurrent replace may tombstone the row between retrieve and gather: look again
+            found = self.store.retrieve(IMAGES, [image_id], with_vectors=True)
+            if image_id not in found:
+                break
+            payload, vec = found[image_id]
+            tokens, _, kept = self.indexer.banks[IMAGES].gather_live([payload.get("row", -1)])
+            if len(kept):
+                return _Query(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device))
+        raise ApiError(404, f"no image with id {image_id!r}", "not_found")
 
     # ---------------------------------------------------------------- writes
     def add_images(self, files: list[tuple[str, str | None, bytes]], ids: list[str | None],
-                   metadata: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-        """Index uploaded files; one entry per file, an error entry for each rejected one."""
+                   metadata: dict[str, dict[str, Any]], sizes: list[int] | None = None) -> list[dict[str, Any]]:
+        """Index uploaded files; one entry per file, an error entry for each rejected one, and for a file
+        sent twice (same content, no ids) the id it shares and `duplicate_of`, the earlier entry's index.
+
+        `sizes` are the files' sizes as received, when `data` holds only the first bytes of a large one."""
         results: list[dict[str, Any] | None] = [None] * len(files)
         items, positions = [], []
         for pos, (name, ctype, data) in enumerate(files):
             try:
-                if len(data) > self.settings.max_image_bytes:
-                    raise ImageRejected(f"{len(data)} bytes, above the limit of {self.settings.max_image_bytes}",
-                                        "image_too_large")
+                size = sizes[pos] if sizes else len(data)
+                if size > self.settings.max_image_bytes:
+                    raise ImageRejected(f"the file is {size} bytes, above the limit of "
+                                        f"{self.settings.max_image_bytes} (max_image_bytes)", "image_too_large")
                 if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
                     raise ImageRejected(f"content type {ctype} is not an image", "unsupported_media_type")
                 info = probe_image(data, self.settings.max_image_pixels)
@@ -344,6 +355,8 @@ class Engine:
                 results[pos] = ({"filename": files[pos][0], "id": None,
                                  "error": {"code": err.code, "message": err.reason}} if err else
                                 {"filename": files[pos][0], "id": summary.ids[k], "error": None})
+                if k in summary.duplicates:
+                    results[pos]["duplicate_of"] = positions[summary.duplicates[k]]  # type: ignore[index]
         self.refresh_gauges()
         return results  # type: ignore[return-value]
 
@@ -355,6 +368,8 @@ class Engine:
             err = summary.errors.get(k)
             out.append({"id": None, "error": {"code": err.code, "message": err.reason}} if err
                        else {"id": summary.ids[k], "error": None})
+            if k in summary.duplicates:
+                out[-1]["duplicate_of"] = summary.duplicates[k]
         return out
 
     def get(self, collection: str, item_id: str) -> dict[str, Any]:
@@ -397,7 +412,9 @@ class Engine:
         return {
             "counts": counts,
             "backbone": self.backbone.describe(),
-            "model": {"id": self.bundle.id, "path": str(self.bundle.path), "matcher": self.matcher.config.to_dict()},
+            # the bundle's folder name only: the server's absolute paths are nobody else's business
+            "model": {"id": self.bundle.id, "name": Path(self.bundle.path).name,
+                      "matcher": self.matcher.config.to_dict()},
             "device": str(self.device),
             "store": {"backend": self.store.backend},
             "token_bank": {c: b.stats() for c, b in self.indexer.banks.items()},

@@ -53,8 +53,5 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal error; the server log has the details")
+    # Unexpected exceptions are answered by the pure-ASGI `guards.CatchAll`, not by an `Exception` handler here:
+    # Starlette re-raises after such a handler responds, and uvicorn then drops the connection.

@@ -6,6 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .config import Settings
+
+#: The limits' defaults, for the bounds and descriptions of the schema; the server checks its own settings.
+_DEFAULTS = Settings.model_construct()
+
 FilterValue = str | int | bool | list[str] | list[int] | list[bool]
 
 
@@ -27,7 +32,8 @@ class TextSearch(SearchParams):
 
 
 class ImageIdSearch(SearchParams):
-    image_id: str = Field(..., min_length=1, max_length=512, description="an indexed image used as the query")
+    image_id: str = Field(..., min_length=1, max_length=_DEFAULTS.max_id_chars,
+                          description="an indexed image used as the query")
 
 
 class SearchResult(BaseModel):
@@ -72,27 +78,33 @@ class UploadResult(BaseModel):
     filename: str | None = None
     id: str | None
     error: ItemError | None
+    duplicate_of: int | None = Field(None, description="this entry repeats entry N of the same request (same id): "
+                                                       "stored once, under the id shown")
 
 
 class UploadResponse(BaseModel):
     items: list[UploadResult]
-    indexed: int
-    failed: int
+    indexed: int = Field(description="entries stored by this request")
+    failed: int = Field(description="entries refused (see their `error`)")
+    duplicates: int = Field(0, description="entries that repeat an earlier entry of the request (`duplicate_of`)")
 
 
 class TextIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(None, min_length=1, max_length=512)
+    id: str | None = Field(None, min_length=1, max_length=_DEFAULTS.max_id_chars,
+                           description="see the id rule in docs/api.md; default: a hash of the text")
     text: str = Field(..., max_length=100000)
     metadata: dict[str, Any] = {}
-    image_id: str | None = Field(None, max_length=512, description="the image this caption describes, if any")
+    image_id: str | None = Field(None, max_length=_DEFAULTS.max_id_chars,
+                                 description="the image this caption describes, if any")
 
 
 class TextsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    items: list[TextIn] = Field(..., min_length=1)
+    items: list[TextIn] = Field(..., min_length=1, description=f"at most max_texts_per_request "
+                                                                f"({_DEFAULTS.max_texts_per_request} by default)")
 
 
 class ImageOut(BaseModel):

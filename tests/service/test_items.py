@@ -30,7 +30,7 @@ def test_upload_search_delete_cycle(client: httpx.Client, synth: tuple[Path, lis
     body = r.json()
     assert (body["indexed"], body["failed"]) == (1, 2)
     ok, broken, notes = body["items"]
-    assert ok == {"filename": "mine.png", "id": "upload-1", "error": None}
+    assert ok == {"filename": "mine.png", "id": "upload-1", "error": None, "duplicate_of": None}
     assert broken["id"] is None and broken["error"]["code"] == "invalid_image"
     assert notes["error"]["code"] == "unsupported_media_type"
     assert client.get("/v1/stats").json()["counts"]["images"] == before["images"] + 1
@@ -67,7 +67,7 @@ def test_texts_endpoints(client: httpx.Client) -> None:
     ]})
     assert r.status_code == 200
     items = r.json()["items"]
-    assert items[0] == {"filename": None, "id": "cap-1", "error": None}
+    assert items[0] == {"filename": None, "id": "cap-1", "error": None, "duplicate_of": None}
     assert items[1]["error"]["code"] == "invalid_text" and "empty" in items[1]["error"]["message"]
     assert items[2]["error"]["code"] == "invalid_text" and "limit of 200" in items[2]["error"]["message"]
     assert client.get("/v1/texts/cap-1").json() == {"id": "cap-1", "text": "a tiny purple triangle far away",

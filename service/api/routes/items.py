@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -12,6 +11,7 @@ from indexer.stores import IMAGES, TEXTS
 
 from ...errors import ApiError
 from ...schemas import ErrorResponse, ImageOut, TextOut, TextsIn, UploadResponse
+from ...validation import strict_loads, valid_id, valid_metadata
 from ..deps import EngineDep, JsonBody, Read, Write
 
 router = APIRouter(prefix="/v1", tags=["items"], responses={c: {"model": ErrorResponse} for c in (401, 404, 413,
@@ -39,24 +39,36 @@ async def upload_images(request: Request, engine: EngineDep) -> dict[str, Any]:
     if len(uploads) > s.max_files:
         raise ApiError(413, f"{len(uploads)} files in one request; the limit is {s.max_files}", "too_many_files")
     raw_ids = [str(v) for v in form.getlist("ids")]
-    try:
-        ids: list[Any] = json.loads(raw_ids[0]) if len(raw_ids) == 1 and raw_ids[0].startswith("[") else raw_ids
-        meta = json.loads(str(form.get("metadata") or "{}"))
-    except ValueError as exc:
-        raise ApiError(422, f"'ids' or 'metadata' is not valid JSON: {exc}", "invalid_request") from exc
+    ids: list[Any] = (strict_loads(raw_ids[0].encode(), s, what="'ids'")
+                      if len(raw_ids) == 1 and raw_ids[0].startswith("[") else raw_ids)
+    meta = strict_loads(str(form.get("metadata") or "{}").encode(), s, what="'metadata'")
+    if not isinstance(ids, list):
+        raise ApiError(422, "'ids' must be a JSON array of strings, or the field repeated", "invalid_request")
     if not isinstance(meta, dict) or not all(isinstance(v, dict) for v in meta.values()):
         raise ApiError(422, "'metadata' must be a JSON object mapping file names to objects", "invalid_request")
+    for name, m in meta.items():
+        valid_metadata(m, s, f"metadata[{name!r}]")
     if ids and len(ids) != len(uploads):
         raise ApiError(422, f"{len(ids)} ids for {len(uploads)} files", "invalid_request")
-    if any(not isinstance(i, str) or not i or len(i) > 512 for i in ids):
-        raise ApiError(422, "ids must be non-empty strings of at most 512 characters", "invalid_request")
+    for k, i in enumerate(ids):
+        valid_id(i, s, f"ids[{k}]")
     if len(set(ids)) != len(ids):
         raise ApiError(422, "duplicate ids in one request", "invalid_request")
-    files = [(u.filename or f"file{k}", u.content_type, await u.read(s.max_image_bytes + 1))
+    # an oversized file is not read at all; its entry reports the size the client sent (UploadFile.size)
+    sizes = [u.size if u.size is not None else 0 for u in uploads]
+    files = [(u.filename or f"file{k}", u.content_type,
+              await u.read(s.max_image_bytes + 1) if sizes[k] <= s.max_image_bytes else b"")
              for k, u in enumerate(uploads)]
-    results = await asyncio.to_thread(engine.add_images, files, ids or [None] * len(files), meta)
-    ok = sum(1 for r in results if r["error"] is None)
-    return {"items": results, "indexed": ok, "failed": len(results) - ok}
+    sizes = [size or len(f[2]) for size, f in zip(sizes, files, strict=True)]
+    results = await asyncio.to_thread(engine.add_images, files, ids or [None] * len(files), meta, sizes)
+    return _summary(results)
+
+
+def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts that tell the truth: a repeated entry is neither indexed a second time nor failed."""
+    failed = sum(1 for r in results if r["error"] is not None)
+    dups = sum(1 for r in results if r["error"] is None and r.get("duplicate_of") is not None)
+    return {"items": results, "indexed": len(results) - failed - dups, "failed": failed, "duplicates": dups}
 
 
 @router.post("/texts", response_model=UploadResponse, dependencies=[Write, JsonBody], summary="Index captions")
@@ -65,13 +77,18 @@ async def add_texts(body: TextsIn, engine: EngineDep) -> dict[str, Any]:
     if len(body.items) > s.max_texts_per_request:
         raise ApiError(413, f"{len(body.items)} texts in one request; the limit is {s.max_texts_per_request}",
                        "too_many_items")
+    for k, i in enumerate(body.items):  # everything checked before anything is written
+        if i.id is not None:
+            valid_id(i.id, s, f"items[{k}].id")
+        if i.image_id is not None:
+            valid_id(i.image_id, s, f"items[{k}].image_id")
+        valid_metadata(i.metadata, s, f"items[{k}].metadata")
     ids = [i.id for i in body.items if i.id]
     if len(set(ids)) != len(ids):
         raise ApiError(422, "duplicate ids in one request", "invalid_request")
     items = [TextItem(i.text, id=i.id, metadata=i.metadata, image_id=i.image_id) for i in body.items]
     results = await asyncio.to_thread(engine.add_texts, items)
-    ok = sum(1 for r in results if r["error"] is None)
-    return {"items": results, "indexed": ok, "failed": len(results) - ok}
+    return _summary(results)
 
 
 @router.get("/images/{item_id}", response_model=ImageOut, dependencies=[Read])

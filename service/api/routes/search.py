@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -9,6 +8,7 @@ from pydantic import ValidationError
 from ...engine import SearchOptions
 from ...errors import ApiError
 from ...schemas import ErrorResponse, ImageIdSearch, SearchParams, SearchResponse, TextSearch
+from ...validation import FILTER_RULES, strict_loads, valid_filter
 from ..deps import EngineDep, JsonBody, Read
 
 router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[Read],
@@ -22,6 +22,7 @@ def _options(p: SearchParams) -> SearchOptions:
 @router.post("/images", response_model=SearchResponse, dependencies=[JsonBody],
              summary="Text → images: global recall in Qdrant, then the fine-grained rerank")
 async def search_images(body: TextSearch, engine: EngineDep) -> dict[str, Any]:
+    valid_filter(body.filter, engine.settings)
     out = await engine.search_images(body.text, _options(body))
     return {"results": out.results, "timing_ms": out.timing_ms, "model": engine.bundle.id}
 
@@ -49,6 +50,7 @@ async def search_texts(request: Request, engine: EngineDep) -> dict[str, Any]:
         except ValidationError as exc:
             raise ApiError(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5]),
                            "invalid_request") from exc
+        valid_filter(body.filter, engine.settings)
         out = await engine.search_texts(_options(body), image_id=body.image_id)
     elif ctype == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=20)
@@ -63,11 +65,17 @@ async def search_texts(request: Request, engine: EngineDep) -> dict[str, Any]:
             if form.get("rerank") not in (None, ""):
                 fields["rerank"] = str(form["rerank"]).lower() in ("1", "true", "yes", "on")
             if form.get("filter") not in (None, ""):
-                fields["filter"] = json.loads(str(form["filter"]))
+                fields["filter"] = strict_loads(str(form["filter"]).encode(), engine.settings, FILTER_RULES,
+                                                "'filter'")
             params = SearchParams.model_validate(fields)
         except (ValueError, ValidationError) as exc:
             raise ApiError(422, f"invalid search options: {exc}", "invalid_request") from exc
-        data = await upload.read(engine.settings.max_image_bytes + 1)
+        valid_filter(params.filter, engine.settings)
+        limit = engine.settings.max_image_bytes
+        if upload.size is not None and upload.size > limit:  # the size sent, not the bytes we would read
+            raise ApiError(413, f"image is {upload.size} bytes, above the limit of {limit} (max_image_bytes)",
+                           "image_too_large")
+        data = await upload.read(limit + 1)
         out = await engine.search_texts(_options(params), image=data)
     else:
         raise ApiError(415, "send multipart/form-data with an 'image' file, or JSON with an 'image_id'",

@@ -1,0 +1,185 @@
+"""Strict, cheap JSON for hostile clients: shape checked before the parse, values while parsing.
+
+Why not plain `json.loads` + pydantic: Python's parser accepts NaN and Infinity, turns `1e999` into
+infinity, keeps lone surrogates from `\\ud800` escapes and recurses until the interpreter gives up;
+pydantic then materialises a million items before any count is compared with a limit. Here:
+
+1. `prescan` measures the document without building it: strings are cut out with one regex, then
+   numpy finds the nesting depth and the element count of every array and object. A body over a
+   depth or count limit is refused at the cost of a byte scan.
+2. `strict_loads` parses with hooks that refuse non-finite numbers and integers outside int64 as they
+   are read, then (only when the body holds a surrogate escape) walks the result for lone surrogates.
+
+Every limit comes from `Settings` and is named in the message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from indexer.validation import (
+    INT64_MAX,
+    INT64_MIN,
+    PayloadLimits,
+    PayloadRejected,
+    check_id,
+    check_metadata,
+    check_value,
+)
+
+from .config import Settings
+from .errors import ApiError
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_OPEN = frozenset(b"[{")
+
+
+@dataclass(frozen=True)
+class JsonShape:
+    depth: int  # deepest container level; the root container is level 1
+    items: dict[int, int]  # container level → most elements any container at that level holds
+
+
+def prescan(data: bytes) -> JsonShape:
+    """Depth and per-level element counts of a JSON document, without parsing it (linear, vectorised)."""
+    skeleton = np.frombuffer(_STRING.sub(b'""', data), dtype=np.uint8)
+    opens = (skeleton == ord("[")) | (skeleton == ord("{"))
+    closes = (skeleton == ord("]")) | (skeleton == ord("}"))
+    if not opens.any():
+        return JsonShape(0, {})
+    level = np.cumsum(opens.astype(np.int32) - closes.astype(np.int32))  # level after each byte
+    open_at = np.nonzero(opens)[0]
+    open_level = level[open_at]
+    commas = np.nonzero(skeleton == ord(","))[0]
+    comma_level = level[commas]
+    # the container of a comma is the last opener at the comma's level before it: search a (level, position) key
+    span = len(skeleton) + 1
+    keys = open_level.astype(np.int64) * span + open_at
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    owner = np.searchsorted(sorted_keys, comma_level.astype(np.int64) * span + commas) - 1
+    valid = owner >= 0
+    valid[valid] &= open_level[order[owner[valid]]] == comma_level[valid]
+    per_container = np.bincount(order[owner[valid]], minlength=len(open_at)) + 1
+    items: dict[int, int] = {}
+    for lvl in np.unique(open_level):
+        if lvl > 0:
+            items[int(lvl)] = int(per_container[open_level == lvl].max())
+    return JsonShape(int(level.max()), items)
+
+
+@dataclass(frozen=True)
+class CountRule:
+    level: int
+    limit_name: str
+    code: str
+    message: str  # formatted with n (found) and limit
+
+
+#: Route-specific counts by container level, checked before the generic max_json_items.
+ROUTE_RULES: dict[str, tuple[CountRule, ...]] = {
+    "/v1/texts": (CountRule(2, "max_texts_per_request", "too_many_items",
+                            "{n} texts in one request; the limit is {limit} (max_texts_per_request)"),),
+    "/v1/search/images": (
+        CountRule(2, "max_filter_fields", "too_many_values",
+                  "the filter has {n} fields; the limit is {limit} (max_filter_fields)"),
+        CountRule(3, "max_filter_values", "too_many_values",
+                  "a filter field lists {n} values; the limit is {limit} (max_filter_values)")),
+}
+ROUTE_RULES["/v1/search/texts"] = ROUTE_RULES["/v1/search/images"]
+#: A filter sent as a form field (multipart image search) is its own document: one level up.
+FILTER_RULES = tuple(CountRule(r.level - 1, r.limit_name, r.code, r.message) for r in ROUTE_RULES["/v1/search/images"])
+
+
+def check_shape(data: bytes, settings: Settings, rules: tuple[CountRule, ...] = (), what: str = "JSON body") -> None:
+    shape = prescan(data)
+    if shape.depth > settings.max_json_depth:
+        raise ApiError(422, f"{what} is nested {shape.depth} levels deep; the limit is {settings.max_json_depth} "
+                            "(max_json_depth)", "too_deep")
+    ruled = {r.level for r in rules}
+    for rule in rules:
+        n, limit = shape.items.get(rule.level, 0), getattr(settings, rule.limit_name)
+        if n > limit:
+            raise ApiError(413, rule.message.format(n=n, limit=limit), rule.code)
+    for lvl, n in shape.items.items():
+        if lvl not in ruled and n > settings.max_json_items:
+            raise ApiError(413, f"a JSON array or object in the {what} holds {n} elements; the limit is "
+                                f"{settings.max_json_items} (max_json_items)", "too_many_items")
+
+
+def _constant(name: str) -> Any:
+    raise PayloadRejected(f"{name} is not a JSON number (NaN and Infinity are refused)", "invalid_number")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise PayloadRejected(f"number {text[:40]} is out of the range of a 64-bit float", "invalid_number")
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > 19:  # cheaper than int() on a 4000-digit string, and int() has its own cap
+        raise PayloadRejected(f"integer {text[:25]}... is outside the 64-bit range [-2**63, 2**63-1]",
+                              "invalid_number")
+    value = int(text)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise PayloadRejected(f"integer {text} is outside the 64-bit range [-2**63, 2**63-1]", "invalid_number")
+    return value
+
+
+def strict_loads(data: bytes, settings: Settings, rules: tuple[CountRule, ...] = (), what: str = "JSON body") -> Any:
+    """Parse `data` or raise ApiError (413 over a count, 422 otherwise); the shape is checked first."""
+    check_shape(data, settings, rules, what)
+    try:
+        value = json.loads(data, parse_constant=_constant, parse_float=_float, parse_int=_int)
+    except PayloadRejected as exc:
+        raise ApiError(exc.status, f"{what}: {exc}", exc.code) from exc
+    except RecursionError as exc:  # unreachable after the depth check; kept so it can never become a 500
+        raise ApiError(422, f"{what} is nested too deeply", "too_deep") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError (bytes that are not UTF-8)
+        raise ApiError(422, f"{what} is not valid JSON: {exc}", "invalid_request") from exc
+    if _SURROGATE_ESCAPE.search(data):
+        try:
+            check_value(value, what, settings.max_json_depth)
+        except PayloadRejected as exc:
+            raise ApiError(exc.status, str(exc), exc.code) from exc
+    return value
+
+
+def payload_limits(settings: Settings) -> PayloadLimits:
+    return PayloadLimits.from_settings(settings)
+
+
+def valid_metadata(meta: Any, settings: Settings, where: str) -> dict[str, Any]:
+    try:
+        return check_metadata(meta, payload_limits(settings), where)
+    except PayloadRejected as exc:
+        raise ApiError(exc.status, str(exc), exc.code) from exc
+
+
+def valid_id(item_id: Any, settings: Settings, where: str = "id") -> str:
+    try:
+        return check_id(item_id, settings.max_id_chars)
+    except PayloadRejected as exc:
+        raise ApiError(422, f"{where}: {exc}", exc.code) from exc
+
+
+def valid_filter(spec: Any, settings: Settings) -> None:
+    """Counts of a parsed filter (a JSON body's filter was already counted by the prescan; a form's was not)."""
+    if spec is None:
+        return
+    if len(spec) > settings.max_filter_fields:
+        raise ApiError(413, f"the filter has {len(spec)} fields; the limit is {settings.max_filter_fields} "
+                            "(max_filter_fields)", "too_many_values")
+    for value in spec.values():
+        if isinstance(value, list) and len(value) > settings.max_filter_values:
+            raise ApiError(413, f"a filter field lists {len(value)} values; the limit is "
+                                f"{settings.max_filter_values} (max_filter_values)", "too_many_values")
