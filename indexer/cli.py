@@ -16,6 +16,7 @@ from training.datasets import FORMATS, read_dataset
 
 from .pipeline import Failure, ImageItem, Indexer, Summary, TextItem, metadata_entry
 from .stores import IMAGES, open_store
+from .validation import path_id
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
@@ -41,7 +42,8 @@ def register(sub: Any) -> None:
     pi.add_argument("--collection", default=IMAGES)
     pi.add_argument("--metadata", type=Path, help="JSONL: {\"file\": ..., \"id\"?: ..., other keys = metadata}")
     pi.add_argument("--id-from", choices=["hash", "path", "stem"], default="hash",
-                    help="item id: content hash (default; dedups copies), relative path, or file stem")
+                    help="item id: content hash (default; dedups copies), relative path with '/' written as ':' "
+                         "(ids never hold '/': see the id rule in docs/api.md), or file stem")
     _common(pi)
     pi.set_defaults(func=cmd_images)
 
@@ -54,7 +56,8 @@ def register(sub: Any) -> None:
     _common(pd)
     pd.set_defaults(func=cmd_dataset)
 
-    pc = isub.add_parser("compact", help="reclaim token-bank space of deleted and orphaned items")
+    pc = isub.add_parser("compact", help="reclaim token-bank space of deleted and orphaned items (with the server "
+                                         "stopped; a running server compacts through POST /v1/admin/compact)")
     add_store_args(pc)
     add_backbone_args(pc)
     pc.set_defaults(func=cmd_compact)
@@ -123,7 +126,7 @@ def cmd_images(args: argparse.Namespace) -> int:
     for f, root in files:
         rel = str(f.relative_to(root)) if f.is_relative_to(root) else f.name
         m = meta.get(rel) or meta.get(str(f)) or meta.get(f.name) or {}
-        iid = m.get("id") or {"path": rel, "stem": f.stem, "hash": None}[args.id_from]
+        iid = m.get("id") or {"path": path_id(rel), "stem": f.stem, "hash": None}[args.id_from]
         items.append(ImageItem(path=f, id=iid, metadata=m.get("metadata") or {}))
     indexer = make_indexer(args)
     try:

@@ -2,9 +2,14 @@
 
 Job state lives in `<data>/jobs/<id>.json`, rewritten atomically after every
 batch, so a job can be listed after it finished and after a restart; a job
-that a restart interrupted is queued again (indexing skips what was done).
+that a restart interrupted is queued again (indexing skips what was done, and
+the counters start over, so `done` never passes `total`). Items a job writes
+carry its id in their payload, which makes `indexed_*` exact across resumes.
 Extraction writes regular files only, never outside its folder: absolute
-paths, `..`, symlinks, hard links and devices are skipped and reported.
+paths, `..`, symlinks, hard links, devices, nested archives, repeated entry
+names and images over the byte limit are skipped and reported per item.
+Several jobs run at once (`max_concurrent_jobs`); finished folders are renamed
+away and deleted on a separate thread, so a huge cleanup never holds a worker.
 """
 
 from __future__ import annotations
@@ -14,24 +19,39 @@ import logging
 import shutil
 import stat
 import tarfile
-import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from indexer.cli import IMAGE_SUFFIXES
 from indexer.pipeline import ImageItem, Summary, TextItem, metadata_entry
+from indexer.stores import IMAGES, TEXTS
 from training.images import ImageRejected, probe_image
+
+from .errors import ApiError
+from .validation import strict_loads
 
 log = logging.getLogger("finesearch.jobs")
 MAX_ERRORS = 1000
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".bz2", ".tbz2", ".xz", ".txz", ".zst", ".7z", ".rar")
+TRASH_PREFIX = ".trash-"
 
 
 class ArchiveError(ValueError):
     pass
+
+
+class _FileTooLarge(Exception):
+    pass
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def safe_name(name: str) -> str | None:
@@ -41,35 +61,68 @@ def safe_name(name: str) -> str | None:
     return str(p)
 
 
-def _copy_limited(src: IO[bytes], dst: Path, budget: int) -> int:
+def _copy_limited(src: IO[bytes], dst: Path, budget: int, file_limit: int | None = None) -> int:
     written = 0
     with open(dst, "wb") as out:
         while chunk := src.read(1 << 20):
             written += len(chunk)
             if written > budget:
                 raise ArchiveError("archive expands beyond the size limit")
+            if file_limit is not None and written > file_limit:
+                raise _FileTooLarge()
             out.write(chunk)
     return written
 
 
-def safe_extract(archive: Path, dest: Path, max_files: int, max_bytes: int) -> list[dict[str, str]]:
-    """Extract regular files only; returns the entries skipped and why."""
+@dataclass
+class Extracted:
+    skipped: list[dict[str, str]] = field(default_factory=list)  # entries not extracted, and why
+    too_large: dict[str, str] = field(default_factory=dict)  # image entries over max_image_bytes → reason
+
+
+def safe_extract(archive: Path, dest: Path, max_files: int, max_bytes: int,
+                 max_image_bytes: int | None = None) -> Extracted:
+    """Extract regular files only, each name once; images over `max_image_bytes` are not written."""
     dest.mkdir(parents=True, exist_ok=True)
-    skipped: list[dict[str, str]] = []
+    out = Extracted()
+    names: set[str] = set()
     total = files = 0
 
     def target(name: str) -> Path | None:
         nonlocal files
         clean = safe_name(name)
         if clean is None:
-            skipped.append({"item": name, "reason": "unsafe path (absolute or '..'); skipped"})
+            out.skipped.append({"item": name, "reason": "unsafe path (absolute or '..'); skipped"})
             return None
+        if clean in names:
+            out.skipped.append({"item": name, "reason": "duplicate entry name in the archive; only the first "
+                                                        "copy was used"})
+            return None
+        if clean.lower().endswith(ARCHIVE_SUFFIXES):
+            out.skipped.append({"item": name, "reason": "nested archive; not extracted (put its files in the "
+                                                        "outer archive)"})
+            return None
+        names.add(clean)
         files += 1
         if files > max_files:
-            raise ArchiveError(f"archive holds more than {max_files} files")
+            raise ArchiveError(f"archive holds more than {max_files} files; the limit is {max_files} "
+                               "(max_archive_files)")
         path = dest / clean
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
+
+    def copy(src: IO[bytes], path: Path, name: str, declared: int) -> None:
+        nonlocal total
+        limit = max_image_bytes if path.suffix.lower() in IMAGE_SUFFIXES else None
+        too_large = f"image is {declared} bytes, above the limit of {limit} (max_image_bytes)"
+        if limit is not None and declared > limit:
+            out.too_large[name] = too_large
+            return
+        try:
+            total += _copy_limited(src, path, max_bytes - total, limit)
+        except _FileTooLarge:
+            path.unlink(missing_ok=True)
+            out.too_large[name] = f"image is more than {limit} bytes, the limit (max_image_bytes)"
 
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
@@ -77,12 +130,12 @@ def safe_extract(archive: Path, dest: Path, max_files: int, max_bytes: int) -> l
                 if info.is_dir():
                     continue
                 if stat.S_ISLNK(info.external_attr >> 16):
-                    skipped.append({"item": info.filename, "reason": "symbolic link; skipped"})
+                    out.skipped.append({"item": info.filename, "reason": "symbolic link; skipped"})
                     continue
                 path = target(info.filename)
                 if path is not None:
                     with zf.open(info) as src:
-                        total += _copy_limited(src, path, max_bytes - total)
+                        copy(src, path, str(path.relative_to(dest)), info.file_size)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive, "r:*") as tf:
             for m in tf:
@@ -90,39 +143,43 @@ def safe_extract(archive: Path, dest: Path, max_files: int, max_bytes: int) -> l
                     continue
                 if not m.isfile():
                     kind = "symbolic link" if m.issym() else "hard link" if m.islnk() else "special file"
-                    skipped.append({"item": m.name, "reason": f"{kind}; skipped"})
+                    out.skipped.append({"item": m.name, "reason": f"{kind}; skipped"})
                     continue
                 path = target(m.name)
                 src = tf.extractfile(m) if path is not None else None
                 if path is not None and src is not None:
-                    total += _copy_limited(src, path, max_bytes - total)
+                    copy(src, path, str(path.relative_to(dest)), m.size)
     else:
         raise ArchiveError("not a tar or zip archive")
-    return skipped
+    return out
 
 
-def _read_jsonl(path: Path, errors: list[dict[str, str]]) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, errors: list[dict[str, str]], settings: Any) -> list[dict[str, Any]]:
+    """Each line parsed as strictly as a request body (depth, NaN, int64, surrogates); bad lines reported."""
     rows = []
     for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = strict_loads(line.encode(errors="surrogatepass"), settings, what="line")
             if not isinstance(row, dict):
                 raise ValueError("not an object")
             rows.append(row)
+        except ApiError as exc:
+            errors.append({"item": f"{path.name}:{n}", "reason": exc.message})
         except ValueError as exc:
             errors.append({"item": f"{path.name}:{n}", "reason": f"invalid JSON line: {exc}"})
     return rows
 
 
 class JobManager:
-    def __init__(self, engine: Any, root: Path) -> None:
+    def __init__(self, engine: Any, root: Path, workers: int = 2) -> None:
         self.engine = engine
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="jobs")
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="jobs")
+        self._cleaner = ThreadPoolExecutor(1, thread_name_prefix="jobs-cleanup")
+        self._sweep()
         self._resume()
 
     # ------------------------------------------------------------- state
@@ -143,8 +200,35 @@ class JobManager:
         return json.loads(f.read_text()) if f.is_file() else None
 
     def list(self) -> list[dict[str, Any]]:
-        jobs = [json.loads(f.read_text()) for f in self.root.glob("*.json")]
+        jobs = []
+        for f in self.root.glob("*.json"):
+            try:
+                jobs.append(json.loads(f.read_text()))
+            except (OSError, ValueError):  # removed or being replaced right now
+                continue
         return sorted(jobs, key=lambda j: -j["created"])
+
+    def _sweep(self) -> None:
+        """At startup: folders without a job file (a crash while an archive was uploaded), trash that a
+        crash left behind, and half-written job files go, off the request path."""
+        for entry in self.root.iterdir():
+            if entry.is_dir() and (entry.name.startswith(TRASH_PREFIX) or not self._file(entry.name).is_file()):
+                log.info("removing orphan job folder %s", entry.name)
+                self._dispose(entry)
+            elif entry.suffix == ".tmp":
+                entry.unlink(missing_ok=True)
+
+    def _dispose(self, folder: Path) -> None:
+        """Rename the folder out of the way at once; delete it on the cleanup thread."""
+        if not folder.exists():
+            return
+        trash = folder if folder.name.startswith(TRASH_PREFIX) else self.root / f"{TRASH_PREFIX}{uuid.uuid4()}"
+        try:
+            if trash != folder:
+                folder.rename(trash)
+        except OSError:
+            trash = folder
+        self._cleaner.submit(remove_tree, trash)
 
     def _resume(self) -> None:
         for job in self.list():
@@ -174,7 +258,7 @@ class JobManager:
         return job
 
     def discard(self, job_id: str) -> None:
-        shutil.rmtree(self.root / job_id, ignore_errors=True)
+        self._dispose(self.root / job_id)
 
     def _run(self, job_id: str) -> None:
         job = self.get(job_id)
@@ -182,13 +266,16 @@ class JobManager:
             return
         folder = self.root / job_id
         extract = folder / "files"
-        job.update(state="running", started=time.time())
+        # a resumed job starts its counters over: what the last run did is skipped now and counted as done
+        job.update(state="running", started=time.time(), done=0, failed=0, errors=[])
         self._save(job)
         s = self.engine.settings
         try:
-            shutil.rmtree(extract, ignore_errors=True)
-            job["errors"] = safe_extract(folder / "archive", extract, s.max_archive_files, s.max_archive_bytes)
-            self._index(job, extract)
+            remove_tree(extract)
+            found = safe_extract(folder / "archive", extract, s.max_archive_files, s.max_archive_bytes,
+                                 s.max_image_bytes)
+            job["errors"] = found.skipped
+            self._index(job, extract, found.too_large)
             job["state"] = "succeeded"
         except ArchiveError as exc:
             job.update(state="failed", message=str(exc))
@@ -199,28 +286,39 @@ class JobManager:
             job["finished"] = time.time()
             job["errors"] = job["errors"][:MAX_ERRORS]
             self._save(job)
-            shutil.rmtree(folder, ignore_errors=True)
+            self._dispose(folder)
 
-    def _index(self, job: dict[str, Any], root: Path) -> None:
+    def _index(self, job: dict[str, Any], root: Path, too_large: dict[str, str]) -> None:
         errors: list[dict[str, str]] = job["errors"]
+        s = self.engine.settings
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         meta: dict[str, dict[str, Any]] = {}
         for mfile in root.rglob("metadata.jsonl"):
-            for row in _read_jsonl(mfile, errors):
+            for row in _read_jsonl(mfile, errors, s):
                 key, entry = metadata_entry(row)
                 if key:
                     meta[key] = entry
-        captions = [row for cfile in root.rglob("captions.jsonl") for row in _read_jsonl(cfile, errors)]
-        job["total"] = len(files) + len(captions)
+        captions = [row for cfile in root.rglob("captions.jsonl") for row in _read_jsonl(cfile, errors, s)]
+        job["total"] = len(files) + len(too_large) + len(captions)
+        for name, reason in too_large.items():
+            errors.append({"item": name, "reason": reason})
+        job["failed"] = job["done"] = len(too_large)
+        prior_images = job.get("indexed_images", 0)  # from a run a restart interrupted; made exact at the end
+        job["indexed_images"] = job["indexed_texts"] = 0
         self._save(job)
         items: list[ImageItem] = []
         names: list[str] = []
+        tag = {"job": job["id"]}
         for f in files:
             rel = str(f.relative_to(root))
             m = meta.get(rel) or meta.get(f.name) or {}
-            data = f.read_bytes()
             try:
-                info = probe_image(data, self.engine.settings.max_image_pixels)
+                size = f.stat().st_size
+                if size > s.max_image_bytes:  # the same limits as an upload: bytes, then pixels
+                    raise ImageRejected(f"image is {size} bytes, above the limit of {s.max_image_bytes} "
+                                        "(max_image_bytes)", "image_too_large")
+                data = f.read_bytes()
+                info = probe_image(data, s.max_image_pixels)
             except ImageRejected as exc:
                 errors.append({"item": rel, "reason": str(exc)})
                 job["failed"] += 1
@@ -228,7 +326,7 @@ class JobManager:
                 continue
             digest = self.engine.blobs.put(data)
             items.append(ImageItem(data=data, id=m.get("id"), metadata=m.get("metadata") or {},
-                                   extra={"blob": digest, "content_type": info.mime, "filename": rel}))
+                                   extra={"blob": digest, "content_type": info.mime, "filename": rel, **tag}))
             names.append(rel)
         t0 = time.perf_counter()
         base_done, base_failed = job["done"], job["failed"]
@@ -236,37 +334,52 @@ class JobManager:
         def progress(summary: Summary) -> None:
             job["done"] = base_done + summary.indexed + summary.skipped + summary.failed
             job["failed"] = base_failed + summary.failed
-            job["indexed_images"] = summary.indexed
+            job["indexed_images"] = prior_images + summary.indexed
             job["items_per_s"] = round(summary.indexed / max(time.perf_counter() - t0, 1e-9), 2)
             self._save(job)
 
         summary = self.engine.indexer.index_images(items, on_batch=progress)
         progress(summary)
-        ids = {name: iid for name, iid in zip(names, summary.ids, strict=True)}
+        ids = {name: iid for name, iid in zip(names, summary.ids, strict=True) if iid is not None}
         for pos, fail in summary.errors.items():
             errors.append({"item": names[pos], "reason": fail.reason})
-        texts = []
+        job["indexed_images"] = self._written_by(job["id"], IMAGES, ids.values())
+        archived = {str(f.relative_to(root)) for f in files} | set(too_large)
+        texts, text_pos = [], []
         for n, row in enumerate(captions):
             image = row.get("image") or row.get("file")
             text = row.get("caption") or row.get("text")
+            where = f"captions.jsonl:{n + 1}"
             if not isinstance(text, str):
-                errors.append({"item": f"captions.jsonl:{n + 1}", "reason": "needs a 'caption' string"})
+                errors.append({"item": where, "reason": "needs a 'caption' string"})
                 continue
-            texts.append(TextItem(text, id=row.get("id"), metadata=row.get("metadata") or {},
-                                  image_id=ids.get(str(image)) or (str(image) if image else None)))
-        if texts:
-            ts = self.engine.indexer.index_texts(texts)
-            job["indexed_texts"] = ts.indexed
-            job["failed"] += ts.failed + (len(captions) - len(texts))
-            job["done"] += len(captions)
-            for f in ts.failures:
-                errors.append({"item": f.source, "reason": f.reason})
-        else:
-            job["failed"] += len(captions)
-            job["done"] += len(captions)
+            image_id = ids.get(str(image)) if image else None
+            if image and image_id is None:
+                image_id = str(image)  # an id already in the index, or a file of this archive that failed
+                if image_id in archived:
+                    errors.append({"item": where, "reason": f"its image {image_id!r} was not indexed"})
+                    continue
+            texts.append(TextItem(text, id=row.get("id"), metadata=row.get("metadata") or {}, image_id=image_id,
+                                  extra=tag))
+            text_pos.append(where)
+        ts = self.engine.indexer.index_texts(texts, max_chars=s.max_text_chars)
+        job["failed"] += ts.failed + (len(captions) - len(texts))
+        job["done"] += len(captions)
+        for pos, fail in ts.errors.items():
+            errors.append({"item": text_pos[pos], "reason": fail.reason})
+        job["indexed_texts"] = self._written_by(job["id"], TEXTS, (i for i in ts.ids if i is not None))
         elapsed = max(time.perf_counter() - t0, 1e-9)
-        job["items_per_s"] = round((job["indexed_images"] + job["indexed_texts"]) / elapsed, 2)
+        job["items_per_s"] = round((summary.indexed + ts.indexed) / elapsed, 2)
         self.engine.refresh_gauges()
+
+    def _written_by(self, job_id: str, collection: str, ids: Iterable[str]) -> int:
+        """How many of `ids` this job wrote, in this run or one a restart interrupted (their payload says so)."""
+        unique = list(dict.fromkeys(ids))
+        store = self.engine.store
+        return sum(1 for lo in range(0, len(unique), 512)
+                   for payload, _ in store.retrieve(collection, unique[lo:lo + 512]).values()
+                   if payload.get("job") == job_id)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._cleaner.shutdown(wait=False)

@@ -66,7 +66,19 @@ def probe_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS
         img.close()
 
 
+#: EXIF orientations (5-8) whose transpose swaps width and height.
+_SWAPS_AXES = frozenset({5, 6, 7, 8})
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block is no reason to refuse the pixels
+        return 1
+
+
 def _check(img: Image.Image, max_pixels: int) -> ImageInfo:
+    """Format and pixel limits; the size reported is the upright one (after the EXIF rotation we apply)."""
     fmt = img.format or "?"
     if fmt not in ALLOWED_FORMATS:
         raise ImageRejected(f"unsupported image format {fmt}", "unsupported_media_type")
@@ -77,6 +89,8 @@ def _check(img: Image.Image, max_pixels: int) -> ImageInfo:
         raise ImageRejected(
             f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}", "image_too_large"
         )
+    if _orientation(img) in _SWAPS_AXES:
+        w, h = h, w
     return ImageInfo(fmt, w, h)
 
 
