@@ -271,7 +271,7 @@ class JobManager:
         self._save(job)
         s = self.engine.settings
         try:
-            remove_tree(extract)
+            self._dispose(extract)  # a resumed job's partial extraction: renamed away, deleted off this worker
             found = safe_extract(folder / "archive", extract, s.max_archive_files, s.max_archive_bytes,
                                  s.max_image_bytes)
             job["errors"] = found.skipped
