@@ -67,6 +67,9 @@ class SearchResponse(BaseModel):
     results: list[SearchResult]
     timing_ms: Timing
     model: str
+    scores: Literal["probability", "raw"] = Field(
+        description="probability: score, global_score and fine_score are probabilities calibrated on the model's "
+                    "validation split; raw: the model has no calibration and they are the raw scores")
 
 
 class ItemError(BaseModel):

@@ -38,6 +38,19 @@ function parseFilter(text) {
 }
 
 const fmt = (x) => (x === null || x === undefined ? "–" : x.toFixed(3));
+const SCORE_HELP = "match: the probability that this result matches the query, calibrated on the model's validation " +
+  "data, from global similarity and the word–patch matcher together · global: the same judged from the global CLIP " +
+  "similarity alone · fine: the same judged from the word–patch matcher alone (– when not reranked)";
+
+function scoreLine(r, kind) {
+  if (kind !== "probability") {  // an uncalibrated model: raw scores
+    return el("span", { class: "scores", title: "raw scores (this model has no calibration)",
+                        text: `score ${fmt(r.score)} · global ${fmt(r.global_score)} · fine ${fmt(r.fine_score)}` });
+  }
+  const pct = (x) => (x === null || x === undefined ? "–" : `${Math.round(100 * x)}%`);
+  return el("span", { class: "scores", title: SCORE_HELP },
+            el("strong", { text: `match ${pct(r.score)}` }), ` · global ${pct(r.global_score)} · fine ${pct(r.fine_score)}`);
+}
 
 async function loadStats() {
   try {
@@ -75,7 +88,7 @@ async function searchImages(event) {
       list.append(el("li", { "data-id": r.id, "data-rank": String(r.rank) },
         el("img", { src: r.content_url, alt: `result ${r.rank}: image ${r.id}`, loading: "lazy" }),
         el("div", {}, el("span", { class: "rank", text: `#${r.rank}` }), moved, " ", captions),
-        el("div", { class: "scores", text: `score ${fmt(r.score)} · global ${fmt(r.global_score)} · fine ${fmt(r.fine_score)}` }),
+        el("div", {}, scoreLine(r, res.scores)),
         el("div", { class: "id", text: r.id })));
     }
     lastRanks = ranks;
@@ -104,7 +117,7 @@ async function searchTexts({ file, image_id }, label) {
     }
     list.replaceChildren(...res.results.map((r) => el("li", { "data-id": r.id },
       el("span", { text: r.text }), " ",
-      el("span", { class: "scores", text: `score ${fmt(r.score)} · global ${fmt(r.global_score)} · fine ${fmt(r.fine_score)}` }))));
+      scoreLine(r, res.scores))));
     status.textContent = `captions for ${label || (file && file.name) || "the image"} · ${res.timing_ms.total.toFixed(1)} ms`;
   } catch (e) { status.textContent = `search failed: ${e.message}`; }
 }

@@ -24,7 +24,8 @@ def _options(p: SearchParams) -> SearchOptions:
 async def search_images(body: TextSearch, engine: EngineDep) -> dict[str, Any]:
     valid_filter(body.filter, engine.settings)
     out = await engine.search_images(body.text, _options(body))
-    return {"results": out.results, "timing_ms": out.timing_ms, "model": engine.bundle.id}
+    return {"results": out.results, "timing_ms": out.timing_ms, "model": engine.bundle.id,
+            "scores": "raw" if engine.calibration is None else "probability"}
 
 
 _FORM_FIELDS = {"limit": int, "candidates": int, "offset": int, "min_score": float}
@@ -80,4 +81,5 @@ async def search_texts(request: Request, engine: EngineDep) -> dict[str, Any]:
     else:
         raise ApiError(415, "send multipart/form-data with an 'image' file, or JSON with an 'image_id'",
                        "unsupported_media_type")
-    return {"results": out.results, "timing_ms": out.timing_ms, "model": engine.bundle.id}
+    return {"results": out.results, "timing_ms": out.timing_ms, "model": engine.bundle.id,
+            "scores": "raw" if engine.calibration is None else "probability"}
