@@ -19,6 +19,7 @@ import logging
 import shutil
 import stat
 import tarfile
+import threading
 import time
 import uuid
 import zipfile
@@ -48,6 +49,10 @@ class ArchiveError(ValueError):
 
 class _FileTooLarge(Exception):
     pass
+
+
+class _Stopping(Exception):
+    """The server is shutting down (SIGTERM): the job stops between batches and resumes at the next start."""
 
 
 def remove_tree(path: Path) -> None:
@@ -178,6 +183,7 @@ class JobManager:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="jobs")
+        self._stopping = threading.Event()
         self._cleaner = ThreadPoolExecutor(1, thread_name_prefix="jobs-cleanup")
         self._sweep()
         self._resume()
@@ -277,16 +283,20 @@ class JobManager:
             job["errors"] = found.skipped
             self._index(job, extract, found.too_large)
             job["state"] = "succeeded"
+        except _Stopping:
+            job.update(state="queued", message="interrupted by a shutdown; resumes when the server starts again",
+                       errors=job["errors"][:MAX_ERRORS])
+            self._save(job)  # the archive stays: the next start re-queues the job
+            return
         except ArchiveError as exc:
             job.update(state="failed", message=str(exc))
         except Exception as exc:
             log.exception("job %s failed", job_id)
             job.update(state="failed", message=f"internal error: {type(exc).__name__}")
-        finally:
-            job["finished"] = time.time()
-            job["errors"] = job["errors"][:MAX_ERRORS]
-            self._save(job)
-            self._dispose(folder)
+        job["finished"] = time.time()
+        job["errors"] = job["errors"][:MAX_ERRORS]
+        self._save(job)
+        self._dispose(folder)
 
     def _index(self, job: dict[str, Any], root: Path, too_large: dict[str, str]) -> None:
         errors: list[dict[str, str]] = job["errors"]
@@ -332,6 +342,8 @@ class JobManager:
         base_done, base_failed = job["done"], job["failed"]
 
         def progress(summary: Summary) -> None:
+            if self._stopping.is_set():  # between two batches: everything written so far is whole
+                raise _Stopping()
             job["done"] = base_done + summary.indexed + summary.skipped + summary.failed
             job["failed"] = base_failed + summary.failed
             job["indexed_images"] = prior_images + summary.indexed
@@ -381,5 +393,8 @@ class JobManager:
                    if payload.get("job") == job_id)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop running jobs at their next batch (they stay queued for the next start), then return, so the
+        engine is never closed under a job's feet."""
+        self._stopping.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
         self._cleaner.shutdown(wait=False)
