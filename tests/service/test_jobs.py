@@ -99,3 +99,30 @@ def test_zip_job_and_bad_archives(client: httpx.Client, synth: tuple[Path, list[
     for res in client.post("/v1/search/images", json={"text": items[40].captions[0], "limit": 100}).json()["results"]:
         if not res["id"].isdigit():
             client.delete(f"/v1/images/{res['id']}")
+
+
+def test_several_jobs_run_at_once(server, client: httpx.Client, monkeypatch, synth) -> None:  # type: ignore[no-untyped-def]
+    """max_concurrent_jobs (2 by default): both jobs must be inside the indexer together to pass the barrier."""
+    import threading
+
+    root, items = synth
+    barrier = threading.Barrier(2, timeout=20)
+    real = server.engine.indexer.index_images
+
+    def both_at_once(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name.startswith("jobs"):
+            barrier.wait()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server.engine.indexer, "index_images", both_at_once)
+    before = client.get("/v1/stats").json()["counts"]
+    ids = []
+    for k in (50, 51):
+        meta = json.dumps({"file": "a.png", "id": f"conc-{k}"}).encode()
+        archive = _tar({"a.png": (root / "images" / items[k].filename).read_bytes(), "metadata.jsonl": meta})
+        ids.append(client.post("/v1/jobs/index", files={"archive": ("a.tar.gz", archive)}).json()["id"])
+    jobs = [_wait(client, i) for i in ids]
+    assert [j["state"] for j in jobs] == ["succeeded", "succeeded"], jobs
+    assert client.get("/v1/stats").json()["counts"]["images"] == before["images"] + 2
+    for k in (50, 51):
+        assert client.delete(f"/v1/images/conc-{k}").status_code == 204
