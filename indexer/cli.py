@@ -110,8 +110,10 @@ def load_metadata(path: Path | None) -> dict[str, dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SystemExit(f"finesearch: error: {path}:{n}: not JSON: {exc}") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:  # a line nested past the parser's stack is no JSON
+            raise SystemExit(f"finesearch: error: {path}:{n}: not JSON: {exc or 'nested too deeply'}") from exc
+        if not isinstance(row, dict):
+            raise SystemExit(f"finesearch: error: {path}:{n}: each line must be a JSON object")
         key, entry = metadata_entry(row)
         if not key:
             raise SystemExit(f"finesearch: error: {path}:{n}: each line needs a \"file\" key")
