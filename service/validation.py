@@ -4,8 +4,8 @@ Why not plain `json.loads` + pydantic: Python's parser accepts NaN and Infinity,
 infinity, keeps lone surrogates from `\\ud800` escapes and recurses until the interpreter gives up;
 pydantic then materialises a million items before any count is compared with a limit. Here:
 
-1. `prescan` measures the document without building it: strings are cut out with one regex, then
-   numpy finds the nesting depth and the element count of every array and object. A body over a
+1. `prescan` measures the document without building it: numpy marks the bytes inside strings (escaped
+   quotes included), then finds the nesting depth and the element count of every array and object. A body over a
    depth or count limit is refused at the cost of a byte scan.
 2. `strict_loads` parses with hooks that refuse non-finite numbers and integers outside int64 as they
    are read, then (only when the body holds a surrogate escape) walks the result for lone surrogates.
@@ -36,9 +36,7 @@ from indexer.validation import (
 from .config import Settings
 from .errors import ApiError
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-_OPEN = frozenset(b"[{")
 
 
 @dataclass(frozen=True)
@@ -47,27 +45,50 @@ class JsonShape:
     items: dict[int, int]  # container level → most elements any container at that level holds
 
 
+_STRUCTURAL = np.zeros(256, dtype=bool)
+_STRUCTURAL[[ord(c) for c in "[]{},"]] = True
+_QUOTE, _BACKSLASH = ord('"'), ord("\\")
+
+
+def _string_mask(raw: np.ndarray) -> np.ndarray:
+    """uint8 per byte: 1 inside a string (and on its opening quote), 0 outside; escaped quotes do not count."""
+    quote = raw == _QUOTE
+    if _BACKSLASH in raw:
+        q = np.flatnonzero(quote)
+        bs = np.flatnonzero(raw == _BACKSLASH)
+        run_starts = bs[np.r_[True, np.diff(bs) != 1]]
+        k = np.searchsorted(bs, q) - 1  # the last backslash before each quote
+        kk = np.maximum(k, 0)
+        touching = (k >= 0) & (bs[kk] == q - 1)
+        run = bs[kk] - run_starts[np.searchsorted(run_starts, bs[kk], side="right") - 1] + 1
+        quote[q[touching & (run % 2 == 1)]] = False  # preceded by an odd run of backslashes: escaped
+    return np.bitwise_xor.accumulate(quote.view(np.uint8))
+
+
 def prescan(data: bytes) -> JsonShape:
-    """Depth and per-level element counts of a JSON document, without parsing it (linear, vectorised)."""
-    skeleton = np.frombuffer(_STRING.sub(b'""', data), dtype=np.uint8)
-    opens = (skeleton == ord("[")) | (skeleton == ord("{"))
-    closes = (skeleton == ord("]")) | (skeleton == ord("}"))
-    if not opens.any():
+    """Depth and per-level element counts of a JSON document, without parsing it (linear, vectorised).
+
+    Only the structural bytes outside strings are kept (`[]{},`), so the arrays that follow are small.
+    """
+    raw = np.frombuffer(data, dtype=np.uint8)
+    pos = np.flatnonzero(_STRUCTURAL[raw] & (_string_mask(raw) == 0)) if len(raw) else np.zeros(0, np.int64)
+    kind = raw[pos]
+    step = np.where((kind == ord("[")) | (kind == ord("{")), 1, np.where(kind == ord(","), 0, -1)).astype(np.int32)
+    if not (step == 1).any():
         return JsonShape(0, {})
-    level = np.cumsum(opens.astype(np.int32) - closes.astype(np.int32))  # level after each byte
-    open_at = np.nonzero(opens)[0]
-    open_level = level[open_at]
-    commas = np.nonzero(skeleton == ord(","))[0]
-    comma_level = level[commas]
-    # the container of a comma is the last opener at the comma's level before it: search a (level, position) key
-    span = len(skeleton) + 1
-    keys = open_level.astype(np.int64) * span + open_at
+    level = np.cumsum(step)  # level after each structural byte
+    opener = np.flatnonzero(step == 1)
+    open_level = level[opener]
+    comma = np.flatnonzero(step == 0)
+    comma_level = level[comma]
+    # the container of a comma is the last opener at the comma's level before it: search a (level, index) key
+    span = len(pos) + 1
+    keys = open_level.astype(np.int64) * span + opener
     order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    owner = np.searchsorted(sorted_keys, comma_level.astype(np.int64) * span + commas) - 1
+    owner = np.searchsorted(keys[order], comma_level.astype(np.int64) * span + comma) - 1
     valid = owner >= 0
     valid[valid] &= open_level[order[owner[valid]]] == comma_level[valid]
-    per_container = np.bincount(order[owner[valid]], minlength=len(open_at)) + 1
+    per_container = np.bincount(order[owner[valid]], minlength=len(opener)) + 1
     items: dict[int, int] = {}
     for lvl in np.unique(open_level):
         if lvl > 0:

@@ -20,6 +20,8 @@ S = Settings.model_construct()
     ('{"a": [1, 2, 3], "b": {"c": [4]}}', 3, {1: 2, 2: 3, 3: 1}),
     ('[[1, 2], [3, 4, 5, 6], {"x": "[[[,,,]]]"}]', 2, {1: 3, 2: 4}),
     ('{"s": "a \\" [ { , quote"}', 1, {1: 1}),
+    ('{"a": "ends in a backslash \\\\", "b": [1, 2]}', 2, {1: 2, 2: 2}),
+    ('{"a": "\\\\\\"[,", "b": {"c": "\\\\\\\\"}}', 2, {1: 2, 2: 1}),
     ('{"items": [' + ",".join(['{"text": "a, b"}'] * 7) + "]}", 3, {1: 1, 2: 7, 3: 1}),
 ])
 def test_prescan_measures_depth_and_counts_without_parsing(doc: str, depth: int, items: dict[int, int]) -> None:
