@@ -42,6 +42,12 @@ log = logging.getLogger("finesearch.engine")
 IMAGE_STATUS = {"image_too_large": 413, "unsupported_media_type": 415}
 
 
+def _without_paths(info: dict[str, Any]) -> dict[str, Any]:
+    """A pretrained checkpoint given as a file shows as its file name: server paths stay on the server."""
+    value = info.get("pretrained")
+    return {**info, "pretrained": Path(value).name} if isinstance(value, str) and "/" in value else info
+
+
 @dataclass
 class SearchOptions:
     limit: int = 10
@@ -411,7 +417,7 @@ class Engine:
         counts = self.refresh_gauges()
         return {
             "counts": counts,
-            "backbone": self.backbone.describe(),
+            "backbone": _without_paths(self.backbone.describe()),
             # the bundle's folder name only: the server's absolute paths are nobody else's business
             "model": {"id": self.bundle.id, "name": Path(self.bundle.path).name,
                       "matcher": self.matcher.config.to_dict()},

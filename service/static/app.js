@@ -134,7 +134,7 @@ async function upload(event) {
     const res = await api("/v1/images", { method: "POST", body: form });
     out.replaceChildren(...res.items.map((it) => it.error
       ? el("li", { class: "error", text: `${it.filename}: ${it.error.message}` })
-      : el("li", { text: `${it.filename} → ${it.id}` })));
+      : el("li", { text: `${it.filename} → ${it.id}${it.duplicate_of != null ? " (the same file as above)" : ""}` })));
     loadStats();
   } catch (e) { out.replaceChildren(el("li", { class: "error", text: e.message })); }
 }

@@ -68,3 +68,11 @@ def test_metadata_bounds_and_the_id_rule() -> None:
     for bad in ("", ".", "..", "a/b", "a\\b", "x\ny", "\x7f", "\ud800", "x" * 513, 5):
         assert id_problem(bad) is not None
     assert path_id("2024/trip/a.png") == "2024:trip:a.png" and id_problem(path_id("a/b/c.png")) is None
+
+
+def test_stats_show_a_checkpoint_file_by_name_only() -> None:
+    from service.engine import _without_paths
+
+    assert _without_paths({"name": "ViT-B-32", "pretrained": "/srv/weights/clip.safetensors"})["pretrained"] == \
+        "clip.safetensors"
+    assert _without_paths({"pretrained": "laion2b_s34b_b79k"})["pretrained"] == "laion2b_s34b_b79k"
