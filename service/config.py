@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from indexer.validation import PayloadLimits
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO_ROOT / "models" / "demo"
 
@@ -45,12 +47,16 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(32, ge=4, description="nesting of arrays/objects in any JSON body")
     max_json_items: int = Field(1000, ge=1, description="elements of any one JSON array or object (route-specific "
                                                          "limits such as max_texts_per_request come first)")
-    max_metadata_depth: int = Field(10, ge=1, description="nesting inside one item's metadata object")
-    max_metadata_keys: int = Field(256, ge=1, description="object keys, at every level, in one item's metadata")
-    max_metadata_bytes: int = Field(16 * 1024, ge=2, description="one item's metadata as compact UTF-8 JSON")
+    # one definition for the service and the CLI: the indexer's defaults (indexer/validation.py)
+    max_metadata_depth: int = Field(PayloadLimits.max_metadata_depth, ge=1,
+                                    description="nesting inside one item's metadata object")
+    max_metadata_keys: int = Field(PayloadLimits.max_metadata_keys, ge=1,
+                                   description="object keys, at every level, in one item's metadata")
+    max_metadata_bytes: int = Field(PayloadLimits.max_metadata_bytes, ge=2,
+                                    description="one item's metadata as compact UTF-8 JSON")
     max_filter_fields: int = Field(16, ge=1, description="fields in one search filter")
     max_filter_values: int = Field(256, ge=1, description="values listed for one filter field")
-    max_id_chars: int = Field(512, ge=1, description="length of an item id")
+    max_id_chars: int = Field(PayloadLimits.max_id_chars, ge=1, description="length of an item id")
 
     batch_window_ms: float = Field(2.0, description="micro-batching window; 0 turns micro-batching off")
     encode_batch: int = 64
