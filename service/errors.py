@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from indexer.stores.base import StoreError
+
 from .metrics import ERRORS
 
 log = logging.getLogger("finesearch.service")
@@ -48,6 +50,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "invalid_request", _validation_message(exc))
+
+    @app.exception_handler(StoreError)
+    async def _store(_: Request, exc: StoreError) -> JSONResponse:
+        """The vector store refused or did not answer: the server is fine, the dependency is not."""
+        log.error("store error: %s", exc)
+        return error_response(503, "store_unavailable", f"the vector store failed: {exc}")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -8,6 +8,7 @@ meta collection, so they travel with the data on either backend.
 
 from __future__ import annotations
 
+import re
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
@@ -58,6 +59,28 @@ def named_vector(v: Any) -> np.ndarray | None:
     return np.asarray(v[VECTOR_NAME] if isinstance(v, dict) else v, dtype=np.float32)
 
 
+_PLAIN_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+(\[\d*\])?$")
+
+
+def json_path(name: str) -> str:
+    """A filter key as a Qdrant JSON path: plain segments as they are, any other segment quoted.
+
+    Qdrant refuses paths such as `a b`, `x+`, `..` or `a.` (a 500 if passed on); quoting makes every metadata
+    key that holds no '"' and no control character addressable.
+    """
+    out = []
+    for seg in name.split("."):
+        if not seg:
+            raise ValueError(f"filter key {name!r} has an empty segment (a leading, trailing or doubled '.')")
+        if _PLAIN_SEGMENT.match(seg):
+            out.append(seg)
+        elif '"' in seg or "\\" in seg or any(ord(c) < 32 or ord(c) == 127 for c in seg):
+            raise ValueError(f"filter key {name!r} may not hold '\"', '\\' or control characters")
+        else:
+            out.append(f'"{seg}"')
+    return ".".join(out)
+
+
 def _encodable(s: str) -> bool:
     try:
         s.encode("utf-8")
@@ -78,7 +101,10 @@ def normalise_filter(spec: FilterSpec | None) -> list[tuple[str, list[Any]]]:
     for field_name, value in spec.items():
         if not isinstance(field_name, str) or not field_name:
             raise ValueError("filter keys must be non-empty strings")
-        key = field_name if field_name in BASE_INDEXED_FIELDS or "." in field_name else f"metadata.{field_name}"
+        if not _encodable(field_name):
+            raise ValueError("a filter key holds a lone surrogate (invalid Unicode)")
+        key = json_path(field_name) if field_name in BASE_INDEXED_FIELDS or "." in field_name else \
+            f"metadata.{json_path(field_name)}"
         values = list(value) if isinstance(value, (list, tuple)) else [value]
         if not values:
             raise ValueError(f"filter on {field_name!r} has an empty list of values")
@@ -90,8 +116,6 @@ def normalise_filter(spec: FilterSpec | None) -> list[tuple[str, list[Any]]]:
                                  "[-2**63, 2**63-1]")
             if isinstance(v, str) and not _encodable(v):
                 raise ValueError(f"filter on {field_name!r}: a value holds a lone surrogate (invalid Unicode)")
-        if not _encodable(field_name):
-            raise ValueError("a filter key holds a lone surrogate (invalid Unicode)")
         out.append((key, values))
     return out
 

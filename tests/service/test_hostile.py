@@ -127,6 +127,11 @@ def test_2_non_finite_numbers_surrogates_and_huge_integers_are_refused_without_o
                      data={"filter": '{"n": 99999999999999999999}'}), 422, "invalid_number")
         assert "64-bit" in error(c.post("/v1/search/images", json={"text": "x", "filter": {"n": [1, 2**64]}}), 422)
         assert c.post("/v1/search/images", json={"text": "x", "filter": {"n": 2**63 - 1}}).status_code == 200
+        for key in ("..", "a.", ".x", 'q"q', "back\\slash"):  # keys Qdrant cannot take as a JSON path
+            assert "filter" in error(c.post("/v1/search/images", json={"text": "x", "filter": {key: 1}}), 422)
+        for key in ("a b", "x+", "!", "ключ", "🙂", "n"):  # quoted for Qdrant: they work
+            r = c.post("/v1/search/images", json={"text": "x", "filter": {key: 1}, "rerank": False})
+            assert r.status_code == 200, r.text
         assert state(c) == before
     box.restart()
 

@@ -76,3 +76,14 @@ def test_stats_show_a_checkpoint_file_by_name_only() -> None:
     assert _without_paths({"name": "ViT-B-32", "pretrained": "/srv/weights/clip.safetensors"})["pretrained"] == \
         "clip.safetensors"
     assert _without_paths({"pretrained": "laion2b_s34b_b79k"})["pretrained"] == "laion2b_s34b_b79k"
+
+
+def test_filter_keys_become_valid_qdrant_paths() -> None:
+    from indexer.stores.base import json_path, normalise_filter
+
+    assert json_path("album") == "album" and json_path("tags[]") == "tags[]"
+    assert json_path("a b") == '"a b"' and json_path("metadata.x+y") == 'metadata."x+y"'
+    assert normalise_filter({"my key": 1, "kind": "image"}) == [('metadata."my key"', [1]), ("kind", ["image"])]
+    for bad in ("..", "a.", ".a", 'q"q', "a\\b", "tab\t"):
+        with pytest.raises(ValueError, match="filter key"):
+            normalise_filter({bad: 1})
