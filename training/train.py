@@ -348,10 +348,15 @@ def run_training(backbone: Backbone, train_items: list[CaptionedImage], val_item
             report["backbone"]["val"] = check
             log(f"backbone on validation ({check['images']} images): global rSum {check['rsum']:.1f} (i2t R@1 "
                 f"{check['i2t']['r1']:.1f}, t2i R@1 {check['t2i']['r1']:.1f}; chance ≈ {check['chance_rsum']})")
-            if check["near_chance"]:
-                log("WARNING: the backbone is near chance on validation: it learned almost nothing. Train it longer "
-                    "(--clip-steps / --clip-minutes), check that captions describe their images, or start from "
-                    "pretrained weights (--backbone NAME --pretrained TAG|FILE).")
+        history = report["backbone"]["history"]
+        chance_loss = math.log(min(cfg.clip_batch, len(train_items))) * (1 + cfg.token_loss)
+        stalled = bool(history) and history[-1]["loss"] > 0.75 * chance_loss
+        if stalled or report["backbone"].get("val", {}).get("near_chance"):
+            report["backbone"]["warning"] = "near chance"
+            log(f"WARNING: the backbone learned almost nothing (training loss {history[-1]['loss']:.2f} against "
+                f"{chance_loss:.2f} at chance). Train it longer (--clip-steps, --clip-minutes), check that the "
+                "captions describe their images, or start from pretrained weights (--backbone NAME --pretrained "
+                "TAG|FILE).")
     device = backbone.device
     source: FeatureSource
     val: FeatureSource | None

@@ -37,6 +37,7 @@ def test_bundle_round_trip_scores_identically(tiny_run: tuple[Path, Path]) -> No
     assert cfg["training"]["backbone"]["steps"] == 6 and cfg["training"]["matcher"]["steps"] == 6
     assert [h["step"] for h in cfg["training"]["matcher"]["history"]] == [3, 6]
     assert "val" in cfg["training"]["backbone"] and set(cfg["training"]["fusion"]["shares"]) == {"t2i", "i2t"}
+    assert cfg["training"]["backbone"]["warning"] == "near chance"  # 6 steps teach it nothing, and it says so
     items = read_dataset(data / "dataset.json", "karpathy", "test")
     a, b = load_bundle(out, device="cpu"), load_bundle(out, device="cpu")
     assert a.backbone.fingerprint == cfg["backbone"]["fingerprint"]
