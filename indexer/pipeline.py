@@ -30,7 +30,7 @@ from .blobs import BlobStore
 from .stores import IMAGES, TEXTS, VectorStore
 from .validation import PayloadLimits, PayloadRejected, check_id, check_metadata
 
-MAX_TEXT_CHARS = 2000
+MAX_TEXT_CHARS = PayloadLimits.max_text_chars
 
 
 @dataclass
@@ -123,7 +123,7 @@ def check_text(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:
     if not cleaned:
         raise ValueError("text is empty")
     if len(cleaned) > max_chars:
-        raise ValueError(f"text is {len(cleaned)} characters long, above the limit of {max_chars}")
+        raise ValueError(f"text is {len(cleaned)} characters long, above the limit of {max_chars} (max_text_chars)")
     return cleaned
 
 

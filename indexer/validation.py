@@ -33,14 +33,15 @@ class PayloadLimits:
     """The bounds; the service fills them from its settings (`FINESEARCH_MAX_*`), the CLI uses the defaults."""
 
     max_id_chars: int = 512
+    max_text_chars: int = 1000
     max_metadata_depth: int = 10
     max_metadata_keys: int = 256
     max_metadata_bytes: int = 16 * 1024
 
     @classmethod
     def from_settings(cls, settings: Any) -> PayloadLimits:
-        return cls(settings.max_id_chars, settings.max_metadata_depth, settings.max_metadata_keys,
-                   settings.max_metadata_bytes)
+        return cls(settings.max_id_chars, settings.max_text_chars, settings.max_metadata_depth,
+                   settings.max_metadata_keys, settings.max_metadata_bytes)
 
 
 ID_RULE = ("ids are 1 to {n} characters of valid Unicode without '/', '\\' or control characters, "

@@ -30,7 +30,7 @@ class _TooLarge(StarletteHTTPException):
     """Raised from inside body reads, so FastAPI's and Starlette's parsers pass it on as a 413."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body is larger than the limit of {limit} bytes")
+        super().__init__(413, f"request body is larger than the limit of {limit} bytes (max_body_bytes)")
 
 
 class BodyLimit:
@@ -74,8 +74,8 @@ class BodyLimit:
 
     @staticmethod
     async def _reject(send: Send, limit: int) -> None:
-        body = json.dumps({"error": {"code": "too_large",
-                                     "message": f"request body is larger than the limit of {limit} bytes"}}).encode()
+        message = f"request body is larger than the limit of {limit} bytes (max_body_bytes)"
+        body = json.dumps({"error": {"code": "too_large", "message": message}}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

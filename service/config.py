@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     max_files: int = 32
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 64_000_000
-    max_text_chars: int = 1000
+    max_text_chars: int = Field(PayloadLimits.max_text_chars, ge=1, description="characters of one caption or "
+                                                                                "text query")
     max_texts_per_request: int = 1000
     max_limit: int = 100
     max_candidates: int = 1000

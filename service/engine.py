@@ -27,7 +27,7 @@ from indexer.blobs import BlobStore
 from indexer.pipeline import ImageItem, Indexer, TextItem, check_text
 from indexer.stores import IMAGES, TEXTS, Hit, open_store
 from indexer.stores.base import normalise_filter
-from indexer.validation import PayloadLimits
+from indexer.validation import PayloadLimits, id_problem
 from training.backbone import pad_words
 from training.bundle import Bundle, load_bundle
 from training.images import ImageRejected, load_for_model, probe_image
@@ -188,11 +188,12 @@ class Engine:
     def _check(self, opts: SearchOptions) -> None:
         s = self.settings
         if not 1 <= opts.limit <= s.max_limit:
-            raise ApiError(422, f"limit must be between 1 and {s.max_limit}", "invalid_request")
+            raise ApiError(422, f"limit must be between 1 and {s.max_limit} (max_limit)", "invalid_request")
         if not 1 <= opts.candidates <= s.max_candidates:
-            raise ApiError(422, f"candidates must be between 1 and {s.max_candidates}", "invalid_request")
+            raise ApiError(422, f"candidates must be between 1 and {s.max_candidates} (max_candidates)",
+                           "invalid_request")
         if not 0 <= opts.offset <= s.max_offset:
-            raise ApiError(422, f"offset must be between 0 and {s.max_offset}", "invalid_request")
+            raise ApiError(422, f"offset must be between 0 and {s.max_offset} (max_offset)", "invalid_request")
         try:
             normalise_filter(opts.filter)
         except ValueError as exc:
@@ -311,14 +312,17 @@ class Engine:
 
     def decode_upload(self, data: bytes) -> np.ndarray:
         if len(data) > self.settings.max_image_bytes:
-            raise ApiError(413, f"image is {len(data)} bytes, above the limit of {self.settings.max_image_bytes}",
-                           "image_too_large")
+            raise ApiError(413, f"image is {len(data)} bytes, above the limit of {self.settings.max_image_bytes} "
+                           "(max_image_bytes)", "image_too_large")
         try:
             return load_for_model(data, self.backbone.image_size, self.settings.max_image_pixels)
         except ImageRejected as exc:
             raise ApiError(IMAGE_STATUS.get(exc.code, 400), str(exc), exc.code) from exc
 
     def _indexed_image_query(self, image_id: str) -> _Query:
+        problem = id_problem(image_id, self.settings.max_id_chars)
+        if problem:
+            raise ApiError(422, f"image_id: {problem}", "invalid_id")
         for _ in range(3):  # a concurrent replace may tombstone the row between retrieve and gather: look again
             found = self.store.retrieve(IMAGES, [image_id], with_vectors=True)
             if image_id not in found:

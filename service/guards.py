@@ -61,9 +61,10 @@ class CatchAll:
 
 
 def _is_json(scope: Scope) -> bool:
-    """FastAPI parses a body as JSON when the type is JSON-ish or missing, so both are guarded."""
-    ctype = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
-    return ctype in (b"", b"application/json") or ctype.endswith(b"+json")
+    """FastAPI parses a body as JSON when the type is JSON-ish or missing, so both are guarded. A request may
+    repeat the header and servers differ on which copy wins: any JSON-ish copy puts the body under guard."""
+    types = [v.split(b";")[0].strip().lower() for k, v in scope["headers"] if k.lower() == b"content-type"]
+    return not types or any(t in (b"", b"application/json") or t.endswith(b"+json") for t in types)
 
 
 class JsonGuard:

@@ -72,7 +72,7 @@ def _copy_limited(src: IO[bytes], dst: Path, budget: int, file_limit: int | None
         while chunk := src.read(1 << 20):
             written += len(chunk)
             if written > budget:
-                raise ArchiveError("archive expands beyond the size limit")
+                raise ArchiveError("archive expands beyond the size limit (max_archive_bytes)")
             if file_limit is not None and written > file_limit:
                 raise _FileTooLarge()
             out.write(chunk)

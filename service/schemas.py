@@ -17,23 +17,23 @@ FilterValue = str | int | bool | list[str] | list[int] | list[bool]
 class SearchParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    limit: int = Field(10, ge=1, le=1000, description="results to return (capped by the server's max_limit)")
-    candidates: int = Field(100, ge=1, le=10000, description="global top-k handed to the matcher")
+    # upper bounds are the server's settings (max_limit, max_candidates, max_offset), checked by the engine
+    limit: int = Field(10, ge=1, description="results to return (at most the server's max_limit)")
+    candidates: int = Field(100, ge=1, description="global top-k handed to the matcher (at most max_candidates)")
     rerank: bool = Field(True, description="rerank the candidates with the fine-grained matcher")
     min_score: float | None = Field(None, ge=-10, le=10, description="drop results whose `score` is below this "
                                                                       "(a probability 0–1 with a calibrated model)")
-    offset: int = Field(0, ge=0, le=100000, description="skip this many results (paging)")
+    offset: int = Field(0, ge=0, description="skip this many results (paging; at most max_offset)")
     filter: dict[str, FilterValue] | None = Field(
         None, description="metadata field → value or list of values; `kind`, `item_id`, `image_id` address the item")
 
 
 class TextSearch(SearchParams):
-    text: str = Field(..., min_length=1, max_length=100000, description="the query")
+    text: str = Field(..., min_length=1, description="the query (at most max_text_chars)")
 
 
 class ImageIdSearch(SearchParams):
-    image_id: str = Field(..., min_length=1, max_length=_DEFAULTS.max_id_chars,
-                          description="an indexed image used as the query")
+    image_id: str = Field(..., description="an indexed image used as the query")
 
 
 class SearchResult(BaseModel):
@@ -95,12 +95,11 @@ class UploadResponse(BaseModel):
 class TextIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(None, min_length=1, max_length=_DEFAULTS.max_id_chars,
-                           description="see the id rule in docs/api.md; default: a hash of the text")
-    text: str = Field(..., max_length=100000)
+    # lengths are checked by the indexer against the settings (max_id_chars, max_text_chars), naming them
+    id: str | None = Field(None, description="see the id rule in docs/api.md; default: a hash of the text")
+    text: str = Field(..., description="the caption (at most max_text_chars)")
     metadata: dict[str, Any] = {}
-    image_id: str | None = Field(None, max_length=_DEFAULTS.max_id_chars,
-                                 description="the image this caption describes, if any")
+    image_id: str | None = Field(None, description="the image this caption describes, if any")
 
 
 class TextsIn(BaseModel):

@@ -87,7 +87,7 @@ def _check(img: Image.Image, max_pixels: int) -> ImageInfo:
         raise ImageRejected("image has no pixels")
     if w * h > max_pixels:
         raise ImageRejected(
-            f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}", "image_too_large"
+            f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels} (max_image_pixels)", "image_too_large"
         )
     if _orientation(img) in _SWAPS_AXES:
         w, h = h, w

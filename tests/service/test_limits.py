@@ -124,6 +124,8 @@ def test_api_key_guards_writes(locked: Server) -> None:
         _error(c.post("/v1/texts", json={"items": [{"text": "hello"}]}, headers={"Authorization": "Bearer nope"}), 401)
         _error(c.delete("/v1/texts/x"), 401)
         _error(c.post("/v1/jobs/index", files={"archive": ("a.zip", b"x")}), 401)
+        _error(c.post("/v1/admin/compact"), 401)  # admin work is a write
+        _error(c.post("/v1/admin/compact", headers={"Authorization": "Bearer nope"}), 401)
         ok = c.post("/v1/texts", json={"items": [{"text": "hello"}]}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["indexed"] == 1
     locked.settings.auth_reads = True

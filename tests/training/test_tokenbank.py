@@ -105,3 +105,25 @@ def test_bad_shapes_are_rejected(tmp_path: Path) -> None:
         bank.append(torch.zeros(2, 3, 4), [1, 1])
     with pytest.raises(ValueError, match="lengths"):
         bank.append(torch.zeros(2, 3, 8), [1, 4])
+
+
+def test_gather_live_drops_rows_tombstoned_after_recall(tmp_path: Path) -> None:
+    """The race a search meets: rows recalled, then deleted (or replaced) by another request, then gathered."""
+    bank = TokenBank(tmp_path, 8, "fp")
+    t = _batch(4, 3, seed=5)
+    rows = bank.append(t, [3, 2, 3, 1])
+    recalled = rows[[2, 0, 3, 1]]
+    bank.delete([rows[0], rows[1]])  # a concurrent delete, after the recall
+    tok, mask, kept = bank.gather_live(recalled)
+    assert kept.tolist() == [0, 2]  # positions into `recalled`: rows[2] and rows[3] survive, in order
+    torch.testing.assert_close(tok[0, :3], t[2].half())
+    torch.testing.assert_close(tok[1, :1], t[3, :1].half())
+    assert mask.sum(1).tolist() == [3, 1]
+    # rows written by another writer after this reader opened are found after one refresh
+    other = TokenBank(tmp_path, 8, "fp")
+    new = other.append(_batch(1, 2, seed=6), [2])
+    tok, mask, kept = bank.gather_live(np.array([new[0], rows[1]]))
+    assert kept.tolist() == [0] and mask.sum().item() == 2
+    # nothing live: an empty answer, not an error
+    tok, mask, kept = bank.gather_live(np.array([rows[0]]))
+    assert len(kept) == 0 and tok.shape[0] == 0

@@ -37,7 +37,8 @@ async def upload_images(request: Request, engine: EngineDep) -> dict[str, Any]:
     if not uploads:
         raise ApiError(422, "multipart field 'files' holds no file", "invalid_request")
     if len(uploads) > s.max_files:
-        raise ApiError(413, f"{len(uploads)} files in one request; the limit is {s.max_files}", "too_many_files")
+        raise ApiError(413, f"{len(uploads)} files in one request; the limit is {s.max_files} (max_files)",
+                       "too_many_files")
     raw_ids = [str(v) for v in form.getlist("ids")]
     ids: list[Any] = (strict_loads(raw_ids[0].encode(), s, what="'ids'")
                       if len(raw_ids) == 1 and raw_ids[0].startswith("[") else raw_ids)
@@ -75,7 +76,8 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 async def add_texts(body: TextsIn, engine: EngineDep) -> dict[str, Any]:
     s = engine.settings
     if len(body.items) > s.max_texts_per_request:
-        raise ApiError(413, f"{len(body.items)} texts in one request; the limit is {s.max_texts_per_request}",
+        raise ApiError(413, f"{len(body.items)} texts in one request; the limit is {s.max_texts_per_request} "
+                       "(max_texts_per_request)",
                        "too_many_items")
     for k, i in enumerate(body.items):  # everything checked before anything is written
         if i.id is not None:

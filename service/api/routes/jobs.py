@@ -36,7 +36,8 @@ async def create_job(request: Request, engine: EngineDep, jobs: JobsDep) -> dict
             while chunk := await upload.read(1 << 20):
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, f"archive is larger than the limit of {limit} bytes", "too_large")
+                    raise ApiError(413, f"archive is larger than the limit of {limit} bytes (max_archive_bytes)",
+                                   "too_large")
                 await asyncio.to_thread(out.write, chunk)
     except BaseException:
         jobs.discard(job_id)
