@@ -54,8 +54,18 @@ class MatcherConfig:
     num_samples: int = 100  # perturbed top-k samples
     # tokens minus their item's mean (what is particular to each patch or word), as the backbone's token term saw them
     centre: bool = False
-    # residual adapters on tokens (zero-initialised)
+    # per-item context before matching, each zero-initialised (the matcher starts from the backbone's own tokens):
+    # word_context: one bidirectional self-attention block over the caption's words (the backbone's text tokens are
+    # causal, so "red" never sees the "circle" it belongs to nor the "left of" after it); patch_position: a learned
+    # embedding of each patch's place in the grid (relations such as "left of" or "above" are about places);
+    # patch_context: a self-attention block over the image's patches (costly at query time, ablation)
+    word_context: bool = True
+    patch_position: bool = True
+    patch_context: bool = False
+    # residual adapters on tokens (zero-initialised); patch_adapter=False keeps them on the words only: the
+    # per-patch MLP is most of the rerank stage's time (every candidate image's every patch, at query time)
     adapters: bool = True
+    patch_adapter: bool = False
     adapter_hidden: int = 256
     # similarity interaction (eqs. 7–9)
     temperature: float = 10.0  # initial inverse temperature of the inner softmaxes
@@ -64,6 +74,10 @@ class MatcherConfig:
     # LDA aggregation of the word scores
     lda_hidden: int = 256
     aggregation: str = "weighted"  # "weighted": importance-weighted sum + mean; "sum": plain Σ + mean
+    # a third LDA branch: the soft minimum of the word scores (learnable temperature). A caption is true of an
+    # image only if each of its parts is, so one unmatched word ("purple" where the triangle is red) should
+    # weigh more than its 1/L share of a mean
+    softmin: bool = False
     # fusion with the global score: S = (1−w)·global + w·patch, w learned in training, then tuned per direction
     fusion: str = "learned"  # or "fixed"
     fusion_share: float = 0.25  # MGAN's β=0.6, λ=0.2 as a share
@@ -92,7 +106,12 @@ class MatcherConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown matcher options {sorted(unknown)} (bundle from another finesearch version?)")
-        return cls(**d)
+        return cls(**{**ABSENT_MEANS, **d})
+
+
+# options added after bundle format 2 whose new default differs from what older bundles were trained with:
+# a saved config without them gets these values, so older bundles keep scoring exactly as they were trained
+ABSENT_MEANS = {"word_context": False, "patch_position": False, "softmin": False, "patch_adapter": True}
 
 
 def masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -140,18 +159,42 @@ class Adapter(nn.Module):
         return F.normalize(x + self.down(F.gelu(self.up(x))), dim=-1)
 
 
+class Refiner(nn.Module):
+    """Pre-norm transformer block over one item's tokens, its output projections zero-initialised (identity at
+    the start). Padding never reaches a real token: masked keys are ignored, masked outputs are zeroed."""
+
+    def __init__(self, dim: int, heads: int = 4) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        for lin in (self.attn.out_proj, self.mlp[2]):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        pad = None
+        if mask is not None:
+            pad = ~mask
+            pad = pad & mask.any(dim=-1, keepdim=True)  # an empty caption attends to its padding: zeroed below
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        x = x + self.mlp(self.norm2(x))
+        return x * mask[..., None] if mask is not None else x
+
+
 class LDA(nn.Module):
     """Lightweight dynamic aggregator: (w_sum, w_mean) from the caption's words and its length.
 
     Project up (hidden ≥ d + 1), non-linearity, project back, residual, softmax — as the LDA paper describes.
     """
 
-    def __init__(self, dim: int, hidden: int, max_words: int) -> None:
+    def __init__(self, dim: int, hidden: int, max_words: int, branches: int = 2) -> None:
         super().__init__()
         self.max_words = max_words
         self.up = nn.Linear(dim + 1, hidden)
         self.down = nn.Linear(hidden, dim + 1)
-        self.head = nn.Linear(dim + 1, 2)
+        self.head = nn.Linear(dim + 1, branches)
 
     def forward(self, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         n = mask.sum(-1, keepdim=True).to(words.dtype)
@@ -179,7 +222,7 @@ class PreparedTexts:
     words: torch.Tensor  # [B, max_words, d] adapted, normalised, zero padded
     mask: torch.Tensor  # [B, max_words]
     globals: torch.Tensor  # [B, d]
-    lda: torch.Tensor  # [B, 2] (w_sum, w_mean)
+    lda: torch.Tensor  # [B, 2] (w_sum, w_mean), or [B, 3] (w_sum, w_mean, w_min) with softmin
     importance: torch.Tensor  # [B, max_words] word weights of the sum branch, summing to 1 over real words
 
     def take(self, idx: torch.Tensor) -> PreparedTexts:
@@ -211,7 +254,10 @@ class Matcher(nn.Module):
             self.sel_patch = nn.Linear(c.dim, c.selector_hidden)
             self.sel_global = nn.Linear(c.dim, c.selector_hidden, bias=False)
             self.sel_out = nn.Linear(c.selector_hidden, 1)
-        self.patch_adapter = Adapter(c.dim, c.adapter_hidden) if c.adapters else None
+        self.patch_refiner = Refiner(c.dim) if c.patch_context else None
+        self.word_refiner = Refiner(c.dim) if c.word_context else None
+        self.patch_pos = nn.Parameter(torch.zeros(c.num_patches, c.dim)) if c.patch_position else None
+        self.patch_adapter = Adapter(c.dim, c.adapter_hidden) if c.adapters and c.patch_adapter else None
         self.word_adapter = Adapter(c.dim, c.adapter_hidden) if c.adapters else None
         if c.slot_linear:
             self.lin1 = nn.Linear(c.max_words, c.max_words)  # over the words of one patch row
@@ -226,7 +272,8 @@ class Matcher(nn.Module):
             self.importance = nn.Linear(c.dim, 1)
             nn.init.zeros_(self.importance.weight)
             nn.init.zeros_(self.importance.bias)
-        self.lda = LDA(c.dim, c.lda_hidden, c.max_words)
+        self.lda = LDA(c.dim, c.lda_hidden, c.max_words, 3 if c.softmin else 2)
+        self.log_min_temp = nn.Parameter(torch.tensor(math.log(c.temperature))) if c.softmin else None
         self.fusion_mix = nn.Parameter(torch.tensor(math.log(c.fusion_share / (1 - c.fusion_share))),
                                        requires_grad=c.fusion == "learned")
         # set on validation after training (see training/calibrate.py): per direction, the patch share and
@@ -255,17 +302,30 @@ class Matcher(nn.Module):
         patches = patches.float()
         if self.config.centre:
             patches = centre_tokens(patches)
+        if self.patch_pos is not None:
+            if patches.shape[1] != self.patch_pos.shape[0]:
+                raise ValueError(f"{patches.shape[1]} patches per image, but the matcher was built for "
+                                 f"{self.patch_pos.shape[0]}")
+            patches = patches + self.patch_pos
+        if self.patch_refiner is not None:
+            patches = self.patch_refiner(patches)
         sel = self.select(patches, globals_.float())
         sel = self.patch_adapter(sel) if self.patch_adapter is not None else F.normalize(sel, dim=-1)
         return PreparedImages(sel, globals_.float())
 
     def prepare_texts(self, words: torch.Tensor, mask: torch.Tensor, globals_: torch.Tensor) -> PreparedTexts:
-        words, mask = pad_words(words.float(), mask.bool(), self.config.max_words)
+        width = self.config.max_words
+        words, mask = pad_words(words.float(), mask.bool(), width)
+        # the work runs over the longest caption here, not the full context (same values: padding is masked)
+        n = max(1, int(mask.sum(dim=1).max())) if mask.shape[0] else 1
+        words, mask = words[:, :n], mask[:, :n]
         if self.config.centre:
             words = centre_tokens(words, mask)
+        if self.word_refiner is not None:
+            words = self.word_refiner(words, mask)
         if self.word_adapter is not None:
             words = self.word_adapter(words)
-        words = words * mask[..., None]
+        words, mask = pad_words(words * mask[..., None], mask, width)
         logits = self.importance(words).squeeze(-1) if self.importance is not None else torch.zeros_like(mask, dtype=
                                                                                                         words.dtype)
         importance = masked_softmax(logits, mask)
@@ -301,6 +361,9 @@ class Matcher(nn.Module):
         mean = s_w.sum(-1) / n
         summed = (importance * s_w).sum(-1) if self.config.aggregation == "weighted" else s_w.sum(-1)
         s_p2w = lda[..., 0] * summed + lda[..., 1] * mean
+        if self.log_min_temp is not None:
+            soft = masked_softmax(-self.log_min_temp.exp() * s_w, txt_mask.bool())
+            s_p2w = s_p2w + lda[..., 2] * (soft * s_w).sum(-1)
         return Interaction((s_w2p + s_p2w) / 2, s_w, att)
 
     def mix(self, s_global: torch.Tensor, s_patch: torch.Tensor, direction: str | None = None) -> torch.Tensor:

@@ -41,7 +41,7 @@ class TrainConfig:
     clip_minutes: float | None = None  # wall-clock budget, whichever ends first
     clip_batch: int = 128
     clip_lr: float = 1e-3
-    token_loss: float = 0.5  # FILIP-style word–patch contrastive term weight
+    token_loss: float = 1.0  # FILIP-style word–patch contrastive term weight
     token_centre: bool = False  # the token term on centred tokens (losses.centre_tokens)
     hard_batches: float = 0.5  # share of each batch drawn as clusters of mutual neighbours
     cluster: int = 8  # images per cluster

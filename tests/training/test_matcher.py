@@ -2,16 +2,19 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from training.backbone import Backbone
+from training.bundle import load_bundle, save_bundle
 from training.losses import list_triplet_loss, listwise_loss, triplet_loss
 from training.matcher import LDA, Matcher, MatcherConfig, PreparedImages, PreparedTexts
 
 CFG = MatcherConfig(dim=16, num_patches=12, max_words=10, top_k=5, selector_hidden=8, adapter_hidden=8,
-                    lda_hidden=24, num_samples=50)
+                    lda_hidden=24, num_samples=50, word_context=False, patch_position=False, patch_adapter=True)
 # every option the matcher has, each changed alone from CFG
 OPTIONS = {
     "selector": CFG,
@@ -21,6 +24,12 @@ OPTIONS = {
     "fixed_temperature": replace(CFG, temperature=1.0, learn_temperature=False),
     "sum_aggregation": replace(CFG, aggregation="sum"),
     "fixed_fusion": replace(CFG, fusion="fixed"),
+    "word_context": replace(CFG, word_context=True),
+    "patch_position": replace(CFG, patch_position=True),
+    "patch_context": replace(CFG, patch_context=True),
+    "softmin": replace(CFG, softmin=True),
+    "words_only_adapter": replace(CFG, patch_adapter=False, patch_position=True),
+    "all_context": replace(CFG, top_k=0, word_context=True, patch_position=True, patch_context=True),
 }
 
 
@@ -169,9 +178,14 @@ def test_whole_matcher_gets_gradients_from_the_loss(option: str) -> None:
     names = ["lda.head.weight", "lda.up.weight"]
     names += ["importance.weight"] if cfg.aggregation == "weighted" else []
     names += ["sel_patch.weight"] if cfg.top_k else []
-    names += ["patch_adapter.down.weight", "word_adapter.down.weight"] if cfg.adapters else []
+    names += ["word_adapter.down.weight"] if cfg.adapters else []
+    names += ["patch_adapter.down.weight"] if cfg.adapters and cfg.patch_adapter else []
     names += ["lin1.weight", "lin2.weight", "lin3.weight"] if cfg.slot_linear else []
     names += ["log_temp"] if cfg.learn_temperature else []
+    names += ["word_refiner.attn.in_proj_weight", "word_refiner.mlp.0.weight"] if cfg.word_context else []
+    names += ["patch_refiner.attn.in_proj_weight", "patch_refiner.mlp.0.weight"] if cfg.patch_context else []
+    names += ["patch_pos"] if cfg.patch_position else []
+    names += ["log_min_temp"] if cfg.softmin else []
     names += ["fusion_mix"] if cfg.fusion == "learned" else []
     params = dict(m.named_parameters())
     for name in names:
@@ -282,3 +296,70 @@ def test_config_rejects_bad_options() -> None:
         replace(CFG, top_k=13)
     with pytest.raises(ValueError, match="unknown matcher options"):
         MatcherConfig.from_dict({**CFG.to_dict(), "fusion_global": 0.6})
+
+
+def test_context_options_start_as_identity() -> None:
+    """Zero-initialised: a fresh matcher with word context, patch positions and patch context prepares exactly
+    the tokens a plain one does, so training starts from the backbone's own space."""
+    plain = Matcher(replace(CFG, top_k=0)).eval()
+    ctx = Matcher(OPTIONS["all_context"]).eval()
+    ctx.load_state_dict(plain.state_dict(), strict=False)
+    p, v, w, mask, t = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(ctx.prepare_images(p, v).patches, plain.prepare_images(p, v).patches)
+        torch.testing.assert_close(ctx.prepare_texts(w, mask, t).words, plain.prepare_texts(w, mask, t).words)
+
+
+def test_word_context_lets_a_word_read_the_words_after_it() -> None:
+    """Causal tokens never see what follows; with word context, changing the last word changes the first."""
+    m = _trained_like(OPTIONS["word_context"])
+    p, v, w, mask, t = _inputs()
+    w2 = w.clone()
+    w2[0, 6] = F.normalize(torch.randn(16), dim=0)
+    with torch.no_grad():
+        a, b = m.prepare_texts(w, mask, t).words, m.prepare_texts(w2, mask, t).words
+    assert float((a[0, 0] - b[0, 0]).abs().max()) > 1e-3
+    torch.testing.assert_close(a[1:], b[1:])  # other captions untouched
+
+
+def test_patch_positions_make_the_score_depend_on_where_a_patch_is() -> None:
+    m = _trained_like(OPTIONS["patch_position"])
+    p, v, w, mask, t = _inputs()
+    perm = torch.randperm(12)
+    with torch.no_grad():
+        a = m.score_matrix(m.prepare_images(p, v), m.prepare_texts(w, mask, t))
+        b = m.score_matrix(m.prepare_images(p[:, perm], v), m.prepare_texts(w, mask, t))
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="patches per image"):
+        m.prepare_images(p[:, :5], v)
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_bundles_round_trip_every_option(option: str, tiny_backbone: Backbone, tmp_path: Path) -> None:
+    b = tiny_backbone
+    grid = b.model.visual.grid_size
+    cfg = replace(OPTIONS[option], dim=b.embed_dim, num_patches=grid[0] * grid[1], max_words=b.context_length - 2,
+                  top_k=min(OPTIONS[option].top_k, 8))
+    m = _trained_like(cfg)
+    m.set_shares(0.3, 0.7)
+    save_bundle(tmp_path / "bundle", b, m, include_backbone=True)
+    loaded = load_bundle(tmp_path / "bundle", device="cpu").matcher
+    assert loaded.config == cfg
+    g = torch.Generator().manual_seed(4)
+    p = F.normalize(torch.randn(3, cfg.num_patches, cfg.dim, generator=g), dim=-1)
+    v = F.normalize(torch.randn(3, cfg.dim, generator=g), dim=-1)
+    w = F.normalize(torch.randn(3, 9, cfg.dim, generator=g), dim=-1)
+    mask = torch.arange(9)[None, :] < torch.tensor([9, 4, 2])[:, None]
+    with torch.no_grad():
+        for d in ("t2i", "i2t"):
+            want = m.score_matrix(m.prepare_images(p, v), m.prepare_texts(w, mask, v), d)
+            got = loaded.score_matrix(loaded.prepare_images(p, v), loaded.prepare_texts(w, mask, v), d)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_an_older_config_without_the_new_options_loads_as_trained() -> None:
+    added = ("word_context", "patch_position", "patch_context", "softmin", "patch_adapter")
+    cfg = MatcherConfig.from_dict({k: v for k, v in CFG.to_dict().items() if k not in added})
+    assert not any(getattr(cfg, k) for k in added[:-1]) and cfg.patch_adapter
+    new = MatcherConfig()  # what a new training uses
+    assert new.word_context and new.patch_position and not new.patch_adapter
