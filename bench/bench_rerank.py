@@ -21,12 +21,13 @@ from training.matcher import Matcher, MatcherConfig
 
 BACKBONES = {"tiny": MatcherConfig(dim=128, num_patches=64, max_words=30),
              "ViT-B-32": MatcherConfig(dim=512, num_patches=49, max_words=75)}
-VARIANTS = {
-    "selector top-16 (benchmarked before)": {"top_k": 16},
-    "all patches, adapters": {},
-    "+ word context": {"word_context": True},
-    "+ word context + patch positions (default)": {"word_context": True, "patch_position": True},
-    "+ patch context": {"word_context": True, "patch_position": True, "patch_context": True},
+VARIANTS = {  # changes from MatcherConfig's defaults
+    "before: top-16 selector, adapters": {"top_k": 16, "word_context": False, "patch_position": False,
+                                          "patch_adapter": True},
+    "interim: all patches, adapters": {"word_context": False, "patch_position": False, "patch_adapter": True},
+    "default: word context, positions": {},
+    "default + patch adapter": {"patch_adapter": True},
+    "default + patch context": {"patch_context": True},
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,11 @@ def prepare_demo(engine: Engine, synth_dir: Path) -> tuple[list[str], list[str]]
     si = engine.indexer.index_images(images, progress=True)
     st = engine.indexer.index_texts(texts, progress=True)
     print(f"indexed {si.indexed} images and {st.indexed} captions ({si.skipped + st.skipped} already there)")
-    hard = [(it.captions[0], it.image_id) for it in items if it.metadata.get("meta_hard_case")]
+    # every caption of a twin that no other image shares (so "its image" is one image), first captions first
+    uses = Counter(c for it in items for c in it.captions)
+    twins = [it for it in items if it.metadata.get("meta_hard_case")]
+    hard = [(it.captions[k], it.image_id) for k in range(5) for it in twins
+            if k < len(it.captions) and uses[it.captions[k]] == 1]
     return asyncio.run(rerank_wins(engine, hard)), [c for c, _ in hard[:4]]
 
 

@@ -83,8 +83,8 @@ def test_demo_hard_cases_come_first_only_with_rerank(tmp_path: Path) -> None:
     try:
         wins, hard = prepare_demo(srv.engine, synth)
         assert len(hard) == 4 and wins, "no hard case where reranking puts the right image first"
-        doc = {s["sentences"][0]["raw"]: str(s["imgid"]) for s in __import__("json").loads(
-            (synth / "dataset.json").read_text())["images"]}
+        doc = {c["raw"]: str(s["imgid"]) for s in __import__("json").loads(
+            (synth / "dataset.json").read_text())["images"] for c in s["sentences"]}  # wins are unique captions
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             for caption in wins:
                 on = c.post("/v1/search/images", json={"text": caption, "limit": 1}).json()["results"][0]

@@ -95,7 +95,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Matcher:
                                 schedule="cosine", grad_clip=2.0, margin=0.2, listwise=1.0, triplet=1.0,
                                 patch_loss=1.0, listwise_scale=20.0, val_every=50, val_candidates=8,
                                 backbone_lr_scale=0.1)
-    m = Matcher(MatcherConfig(dim=DIM, num_patches=PATCHES, max_words=WORDS, adapter_hidden=32, lda_hidden=32))
+    # the patch adapter on: this world's patch and word tokens are built from different parts, so the image
+    # side needs a map of its own (the default leaves it off for speed; real tokens share one space)
+    m = Matcher(MatcherConfig(dim=DIM, num_patches=PATCHES, max_words=WORDS, adapter_hidden=32, lda_hidden=32,
+                              patch_adapter=True))
     dev = torch.device("cpu")
     train_matcher(m, Frozen(world(200, 1), dev), Frozen(world(60, 2), dev), cfg, tmp_path / "m.ckpt", False, dev,
                   progress=False, log=lambda *_: None, schedule=_schedule, save=_save_checkpoint,
