@@ -2,9 +2,11 @@
 
     python bench/bench_rerank.py [--candidates 100] [--repeats 200] [--threads 2]
 
-This is what `engine._rerank` runs for one request (query preparation, candidate preparation, the
-interaction and the fusion), without HTTP, recall or the token gather, so configurations can be compared
-in one run on the same machine. Weights are random (same compute as trained ones); captions have 12 words.
+This is what `engine._rerank` runs for one request, without HTTP, recall or the token gather, so
+configurations can be compared in one run on the same machine: "prepared" is the service's path (the query
+prepared here, the candidates' features prepared at indexing: the interaction and the fusion alone);
+"on the fly" also prepares the 100 candidates per query, as the service did before index-time preparation.
+Weights are random (same compute as trained ones); captions have 12 words.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from common import summary, table, write
 
-from training.matcher import Matcher, MatcherConfig
+from training.matcher import Matcher, MatcherConfig, PreparedImages
 
 BACKBONES = {"tiny": MatcherConfig(dim=128, num_patches=64, max_words=30),
              "ViT-B-32": MatcherConfig(dim=512, num_patches=49, max_words=75)}
@@ -31,7 +33,7 @@ VARIANTS = {  # changes from MatcherConfig's defaults
 }
 
 
-def time_rerank(m: Matcher, direction: str, k: int, words: int, repeats: int) -> list[float]:
+def time_rerank(m: Matcher, direction: str, k: int, words: int, repeats: int, prepared: bool) -> list[float]:
     c = m.config
     g = torch.Generator().manual_seed(0)
     patches = F.normalize(torch.randn(k, c.num_patches, c.dim, generator=g), dim=-1)
@@ -41,15 +43,25 @@ def time_rerank(m: Matcher, direction: str, k: int, words: int, repeats: int) ->
     s_global = torch.rand(k, generator=g)
     ms = []
     with torch.inference_mode():
+        # what the token bank holds for each candidate when it was prepared at indexing (fp16 there)
+        stored_img = m.prepare_images(patches, globals_).patches.half()
+        txt = m.prepare_texts(toks, mask, torch.zeros_like(globals_))
+        stored_words, stored_lda = txt.words[:, :words].half(), txt.lda
         for r in range(repeats + 10):
             t = time.perf_counter()
             if direction == "t2i":  # one caption against k images
                 q = m.prepare_texts(toks[:1], mask[:1], globals_[:1]).trimmed().take(torch.zeros(k, dtype=torch.long))
-                cand = m.prepare_images(patches, globals_)
+                if prepared:
+                    cand = PreparedImages(stored_img.float(), torch.zeros_like(globals_))
+                else:
+                    cand = m.prepare_images(patches, globals_)
                 m.score_pairs(cand, q, s_global, direction)
             else:  # one image against k captions
                 q = m.prepare_images(patches[:1], globals_[:1]).take(torch.zeros(k, dtype=torch.long))
-                cand = m.prepare_texts(toks, mask, torch.zeros_like(globals_)).trimmed()
+                if prepared:
+                    cand = m.texts_from_words(stored_words.float(), mask, None, stored_lda).trimmed()
+                else:
+                    cand = m.prepare_texts(toks, mask, torch.zeros_like(globals_)).trimmed()
                 m.score_pairs(q, cand, s_global, direction)
             if r >= 10:  # warm-up excluded
                 ms.append((time.perf_counter() - t) * 1000)
@@ -71,10 +83,12 @@ def main() -> None:
             torch.manual_seed(0)
             m = Matcher(replace(BACKBONES[name], **opts)).eval()
             for direction in ("t2i", "i2t"):
-                s = summary(time_rerank(m, direction, a.candidates, a.words, a.repeats))
-                rows.append({"backbone": name, "matcher": label, "query": direction, **s})
-                print(f"{name:8s} {label:45s} {direction}  p50 {s['p50_ms']:.2f} ms", flush=True)
-    print(table(rows, ["backbone", "matcher", "query", "p50_ms", "p95_ms", "queries"]))
+                for prepared in (False, True):
+                    s = summary(time_rerank(m, direction, a.candidates, a.words, a.repeats, prepared))
+                    where = "prepared" if prepared else "on the fly"
+                    rows.append({"backbone": name, "matcher": label, "query": direction, "candidates": where, **s})
+                    print(f"{name:8s} {label:40s} {direction} {where:10s} p50 {s['p50_ms']:.2f} ms", flush=True)
+    print(table(rows, ["backbone", "matcher", "query", "candidates", "p50_ms", "p95_ms", "queries"]))
     print("results:", write("rerank", {"args": vars(a), "rows": rows}))
 
 

@@ -8,14 +8,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rich.console import Console
 from rich.table import Table
 
 from training.cli_args import add_backbone_args, backbone_from_args
 from training.datasets import FORMATS, read_dataset
+from training.tokenbank import TokenBank
 
 from .pipeline import Failure, ImageItem, Indexer, Summary, TextItem, metadata_entry
-from .stores import IMAGES, open_store
+from .preparation import PREPARED_SUFFIX, PreparationMismatch, Preparer, reprepare
+from .stores import IMAGES, TEXTS, open_store
 from .validation import path_id
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -62,6 +66,13 @@ def register(sub: Any) -> None:
     add_backbone_args(pc)
     pc.set_defaults(func=cmd_compact)
 
+    pr = isub.add_parser("reprepare", help="prepare the indexed items' matcher features for another model bundle "
+                                           "on the same backbone, from the kept raw tokens (with the server stopped)")
+    pr.add_argument("--batch-size", type=int, default=256)
+    add_store_args(pr)
+    add_backbone_args(pr)
+    pr.set_defaults(func=cmd_reprepare)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
@@ -70,15 +81,36 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, help="write the summary (with every failure) as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 when any item failed")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--keep-raw-tokens", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep each item's raw tokens beside its prepared matcher features (default), so a new "
+                        "matcher needs `index reprepare` instead of re-encoding; --no-keep-raw-tokens halves the "
+                        "token bytes (needs --model)")
     add_store_args(p)
     add_backbone_args(p)
 
 
 def make_indexer(args: argparse.Namespace) -> Indexer:
+    """With --model, the bundle's matcher prepares each item's features as it is indexed (what the service
+    reranks on); a bare backbone stores raw tokens only, to be prepared later by `index reprepare`."""
+    keep_raw = getattr(args, "keep_raw_tokens", True)
+    matcher = None
+    if args.model:
+        from training.bundle import load_bundle
+
+        bundle = load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir)
+        backbone, matcher = bundle.backbone, bundle.matcher
+    else:
+        if not keep_raw:
+            raise SystemExit("finesearch: error: --no-keep-raw-tokens needs --model: without a matcher the raw "
+                             "tokens are the only token features")
+        backbone = backbone_from_args(args)
     store = open_store(args.data_dir, args.qdrant_url, args.qdrant_api_key, prefix=args.qdrant_prefix)
-    backbone = backbone_from_args(args)
-    return Indexer(backbone, store, args.data_dir, batch_size=getattr(args, "batch_size", 64),
-                   workers=getattr(args, "workers", 4))
+    try:
+        return Indexer(backbone, store, args.data_dir, batch_size=getattr(args, "batch_size", 64),
+                       workers=getattr(args, "workers", 4), matcher=matcher, keep_raw_tokens=keep_raw)
+    except BaseException:
+        store.close()
+        raise
 
 
 def expand_paths(paths: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -166,6 +198,46 @@ def cmd_compact(args: argparse.Namespace) -> int:
     finally:
         indexer.close()
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_reprepare(args: argparse.Namespace) -> int:
+    if not args.model:
+        raise SystemExit("finesearch: error: reprepare needs --model: the bundle whose matcher will serve this index")
+    from training.bundle import load_bundle
+
+    bundle = load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir)
+    backbone = bundle.backbone
+    preparer = Preparer(bundle.matcher, backbone.fingerprint)
+    needs_globals = bool(bundle.matcher.config.top_k)  # the patch selector reads each image's global vector
+    store = open_store(args.data_dir, args.qdrant_url, args.qdrant_api_key, prefix=args.qdrant_prefix)
+    out: dict[str, Any] = {}
+    try:
+        store.bind_backbone(backbone.fingerprint, backbone.embed_dim, backbone.describe())
+        tokens = Path(args.data_dir) / "tokens"
+        names = sorted(p.name for p in tokens.iterdir() if p.is_dir() and "." not in p.name) if tokens.is_dir() else []
+        for name in names:
+            payloads = list(store.scroll(name))
+            kinds = {p.get("kind") for p in payloads} - {None}
+            kind = {IMAGES: "images", TEXTS: "texts"}.get(name) or ("texts" if kinds == {"text"} else "images")
+            raw = TokenBank(tokens / name, backbone.embed_dim, backbone.fingerprint)
+            live = np.array(sorted(int(p["row"]) for p in payloads if isinstance(p.get("row"), int)), dtype=np.int64)
+            missing = np.setdiff1d(live, raw.live_rows())
+            if len(missing):
+                raise PreparationMismatch(
+                    f"{len(missing)} of the {len(live)} items of collection {name!r} have no raw tokens (indexed "
+                    "with --no-keep-raw-tokens): re-index them with this model (`finesearch index ... --force`)")
+            globals_of = None
+            if needs_globals and kind == "images":
+                ids = [str(p["item_id"]) for p in payloads if isinstance(p.get("row"), int)]
+                globals_of = {}
+                for lo in range(0, len(ids), 1024):
+                    for pay, vec in store.retrieve(name, ids[lo:lo + 1024], with_vectors=True).values():
+                        globals_of[int(pay["row"])] = vec
+            out[name + PREPARED_SUFFIX] = reprepare(raw, preparer, kind, live, globals_of, args.batch_size)
+    finally:
+        store.close()
+    print(json.dumps(out, indent=2))
     return 0
 
 

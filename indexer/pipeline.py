@@ -5,6 +5,8 @@ Decoding of batch i+1 runs on a thread pool while batch i is being encoded
 is the bottleneck, not JPEG decoding. Writes go features-first: the token bank
 append is durable before the Qdrant upsert, so a crash leaves at most orphan
 token rows (dropped by `compact`), never a searchable point without features.
+With a matcher, each item's prepared features (indexer/preparation.py) are written
+before its raw tokens, so every raw row has prepared features even after a crash.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from tqdm import tqdm
 
 from training.backbone import Backbone
 from training.images import DEFAULT_MAX_PIXELS, ImageRejected, load_with_info
+from training.matcher import Matcher
 from training.tokenbank import TokenBank
 
 from .blobs import BlobStore
+from .preparation import Prepared, Preparer, open_prepared
 from .stores import IMAGES, TEXTS, VectorStore
 from .validation import PayloadLimits, PayloadRejected, check_id, check_metadata
 
@@ -151,7 +155,12 @@ class Indexer:
         indexed_fields: Mapping[str, str] | None = None,
         bank_device: str | None = None,
         limits: PayloadLimits | None = None,
+        matcher: Matcher | None = None,
+        keep_raw_tokens: bool = True,
     ) -> None:
+        """`matcher`: prepare each item's matcher features at indexing time (what the service reranks on).
+        `keep_raw_tokens=False` stores only those (about half the bytes), at the price of re-encoding every
+        item for a new matcher instead of `finesearch index reprepare`."""
         self.backbone = backbone
         self.store = store
         self.data_dir = Path(data_dir)
@@ -161,22 +170,44 @@ class Indexer:
         self.indexed_fields = dict(indexed_fields or {})
         self.bank_device = bank_device
         self.limits = limits or PayloadLimits()
+        if matcher is None and not keep_raw_tokens:
+            raise ValueError("without a matcher the raw tokens are the only token features: keep them")
+        self.preparer = Preparer(matcher, backbone.fingerprint) if matcher is not None else None
+        self.keep_raw_tokens = keep_raw_tokens
         store.bind_backbone(backbone.fingerprint, backbone.embed_dim, backbone.describe())
-        self.banks: dict[str, TokenBank] = {}
+        self.banks: dict[str, TokenBank] = {}  # raw tokens (row ids are allocated here)
+        self.prepared: dict[str, TokenBank] = {}  # the matcher's prepared features, same row ids
         self._write_lock = threading.RLock()
         for coll in (IMAGES, TEXTS):
             self.collection(coll)
 
-    def collection(self, name: str) -> TokenBank:
-        """Create the collection and its token bank on first use; return the bank."""
+    def collection(self, name: str, kind: str | None = None) -> TokenBank:
+        """Create the collection and its token banks on first use; return the raw bank.
+
+        `kind` ("images" or "texts") says what a collection other than the two standard ones holds."""
         with self._write_lock:
             if name not in self.banks:
                 if not name.replace("_", "").replace("-", "").isalnum():
                     raise ValueError(f"collection names are letters, digits, '-' and '_' only, not {name!r}")
+                kind = kind or {IMAGES: "images", TEXTS: "texts"}.get(name)
                 self.store.ensure_collection(name, self.backbone.embed_dim, self.indexed_fields)
-                self.banks[name] = TokenBank(self.data_dir / "tokens" / name, self.backbone.embed_dim,
-                                             self.backbone.fingerprint, device=self.bank_device)
+                # the bank the service gathers from lives on the device; raw tokens then serve only reprepare
+                raw = TokenBank(self.data_dir / "tokens" / name, self.backbone.embed_dim, self.backbone.fingerprint,
+                                device=None if self.preparer else self.bank_device)
+                if self.preparer is not None:
+                    if kind is None:
+                        raise ValueError(f"say whether collection {name!r} holds images or texts")
+                    self.prepared[name] = open_prepared(raw, self.preparer, kind, self.data_dir, self.bank_device)
+                self.banks[name] = raw
             return self.banks[name]
+
+    def serving_bank(self, name: str) -> TokenBank:
+        """What a search gathers candidates' features from: the prepared bank, or the raw one without a matcher."""
+        prepared = self.prepared.get(name)
+        return prepared if prepared is not None else self.banks[name]
+
+    def _prepare_features(self, kind: str, tokens: Any, lengths: np.ndarray, globals_: Any) -> Prepared | None:
+        return self.preparer.prepare(kind, tokens, lengths, globals_) if self.preparer is not None else None
 
     # --------------------------------------------------------------- images
     def _read(self, item: ImageItem) -> tuple[bytes, str, str]:
@@ -250,7 +281,7 @@ class Indexer:
                      total: int | None = None, on_batch: Callable[[Summary], None] | None = None,
                      collection: str = IMAGES) -> Summary:
         """Index images; broken ones are reported in the summary, never raised."""
-        self.collection(collection)
+        self.collection(collection, "images")
         summary = Summary()
         start = time.perf_counter()
         items = list(items)
@@ -269,8 +300,9 @@ class Indexer:
                     summary.fail(pos, fail)
                 if prep.pixels is not None:
                     feats = self.backbone.encode_images(prep.pixels)
-                    refused = self._write(collection, prep.ids, feats.globals, feats.tokens,
-                                          np.full(len(prep.ids), feats.tokens.shape[1]), prep.payloads)
+                    lengths = np.full(len(prep.ids), feats.tokens.shape[1])
+                    refused = self._write(collection, prep.ids, feats.globals, feats.tokens, lengths, prep.payloads,
+                                          self._prepare_features("images", feats.tokens, lengths, feats.globals))
                     for k, (pos, iid) in enumerate(zip(prep.positions, prep.ids, strict=True)):
                         if k in refused:
                             summary.fail(pos, Failure(iid, refused[k], "store_refused"))
@@ -290,7 +322,7 @@ class Indexer:
     # ---------------------------------------------------------------- texts
     def index_texts(self, items: Iterable[TextItem], *, skip_existing: bool = True, progress: bool = False,
                     batch_size: int = 256, collection: str = TEXTS, max_chars: int = MAX_TEXT_CHARS) -> Summary:
-        self.collection(collection)
+        self.collection(collection, "texts")
         summary = Summary()
         start = time.perf_counter()
         items = list(items)
@@ -328,8 +360,9 @@ class Indexer:
                 feats = self.backbone.encode_texts([t for _, _, t, _ in todo])
                 payloads = [{"kind": "text", "text": t, "image_id": it.image_id, "metadata": dict(it.metadata),
                              **it.extra} for _, _, t, it in todo]
-                refused = self._write(collection, [i for _, i, _, _ in todo], feats.globals, feats.tokens,
-                                      feats.lengths.cpu().numpy(), payloads)
+                lengths = feats.lengths.cpu().numpy()
+                refused = self._write(collection, [i for _, i, _, _ in todo], feats.globals, feats.tokens, lengths,
+                                      payloads, self._prepare_features("texts", feats.tokens, lengths, None))
                 for k, (pos, iid, _, _) in enumerate(todo):
                     if k in refused:
                         summary.fail(pos, Failure(iid, refused[k], "store_refused"))
@@ -343,7 +376,7 @@ class Indexer:
 
     # ---------------------------------------------------------------- writes
     def _write(self, collection: str, ids: list[str], globals_: Any, tokens: Any, lengths: np.ndarray,
-               payloads: list[dict[str, Any]]) -> dict[int, str]:
+               payloads: list[dict[str, Any]], prepared: Prepared | None = None) -> dict[int, str]:
         """Features first (durable), then Qdrant, then tombstone the rows of replaced items.
 
         Returns {batch index: why the store refused it}. A refused batch is rolled back (its fresh rows
@@ -352,7 +385,7 @@ class Indexer:
         """
         with self._write_lock:
             try:
-                self._write_batch(collection, ids, globals_, tokens, lengths, payloads)
+                self._write_batch(collection, ids, globals_, tokens, lengths, payloads, prepared)
                 return {}
             except Exception as exc:
                 if len(ids) == 1:
@@ -360,17 +393,25 @@ class Indexer:
             refused: dict[int, str] = {}
             for k in range(len(ids)):
                 try:
+                    one = None if prepared is None else Prepared(
+                        prepared.tokens[k:k + 1], prepared.lengths[k:k + 1],
+                        None if prepared.extras is None else prepared.extras[k:k + 1])
                     self._write_batch(collection, ids[k:k + 1], globals_[k:k + 1], tokens[k:k + 1],
-                                      lengths[k:k + 1], payloads[k:k + 1])
+                                      lengths[k:k + 1], payloads[k:k + 1], one)
                 except Exception as exc:
                     refused[k] = f"the store refused the item: {exc}"
             return refused
 
     def _write_batch(self, collection: str, ids: list[str], globals_: Any, tokens: Any, lengths: np.ndarray,
-                     payloads: list[dict[str, Any]]) -> None:
+                     payloads: list[dict[str, Any]], prepared: Prepared | None) -> None:
         bank = self.banks[collection]
         previous = self.store.retrieve(collection, ids)
-        rows = bank.append(tokens, lengths, ids=ids)
+        rows = bank.reserve(len(ids))
+        if prepared is not None:  # prepared first: every raw row then has prepared features, crash or not
+            self.prepared[collection].append(prepared.tokens, prepared.lengths, ids=ids, rows=rows,
+                                             extras=prepared.extras)
+        if self.keep_raw_tokens or prepared is None:
+            bank.append(tokens, lengths, ids=ids, rows=rows)
         for p, r in zip(payloads, rows.tolist(), strict=True):
             p["row"] = int(r)
         try:
@@ -380,7 +421,13 @@ class Indexer:
             raise
         stale = [int(p["row"]) for p, _ in previous.values() if "row" in p]
         if stale:
-            bank.delete(r for r in stale if r in bank)
+            self._tombstone(collection, stale)
+
+    def _tombstone(self, collection: str, rows: list[int]) -> None:
+        """Tombstone rows in every bank of the collection that holds them."""
+        for bank in (self.banks[collection], self.prepared.get(collection)):
+            if bank is not None:
+                bank.delete(r for r in rows if r in bank)
 
     def _roll_back(self, collection: str, ids: list[str], rows: list[int]) -> None:
         """Tombstone the rows a refused upsert left unreferenced; rows a point does reference stay."""
@@ -389,7 +436,7 @@ class Indexer:
         except Exception:  # the store cannot even answer: leave the rows to `compact`, which drops orphans
             return
         referenced = {int(p["row"]) for p, _ in now.values() if "row" in p}
-        self.banks[collection].delete(r for r in rows if r not in referenced)
+        self._tombstone(collection, [r for r in rows if r not in referenced])
 
     def delete(self, collection: str, ids: Sequence[str]) -> int:
         """Remove items: Qdrant first (they stop matching), then tombstone their token rows."""
@@ -398,8 +445,7 @@ class Indexer:
             if not found:
                 return 0
             self.store.delete(collection, list(found))
-            bank = self.banks[collection]
-            bank.delete(int(p["row"]) for p, _ in found.values() if "row" in p and int(p["row"]) in bank)
+            self._tombstone(collection, [int(p["row"]) for p, _ in found.values() if "row" in p])
             return len(found)
 
     def compact(self) -> dict[str, dict[str, int]]:
@@ -415,6 +461,8 @@ class Indexer:
                     if p.get("blob"):
                         blobs.add(p["blob"])
                 out[coll] = bank.compact(live)
+                if coll in self.prepared:
+                    out[coll + ".prepared"] = self.prepared[coll].compact(live)
             blob_dir = self.data_dir / "blobs"
             if blob_dir.is_dir():
                 out["blobs"] = {"removed": BlobStore(blob_dir).sweep(blobs)}

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     device: str = "auto"
     precision: str = "auto"
     bank_on_device: bool = Field(False, description="keep token banks resident on the device (GPU)")
+    keep_raw_tokens: bool = Field(True, description="keep each item's raw tokens beside its prepared features, so "
+                                  "a new matcher needs `finesearch index reprepare`, not re-encoding")
 
     api_key: str | None = Field(None, description="when set, writes need 'Authorization: Bearer <key>'")
     auth_reads: bool = Field(False, description="require the API key for reads too")

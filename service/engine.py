@@ -1,8 +1,9 @@
 """The two-stage search and the write paths, independent of HTTP.
 
 Query flow (DESIGN.md): encode the query (global + tokens, micro-batched) →
-Qdrant top-`candidates` with the filter → gather the candidates' tokens from
-the token bank → the matcher scores every candidate of every query in the
+Qdrant top-`candidates` with the filter → gather the candidates' features,
+prepared by the matcher when they were indexed (indexer/preparation.py) →
+the similarity interaction scores every candidate of every query in the
 micro-batch in one call → fuse → sort → page. Model work runs on one model
 thread; store and bank calls on the default thread pool.
 """
@@ -31,7 +32,8 @@ from indexer.validation import PayloadLimits, id_problem
 from training.backbone import pad_words
 from training.bundle import Bundle, load_bundle
 from training.images import ImageRejected, load_for_model, probe_image
-from training.matcher import DIRECTIONS, KINDS
+from training.matcher import DIRECTIONS, KINDS, PreparedImages
+from training.tokenbank import Fetched
 
 from .batching import MicroBatcher, OutOfMemory
 from .config import Settings
@@ -66,19 +68,20 @@ class Outcome:
 
 @dataclass
 class _Query:
-    """Query features on the model device: global [d] and tokens [n, d]."""
+    """Query features on the model device: global [d] and tokens [n, d] (an indexed image's come prepared)."""
 
     globals: torch.Tensor
     tokens: torch.Tensor
+    prepared: bool = False
 
 
 @dataclass
 class _RerankJob:
     direction: str  # "t2i": text query vs image candidates; "i2t": image query vs text candidates
     query: _Query
-    tokens: torch.Tensor  # candidates' tokens [k, L, d] (fp16)
+    tokens: torch.Tensor  # candidates' prepared features [k, L, d] (fp16)
     mask: torch.Tensor  # [k, L]
-    globals: torch.Tensor | None  # [k, d]: image candidates' globals feed the patch selector
+    extras: torch.Tensor | None  # [k, e]: text candidates' LDA weights
     scores: torch.Tensor  # [k] global cosines from Qdrant
 
 
@@ -116,7 +119,8 @@ class Engine:
         self.indexer = Indexer(self.backbone, self.store, settings.data_dir, batch_size=settings.index_batch,
                                workers=settings.decode_workers, max_pixels=settings.max_image_pixels,
                                bank_device=str(self.device) if settings.bank_on_device else None,
-                               limits=PayloadLimits.from_settings(settings))
+                               limits=PayloadLimits.from_settings(settings), matcher=self.matcher,
+                               keep_raw_tokens=settings.keep_raw_tokens)
         self.blobs = BlobStore(settings.data_dir / "blobs")
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
         window = settings.batch_window_ms
@@ -133,10 +137,13 @@ class Engine:
         """One tiny pass through every model path, so the first request pays no lazy-init cost."""
         q = self._encode_texts(["warm up"])[0]
         img = self._encode_images([np.zeros((self.backbone.image_size,) * 2 + (3,), np.uint8)])[0]
-        ones = torch.ones(1, img.tokens.shape[0], dtype=torch.bool)
-        self._rerank([_RerankJob("t2i", q, img.tokens[None].half(), ones, img.globals[None], torch.zeros(1))])
-        self._rerank([_RerankJob("i2t", img, q.tokens[None].half(), torch.ones(1, q.tokens.shape[0], dtype=torch.bool),
-                                 None, torch.zeros(1))])
+        prep = self.indexer.preparer
+        assert prep is not None
+        pi = prep.prepare("images", img.tokens[None], np.array([img.tokens.shape[0]]), img.globals[None])
+        pt = prep.prepare("texts", q.tokens[None], np.array([q.tokens.shape[0]]), None)
+        ones = lambda p: torch.ones(1, p.tokens.shape[1], dtype=torch.bool)  # noqa: E731
+        self._rerank([_RerankJob("t2i", q, pi.tokens.half(), ones(pi), None, torch.zeros(1))])
+        self._rerank([_RerankJob("i2t", img, pt.tokens.half(), ones(pt), pt.extras, torch.zeros(1))])
 
     @torch.inference_mode()
     def _encode_texts(self, texts: list[str]) -> list[_Query]:
@@ -162,23 +169,31 @@ class Engine:
             sizes = [jobs[i].tokens.shape[0] for i in idx]
             s_global = torch.cat([jobs[i].scores for i in idx]).to(dev)
             qidx = torch.repeat_interleave(torch.arange(len(idx), device=dev), torch.tensor(sizes, device=dev))
-            if direction == "t2i":
+            if direction == "t2i":  # the caption is prepared here; the images were at indexing
                 padded = [pad_words(jobs[i].query.tokens[None].float(),
                                     torch.ones(1, jobs[i].query.tokens.shape[0], dtype=torch.bool), lmax) for i in idx]
                 words, wmask = torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded])
                 q_glob = torch.stack([jobs[i].query.globals for i in idx]).to(dev)
                 q = m.prepare_texts(words.to(dev), wmask.to(dev), q_glob).trimmed().take(qidx)
-                c = m.prepare_images(torch.cat([jobs[i].tokens for i in idx]).to(dev),
-                                     torch.cat([jobs[i].globals for i in idx]).to(dev))
+                patches = torch.cat([jobs[i].tokens for i in idx]).to(dev).float()
+                c = PreparedImages(patches, patches.new_zeros(patches.shape[0], m.config.dim))
                 fused, patch = m.score_pairs(c, q, s_global, direction)
-            else:
-                q = m.prepare_images(torch.stack([jobs[i].query.tokens for i in idx]).to(dev),
-                                     torch.stack([jobs[i].query.globals for i in idx]).to(dev)).take(qidx)
+            else:  # the image is prepared here (unless it is an indexed one); the captions were at indexing
+                queries = [jobs[i].query for i in idx]
+                fresh = [k for k, qu in enumerate(queries) if not qu.prepared]
+                patches = [qu.tokens.to(dev).float() for qu in queries]
+                if fresh:
+                    done = m.prepare_images(torch.stack([queries[k].tokens for k in fresh]).to(dev),
+                                            torch.stack([queries[k].globals for k in fresh]).to(dev)).patches
+                    for j, k in enumerate(fresh):
+                        patches[k] = done[j]
+                stacked = torch.stack(patches)
+                q = PreparedImages(stacked, stacked.new_zeros(len(idx), m.config.dim)).take(qidx)
                 padded = [pad_words(jobs[i].tokens, jobs[i].mask, lmax) for i in idx]
                 toks, masks = torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded])
+                lda = torch.cat([jobs[i].extras for i in idx])  # type: ignore[misc]
                 # text globals only enter the global term, which Qdrant already scored (s_global)
-                zeros = torch.zeros(len(toks), m.config.dim, device=dev)
-                c = m.prepare_texts(toks.to(dev), masks.to(dev), zeros).trimmed()
+                c = m.texts_from_words(toks.to(dev), masks.to(dev), None, lda.to(dev)).trimmed()
                 fused, patch = m.score_pairs(q, c, s_global, direction)
             for i, f, p in zip(idx, fused.float().cpu().split(sizes), patch.float().cpu().split(sizes), strict=True):
                 out[i] = (f, p)
@@ -205,42 +220,41 @@ class Engine:
         want = opts.offset + opts.limit
         n = max(opts.candidates, want) if opts.rerank else want
         vec = query.globals.float().cpu().numpy()
-        # image candidates' global vectors feed the patch selector; text candidates need none
-        hits = await asyncio.to_thread(self.store.search, collection, vec, n, opts.filter, 0,
-                                       opts.rerank and collection == IMAGES)
+        # candidates come without vectors: their prepared features hold all the rerank needs
+        hits = await asyncio.to_thread(self.store.search, collection, vec, n, opts.filter, 0, False)
         timer.lap("recall")
         if not opts.rerank or not hits:
             timer.marks.setdefault("gather", 0.0)
             timer.marks.setdefault("rerank", 0.0)
             return [(h, None, None) for h in hits]
-        hits, tokens, mask = await asyncio.to_thread(self._gather, self.indexer.banks[collection], hits)
+        hits, found = await asyncio.to_thread(self._gather, self.indexer.serving_bank(collection), hits)
         if not hits:
             timer.lap("gather")
             timer.marks.setdefault("rerank", 0.0)
             return []
-        globals_ = torch.from_numpy(np.stack([h.vector for h in hits])) if collection == IMAGES else None
         scores = torch.tensor([h.score for h in hits], dtype=torch.float32)
         timer.lap("gather")
         CANDIDATES.observe(len(hits))
         direction = "t2i" if collection == IMAGES else "i2t"
         try:
-            fused, patch = await self.reranker.submit(_RerankJob(direction, query, tokens, mask, globals_, scores))
+            fused, patch = await self.reranker.submit(_RerankJob(direction, query, found.tokens, found.mask,
+                                                                 found.extras, scores))
         except OutOfMemory as exc:
             raise ApiError(503, str(exc), "out_of_memory") from exc
         timer.lap("rerank")
         return list(zip(hits, fused.tolist(), patch.tolist(), strict=True))
 
     @staticmethod
-    def _gather(bank: Any, hits: list[Hit]) -> tuple[list[Hit], torch.Tensor, torch.Tensor]:
-        """The candidates' tokens in one consistent step (under the bank's lock); a candidate whose row a
+    def _gather(bank: Any, hits: list[Hit]) -> tuple[list[Hit], Fetched]:
+        """The candidates' features in one consistent step (under the bank's lock); a candidate whose row a
         concurrent replace or delete tombstoned after recall is dropped from this answer, not a 500."""
         hits = [h for h in hits if isinstance(h.payload.get("row"), int)]
-        tokens, mask, kept = bank.gather_live([h.payload["row"] for h in hits])
-        if len(kept) < len(hits):
+        found = bank.fetch([h.payload["row"] for h in hits])
+        if len(found.kept) < len(hits):
             log.info("%d candidates lost their token features to a concurrent write; dropped",
-                     len(hits) - len(kept))
-            hits = [hits[i] for i in kept.tolist()]
-        return hits, tokens, mask
+                     len(hits) - len(found.kept))
+            hits = [hits[i] for i in found.kept.tolist()]
+        return hits, found
 
     def _page(self, scored: list[tuple[Hit, float | None, float | None]], opts: SearchOptions, kind: str
               ) -> list[dict[str, Any]]:
@@ -328,9 +342,9 @@ class Engine:
             if image_id not in found:
                 break
             payload, vec = found[image_id]
-            tokens, _, kept = self.indexer.banks[IMAGES].gather_live([payload.get("row", -1)])
-            if len(kept):
-                return _Query(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device))
+            tokens, _, kept = self.indexer.serving_bank(IMAGES).gather_live([payload.get("row", -1)])
+            if len(kept):  # its prepared patches: the matcher already did its per-image work at indexing
+                return _Query(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device), prepared=True)
         raise ApiError(404, f"no image with id {image_id!r}", "not_found")
 
     # ---------------------------------------------------------------- writes
@@ -428,6 +442,7 @@ class Engine:
             "device": str(self.device),
             "store": {"backend": self.store.backend},
             "token_bank": {c: b.stats() for c, b in self.indexer.banks.items()},
+            "prepared_bank": {c: b.stats() for c, b in self.indexer.prepared.items()},
         }
 
     def ready(self) -> bool:

@@ -27,6 +27,8 @@ What differs from a literal reading of MGAN, and why (each measured on validatio
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -112,6 +114,15 @@ class MatcherConfig:
 # options added after bundle format 2 whose new default differs from what older bundles were trained with:
 # a saved config without them gets these values, so older bundles keep scoring exactly as they were trained
 ABSENT_MEANS = {"word_context": False, "patch_position": False, "softmin": False, "patch_adapter": True}
+
+
+# the modules whose weights shape an item's prepared features (what the token bank stores at index time); the
+# interaction's temperatures, the word importances and the fusion act on them at query time and may change freely
+PREPARATION_MODULES = ("sel_patch", "sel_global", "sel_out", "patch_refiner", "patch_pos", "patch_adapter",
+                       "word_refiner", "word_adapter", "lda")
+PREPARATION_OPTIONS = ("dim", "num_patches", "max_words", "top_k", "selector_hidden", "centre", "word_context",
+                       "patch_position", "patch_context", "adapters", "patch_adapter", "adapter_hidden", "lda_hidden",
+                       "softmin")
 
 
 def masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -314,8 +325,7 @@ class Matcher(nn.Module):
         return PreparedImages(sel, globals_.float())
 
     def prepare_texts(self, words: torch.Tensor, mask: torch.Tensor, globals_: torch.Tensor) -> PreparedTexts:
-        width = self.config.max_words
-        words, mask = pad_words(words.float(), mask.bool(), width)
+        words, mask = pad_words(words.float(), mask.bool(), self.config.max_words)
         # the work runs over the longest caption here, not the full context (same values: padding is masked)
         n = max(1, int(mask.sum(dim=1).max())) if mask.shape[0] else 1
         words, mask = words[:, :n], mask[:, :n]
@@ -325,39 +335,93 @@ class Matcher(nn.Module):
             words = self.word_refiner(words, mask)
         if self.word_adapter is not None:
             words = self.word_adapter(words)
-        words, mask = pad_words(words * mask[..., None], mask, width)
+        return self.texts_from_words(words, mask, globals_)
+
+    def texts_from_words(self, words: torch.Tensor, mask: torch.Tensor, globals_: torch.Tensor | None = None,
+                         lda: torch.Tensor | None = None) -> PreparedTexts:
+        """Prepared (refined, adapted) words → PreparedTexts. Given `lda` (stored at index time) it is used as
+        is; the word importances are recomputed (one dot product per word, and they may be retrained)."""
+        mask = mask.bool()
+        words, mask = pad_words(words.float() * mask[..., None], mask, self.config.max_words)
         logits = self.importance(words).squeeze(-1) if self.importance is not None else torch.zeros_like(mask, dtype=
                                                                                                         words.dtype)
         importance = masked_softmax(logits, mask)
-        return PreparedTexts(words, mask, globals_.float(), self.lda(words, mask), importance)
+        lda = self.lda(words, mask) if lda is None else lda.to(words.dtype)
+        if globals_ is None:  # the global term comes from the store's scores
+            globals_ = words.new_zeros(words.shape[0], self.config.dim)
+        return PreparedTexts(words, mask, globals_.float(), lda, importance)
+
+    @property
+    def text_extras(self) -> int:
+        """Per-caption values stored beside its prepared words: the LDA weights."""
+        return 3 if self.config.softmin else 2
+
+    def preparation_fingerprint(self) -> str:
+        """Identifies what `prepare_images`/`prepare_texts` compute: the options and the weights that shape them.
+        A token bank prepared under another fingerprint must be re-prepared before this matcher serves it."""
+        h = hashlib.sha256(json.dumps({k: getattr(self.config, k) for k in PREPARATION_OPTIONS},
+                                      sort_keys=True).encode())
+        for name, t in sorted(self.state_dict().items()):
+            if name.split(".")[0] in PREPARATION_MODULES:
+                h.update(name.encode())
+                h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     # -------------------------------------------------------- interaction
     def _attend(self, c: torch.Tensor, mask: torch.Tensor | None, which: int) -> torch.Tensor:
-        """Weights softmax(Linear(softmax(c))) over the last dim, with temperatures (see module docstring)."""
+        """MGAN's positional form (slot_linear): softmax(Linear(softmax(c))) over the last dim."""
         t_in, t_out = self.log_temp[2 * which: 2 * which + 2].exp()
         if mask is None:
             mask = torch.ones_like(c, dtype=torch.bool)
         inner = masked_softmax(t_in * c, mask)
-        if self.config.slot_linear:  # positions beyond this batch's width are padding: zero inputs, cut outputs
-            lin = (self.lin1, self.lin2, self.lin3)[which]
-            width = inner.shape[-1]
-            return masked_softmax(t_out * lin(F.pad(inner, (0, lin.in_features - width)))[..., :width], mask)
-        n = mask.sum(-1, keepdim=True).to(c.dtype)
-        return masked_softmax(t_out * n * inner, mask)
+        lin = (self.lin1, self.lin2, self.lin3)[which]  # beyond this batch's width: zero inputs, cut outputs
+        width = inner.shape[-1]
+        return masked_softmax(t_out * lin(F.pad(inner, (0, lin.in_features - width)))[..., :width], mask)
+
+    def _sharpen(self, c: torch.Tensor, which: int, dim: int, bias: torch.Tensor | None, n: torch.Tensor | int
+                 ) -> torch.Tensor:
+        """softmax(τ_out · n · softmax(τ_in · c)) along `dim` (see the module docstring); `bias` is 0 on real
+        positions and −10⁴ on padding, whose weights then underflow to exactly 0."""
+        t_in, t_out = self.log_temp[2 * which: 2 * which + 2].exp()
+        x = t_in * c
+        inner = torch.softmax(x if bias is None else x + bias, dim)
+        x = (t_out * n) * inner
+        return torch.softmax(x if bias is None else x + bias, dim)
 
     def interact(self, sim: torch.Tensor, txt_mask: torch.Tensor, lda: torch.Tensor, importance: torch.Tensor
                  ) -> Interaction:
-        """sim [..., K, L] with the word mask, LDA weights and word importances → S_patch and its parts."""
-        wmask = txt_mask[..., None, :].expand_as(sim)
-        # eq. 7: patch rows, attention over the caption's words; eq. 8: attention over the patch scores
-        s_p = (self._attend(sim, wmask, 0) * sim).sum(-1)  # [..., K]
+        """sim [..., L, K] (words × patches) with the word mask, LDA weights and word importances → S_patch.
+
+        Words × patches keeps both attentions fast on a CPU: eq. 7's softmax over a caption's few words runs
+        across the contiguous patch axis, eq. 9's over the patches is contiguous itself (a softmax along a
+        short contiguous axis of 12 words is several times slower)."""
+        if self.config.slot_linear:
+            return self._interact_slots(sim, txt_mask, lda, importance)
+        m = txt_mask.to(sim.dtype)[..., None]  # [..., L, 1]
+        bias = (m - 1) * 1e4
+        k = sim.shape[-1]
+        # eq. 7: each patch's attention over the caption's words; eq. 8: attention over the patch scores
+        s_p = (self._sharpen(sim, 0, -2, bias, m.sum(-2, keepdim=True)) * sim).sum(-2)  # [..., K]
+        s_w2p = (self._sharpen(s_p, 1, -1, None, k) * s_p).sum(-1)
+        # eq. 9: each word's attention over the patches
+        att = self._sharpen(sim, 2, -1, None, k)
+        s_w = (att * sim).sum(-1) * txt_mask  # [..., L]
+        return self._aggregate(s_w2p, s_w, att, txt_mask, lda, importance)
+
+    def _interact_slots(self, sim: torch.Tensor, txt_mask: torch.Tensor, lda: torch.Tensor,
+                        importance: torch.Tensor) -> Interaction:
+        cols = sim  # [..., L, K]
+        rows = sim.transpose(-1, -2)  # [..., K, L]
+        s_p = (self._attend(rows, txt_mask[..., None, :].expand_as(rows), 0) * rows).sum(-1)
         s_w2p = (self._attend(s_p, None, 1) * s_p).sum(-1)
-        # eq. 9: word columns, attention over the patches
-        cols = sim.transpose(-1, -2)  # [..., L, K]
         att = self._attend(cols, None, 2)
-        s_w = (att * cols).sum(-1) * txt_mask  # [..., L]
-        # LDA (replaces eq. 10): w_sum · Σ_l a_l s_w + w_mean · mean_l s_w
-        n = txt_mask.sum(-1).to(sim.dtype).clamp(min=1)
+        s_w = (att * cols).sum(-1) * txt_mask
+        return self._aggregate(s_w2p, s_w, att, txt_mask, lda, importance)
+
+    def _aggregate(self, s_w2p: torch.Tensor, s_w: torch.Tensor, att: torch.Tensor, txt_mask: torch.Tensor,
+                   lda: torch.Tensor, importance: torch.Tensor) -> Interaction:
+        """LDA (replaces eq. 10): w_sum · Σ_l a_l s_w + w_mean · mean_l s_w (+ w_min · softmin_l s_w)."""
+        n = txt_mask.sum(-1).to(s_w.dtype).clamp(min=1)
         mean = s_w.sum(-1) / n
         summed = (importance * s_w).sum(-1) if self.config.aggregation == "weighted" else s_w.sum(-1)
         s_p2w = lda[..., 0] * summed + lda[..., 1] * mean
@@ -383,7 +447,7 @@ class Matcher(nn.Module):
         `s_global` lets a caller that already has the global cosines (Qdrant's scores) pass them in.
         The fused score is the uncalibrated mix; ranking by it equals ranking by its calibrated probability.
         """
-        sim = torch.einsum("nkd,nld->nkl", img.patches, txt.words)
+        sim = torch.einsum("nkd,nld->nlk", img.patches, txt.words)
         s_patch = self.interact(sim, txt.mask, txt.lda, txt.importance).patch
         if s_global is None:
             s_global = (img.globals * txt.globals).sum(-1)
@@ -397,7 +461,7 @@ class Matcher(nn.Module):
         patches = []
         for lo in range(0, bt, step):
             t = txt.take(torch.arange(lo, min(lo + step, bt), device=txt.words.device))
-            sim = torch.einsum("ikd,tld->itkl", img.patches, t.words)
+            sim = torch.einsum("ikd,tld->itlk", img.patches, t.words)
             e = lambda x: x[None].expand(bi, *x.shape)  # noqa: E731
             patches.append(self.interact(sim, e(t.mask), e(t.lda), e(t.importance)).patch)
         if not patches:

@@ -9,10 +9,13 @@ Layout of a bank directory:
     bank.json                          backbone fingerprint, dim, format version
     writers/<n>                        claimed exclusively, one per writing process
     seg-w<n>-<seq>.safetensors         tokens [T,d] fp16, offsets [n+1] i64, rows [n] i64
+                                       (+ extras [n,e] f32: per-item values, e.g. a caption's LDA weights)
     tomb-w<n>.i64                      deleted row ids, appended by writer n
 
 Row ids are stable for the life of an item, across compaction:
-row = (writer << 32) | per-writer counter. Segments are written to a temp name
+row = (writer << 32) | per-writer counter. A second bank can hold other features
+of the same items under the same row ids (`append(..., rows=...)`): the raw
+tokens and the matcher's prepared features are two banks with one numbering. Segments are written to a temp name
 and renamed, so a crash leaves either a whole segment or none. Several writers
 (indexer workers, API replicas on a shared volume) never touch the same file;
 readers pick up new segments with `refresh()`.
@@ -56,6 +59,17 @@ class _Segment:
     tokens: np.ndarray  # memmap [T, d] float16
     offsets: np.ndarray  # [n+1] int64
     rows: np.ndarray  # [n] int64
+    extras: np.ndarray | None = None  # [n, e] float32
+
+
+@dataclass
+class Fetched:
+    """Live rows' features, gathered in one consistent step."""
+
+    tokens: torch.Tensor  # [k, Lmax, d] fp16, zero padded
+    mask: torch.Tensor  # [k, Lmax] bool
+    extras: torch.Tensor | None  # [k, e] float32, for a bank with extras
+    kept: np.ndarray  # indices into the requested rows of those that were live
 
 
 def _read_segment(path: Path) -> _Segment:
@@ -65,13 +79,14 @@ def _read_segment(path: Path) -> _Segment:
         header = json.loads(fh.read(header_len))
         base = 8 + header_len
 
-        def small(name: str) -> np.ndarray:
+        def small(name: str, dtype: type = np.int64) -> np.ndarray:
             meta = header[name]
             begin, end = meta["data_offsets"]
             fh.seek(base + begin)
-            return np.frombuffer(fh.read(end - begin), dtype=np.int64).copy()
+            return np.frombuffer(fh.read(end - begin), dtype=dtype).copy().reshape(meta["shape"])
 
         offsets, rows = small("offsets"), small("rows")
+        extras = small("extras", np.float32) if "extras" in header else None
     meta = header["tokens"]
     if meta["dtype"] != "F16":
         raise TokenBankError(f"{path}: tokens must be F16, found {meta['dtype']}")
@@ -81,15 +96,17 @@ def _read_segment(path: Path) -> _Segment:
         tokens = np.zeros(shape, dtype=np.float16)
     else:
         tokens = np.memmap(path, dtype=np.float16, mode="r", offset=base + begin, shape=shape)
-    return _Segment(path, tokens, offsets, rows)
+    return _Segment(path, tokens, offsets, rows, extras)
 
 
 class TokenBank:
     """Ragged fp16 token sequences addressed by stable row ids; gather is one vectorised operation."""
 
-    def __init__(self, root: str | Path, dim: int, fingerprint: str, device: str | torch.device | None = None) -> None:
+    def __init__(self, root: str | Path, dim: int, fingerprint: str, device: str | torch.device | None = None,
+                 extras_dim: int = 0) -> None:
         self.root = Path(root)
         self.dim = dim
+        self.extras_dim = extras_dim
         self.fingerprint = fingerprint
         self.device = torch.device(device) if device is not None else None
         self._lock = threading.RLock()
@@ -108,7 +125,8 @@ class TokenBank:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "writers").mkdir(exist_ok=True)
         manifest = self.root / "bank.json"
-        info = {"format": FORMAT_VERSION, "dim": self.dim, "fingerprint": self.fingerprint, "dtype": "float16"}
+        info = {"format": FORMAT_VERSION, "dim": self.dim, "fingerprint": self.fingerprint, "dtype": "float16",
+                "extras": self.extras_dim}
         if manifest.is_file():
             found = json.loads(manifest.read_text())
             if found.get("format", 0) > FORMAT_VERSION:
@@ -120,6 +138,9 @@ class TokenBank:
                 )
             if found["dim"] != self.dim:
                 raise BackboneMismatch(f"token bank {self.root} holds {found['dim']}-d tokens, not {self.dim}-d")
+            if found.get("extras", 0) != self.extras_dim:
+                raise BackboneMismatch(f"token bank {self.root} holds {found.get('extras', 0)} extras per item, "
+                                       f"not {self.extras_dim}")
             return
         tmp = manifest.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
@@ -174,9 +195,13 @@ class TokenBank:
 
     def _rebuild(self) -> None:
         names = sorted(self._segments)
-        rows, seg, start, length = [], [], [], []
+        rows, seg, start, length, extras = [], [], [], [], []
         for i, name in enumerate(names):
             s = self._segments[name]
+            if self.extras_dim:
+                if s.extras is None or s.extras.shape != (len(s.rows), self.extras_dim):
+                    raise TokenBankError(f"{s.path}: expected extras [{len(s.rows)}, {self.extras_dim}]")
+                extras.append(s.extras)
             rows.append(s.rows)
             seg.append(np.full(len(s.rows), i, dtype=np.int32))
             start.append(s.offsets[:-1])
@@ -195,6 +220,7 @@ class TokenBank:
         self._seg = (np.concatenate(seg) if seg else np.zeros(0, np.int32))[sel]
         self._start = (np.concatenate(start) if start else np.zeros(0, np.int64))[sel]
         self._len = (np.concatenate(length) if length else np.zeros(0, np.int64))[sel]
+        self._extras = (np.concatenate(extras)[sel] if extras else np.zeros((len(sel), self.extras_dim), np.float32))
         if self.device is not None:  # copy new segments to the device once; forget compacted ones
             for gone in set(self._on_device) - set(names):
                 del self._on_device[gone]
@@ -230,7 +256,12 @@ class TokenBank:
             return self._rows[pos] == rows
 
     def gather_live(self, rows: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """(tokens, mask, kept): `gather` of the rows that are live, with `kept` the indices into `rows`.
+        """(tokens, mask, kept): `gather` of the rows that are live, with `kept` the indices into `rows`."""
+        f = self.fetch(rows)
+        return f.tokens, f.mask, f.kept
+
+    def fetch(self, rows: Sequence[int] | np.ndarray) -> Fetched:
+        """The live rows among `rows`, with their extras.
 
         One consistent step under the bank's lock: a row tombstoned by a concurrent replace or delete
         between a search's recall and this call is dropped, never a KeyError. Unknown rows trigger one
@@ -243,8 +274,15 @@ class TokenBank:
                 self.refresh()
                 ok = self.live(rows)
             kept = np.nonzero(ok)[0]
-            tokens, mask = self._gather_located(self._locate(rows[kept]))
-            return tokens, mask, kept
+            pos = self._locate(rows[kept])
+            tokens, mask = self._gather_located(pos)
+            extras = torch.from_numpy(self._extras[pos]).to(tokens.device) if self.extras_dim else None
+            return Fetched(tokens, mask, extras, kept)
+
+    def live_rows(self) -> np.ndarray:
+        """Every live row id, sorted."""
+        with self._lock:
+            return self._rows.copy()
 
     def gather(self, rows: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [k, Lmax, d] fp16, mask [k, Lmax] bool) in the order of `rows`.
@@ -286,10 +324,24 @@ class TokenBank:
             return torch.from_numpy(out), torch.from_numpy(mask)
 
     # ---------------------------------------------------------------- writing
+    def reserve(self, n: int) -> np.ndarray:
+        """n fresh row ids of this bank's numbering, without storing anything under them here (the features
+        go to another bank; see `append(rows=...)`)."""
+        with self._lock:
+            if self._writer is None:
+                self._writer = self._claim_writer()
+            rows = (np.int64(self._writer) << np.int64(32)) + np.arange(self._counter, self._counter + n,
+                                                                         dtype=np.int64)
+            self._counter += n
+            return rows
+
     def append(self, tokens: torch.Tensor | np.ndarray, lengths: Sequence[int] | np.ndarray,
-               ids: Sequence[str] | None = None) -> np.ndarray:
+               ids: Sequence[str] | None = None, rows: np.ndarray | None = None,
+               extras: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
         """Store a batch of padded sequences [B, L, d] (first `lengths[i]` kept); returns their row ids.
 
+        `rows`: ids reserved from another bank (the same items' other features), instead of fresh ones.
+        `extras` [B, e]: per-item values for a bank opened with `extras_dim=e`.
         Durable when it returns (fsync + atomic rename): callers write Qdrant only after this.
         """
         arr = tokens.detach().to("cpu", torch.float16).numpy() if isinstance(tokens, torch.Tensor) else \
@@ -299,20 +351,33 @@ class TokenBank:
             raise ValueError(f"expected tokens [B, L, {self.dim}] with B lengths, got {arr.shape} and {len(lens)}")
         if (lens < 0).any() or (lens > arr.shape[1]).any():
             raise ValueError("lengths must lie in [0, L]")
+        ext = None
+        if self.extras_dim:
+            if extras is None:
+                raise ValueError(f"this bank keeps {self.extras_dim} extras per item: pass extras [B, e]")
+            ext = (extras.detach().to("cpu", torch.float32).numpy() if isinstance(extras, torch.Tensor)
+                   else np.asarray(extras, dtype=np.float32))
+            if ext.shape != (len(lens), self.extras_dim):
+                raise ValueError(f"expected extras [{len(lens)}, {self.extras_dim}], got {ext.shape}")
+        elif extras is not None:
+            raise ValueError("this bank keeps no extras")
         mask = np.arange(arr.shape[1])[None, :] < lens[:, None]
         flat = np.ascontiguousarray(arr[mask])
         offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         with self._lock:
-            if self._writer is None:
-                self._writer = self._claim_writer()
-            rows = (np.int64(self._writer) << np.int64(32)) + np.arange(self._counter, self._counter + len(lens),
-                                                                         dtype=np.int64)
-            self._counter += len(lens)
-            self._write_segment(flat, offsets, rows, ids)
+            if rows is None:
+                rows = self.reserve(len(lens))
+            else:
+                rows = np.asarray(rows, dtype=np.int64)
+                if rows.shape != (len(lens),):
+                    raise ValueError(f"expected {len(lens)} row ids, got {rows.shape}")
+                if self._writer is None:
+                    self._writer = self._claim_writer()
+            self._write_segment(flat, offsets, rows, ids, ext)
         return rows
 
     def _write_segment(self, flat: np.ndarray, offsets: np.ndarray, rows: np.ndarray,
-                       ids: Sequence[str] | None) -> Path:
+                       ids: Sequence[str] | None, extras: np.ndarray | None = None) -> Path:
         assert self._writer is not None
         name = f"seg-w{self._writer:06d}-{self._seq:08d}.safetensors"
         self._seq += 1
@@ -321,7 +386,10 @@ class TokenBank:
         meta: dict[str, str] = {"fingerprint": self.fingerprint}
         if ids is not None:
             meta["ids"] = json.dumps(list(ids))
-        save_file({"tokens": flat.reshape(-1, self.dim), "offsets": offsets, "rows": rows}, str(tmp), metadata=meta)
+        tensors = {"tokens": flat.reshape(-1, self.dim), "offsets": offsets, "rows": rows}
+        if extras is not None:
+            tensors["extras"] = np.ascontiguousarray(extras, dtype=np.float32)
+        save_file(tensors, str(tmp), metadata=meta)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -375,7 +443,8 @@ class TokenBank:
                     tok, mask = self.gather(chunk)
                     flat = np.ascontiguousarray(tok.cpu().numpy()[mask.cpu().numpy()])
                     offsets = np.concatenate([[0], np.cumsum(lens[start:stop])]).astype(np.int64)
-                    written.append(self._write_segment(flat, offsets, chunk, None))
+                    ext = self._extras[self._locate(chunk)] if self.extras_dim else None
+                    written.append(self._write_segment(flat, offsets, chunk, None, ext))
                     start = stop
                 for name in old:
                     (self.root / name).unlink(missing_ok=True)

@@ -235,7 +235,7 @@ def test_adapters_start_as_identity_and_attention_starts_peaked() -> None:
         torch.testing.assert_close(pt.words[:, :7], w)
         # at initialisation each word's score is close to its best patch's similarity (max), not the mean
         sim = torch.einsum("kd,ld->kl", p[0], pt.words[0])
-        inter = m.interact(sim[None], pt.mask[:1], pt.lda[:1], pt.importance[:1])
+        inter = m.interact(sim.T[None], pt.mask[:1], pt.lda[:1], pt.importance[:1])
     best, mean = sim.max(0).values[:7], sim.mean(0)[:7]
     got = inter.word_scores[0, :7]
     assert bool(((got - best).abs() < (got - mean).abs()).all())
