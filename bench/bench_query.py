@@ -3,9 +3,10 @@
     python bench/bench_query.py --backbone tiny --sizes 1000,10000,100000
     python bench/bench_query.py --backbone ViT-B-32 --sizes 1000,10000,100000 --throughput-size 10000
 
-The index holds N images and N captions. Their global vectors and token-bank rows are synthetic (random
-unit vectors: latency does not depend on their values); the queries are real captions and real images
-of the synthetic demo data, encoded by the served model. ViT-B-32 uses random weights (same compute as
+The index holds N images and N captions. Their global vectors and raw token rows are synthetic (random
+unit vectors: latency does not depend on their values), prepared by the served matcher as the indexer does
+(indexer/preparation.py); the queries are real captions and real images of the synthetic demo data,
+encoded by the served model. ViT-B-32 uses random weights (same compute as
 pretrained). The server runs as its own process, the load generator (bench/loadgen.py) as another.
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from common import RESULTS, table, write
 
+from indexer.preparation import Preparer, prepared_root
 from indexer.stores import IMAGES, TEXTS
 from indexer.stores.edge import EdgeStore
 from training.backbone import Backbone
@@ -51,24 +53,37 @@ def bundle_for(name: str) -> Path:
     return out
 
 
+def index_dir(bundle: Path, name: str, n: int) -> Path:
+    b = load_bundle(bundle, device="cpu")
+    return CACHE / f"data-{name}-{n}-{Preparer(b.matcher, b.backbone.fingerprint).fingerprint[-8:]}"
+
+
 def build_index(bundle: Path, n: int, out: Path) -> Path:
     if (out / "done").is_file():
         return out
     b = load_bundle(bundle, device="cpu")
     dim, fp = b.backbone.embed_dim, b.backbone.fingerprint
     m = b.matcher.config.num_patches
+    preparer = Preparer(b.matcher, fp)
     store = EdgeStore(out / "qdrant")
     store.bind_backbone(fp, dim, b.backbone.describe())
     g = torch.Generator().manual_seed(n)
     for coll, length in ((IMAGES, m), (TEXTS, None)):
         store.ensure_collection(coll, dim)
+        kind = "images" if length else "texts"
         bank = TokenBank(out / "tokens" / coll, dim, fp)
+        prepared = TokenBank(prepared_root(bank.root), dim, preparer.fingerprint, extras_dim=preparer.extras_dim(kind))
         for lo in range(0, n, 5000):
             k = min(5000, n - lo)
             lens = np.full(k, m) if length else np.random.default_rng(lo).integers(6, 16, k)
             toks = torch.nn.functional.normalize(torch.randn(k, int(lens.max()), dim, generator=g), dim=-1).half()
-            rows = bank.append(toks, lens)
-            glob = torch.nn.functional.normalize(torch.randn(k, dim, generator=g), dim=-1).numpy()
+            glob = torch.nn.functional.normalize(torch.randn(k, dim, generator=g), dim=-1)
+            rows = bank.reserve(k)
+            for j in range(0, k, 500):  # what the indexer does per batch: prepared features, then raw tokens
+                p = preparer.prepare(kind, toks[j:j + 500].float(), lens[j:j + 500], glob[j:j + 500])
+                prepared.append(p.tokens, p.lengths, rows=rows[j:j + 500], extras=p.extras)
+            bank.append(toks, lens, rows=rows)
+            glob = glob.numpy()
             ids = [f"{coll[0]}{lo + i}" for i in range(k)]
             payloads = [{"kind": coll[:-1], "row": int(r), "metadata": {}} | ({"text": f"synthetic caption {lo + i}"}
                         if coll == TEXTS else {}) for i, r in enumerate(rows)]
@@ -151,7 +166,7 @@ def main() -> None:
                                  for t in texts]
     latency, memory, sweep = [], [], []
     for n in [int(x) for x in a.sizes.split(",")]:
-        data = build_index(bundle, n, CACHE / f"data-{a.backbone}-{n}")
+        data = build_index(bundle, n, index_dir(bundle, a.backbone, n))
         srv = Server(bundle, data, {"FINESEARCH_BATCH_WINDOW_MS": "2"})
         try:
             for rerank in (False, True):
@@ -162,12 +177,14 @@ def main() -> None:
                 latency.append({"items": n, "query": "image→text", "rerank": rerank, **_flat(r)})
             memory.append({"items": n, "rss_mb": srv.rss_mb(),
                            "qdrant_bytes_per_item": round(du(data / "qdrant") / (2 * n)),
-                           "bank_bytes_per_image": round(du(data / "tokens" / IMAGES) / n),
-                           "bank_bytes_per_text": round(du(data / "tokens" / TEXTS) / n)})
+                           "raw_bytes_per_image": round(du(data / "tokens" / IMAGES) / n),
+                           "prepared_bytes_per_image": round(du(prepared_root(data / "tokens" / IMAGES)) / n),
+                           "raw_bytes_per_text": round(du(data / "tokens" / TEXTS) / n),
+                           "prepared_bytes_per_text": round(du(prepared_root(data / "tokens" / TEXTS)) / n)})
         finally:
             srv.stop()
     if a.throughput_size:
-        data = build_index(bundle, a.throughput_size, CACHE / f"data-{a.backbone}-{a.throughput_size}")
+        data = build_index(bundle, a.throughput_size, index_dir(bundle, a.backbone, a.throughput_size))
         for window in ("2", "0"):
             srv = Server(bundle, data, {"FINESEARCH_BATCH_WINDOW_MS": window})
             try:
@@ -179,8 +196,8 @@ def main() -> None:
                 srv.stop()
     cols = ["items", "query", "rerank", "p50_ms", "p95_ms", "encode", "recall", "gather", "rerank_ms", "errors"]
     print(f"backbone {a.backbone}, candidates {a.candidates}, concurrency 1\n" + table(latency, cols))
-    print("\n" + table(memory, ["items", "rss_mb", "qdrant_bytes_per_item", "bank_bytes_per_image",
-                                "bank_bytes_per_text"]))
+    print("\n" + table(memory, ["items", "rss_mb", "qdrant_bytes_per_item", "raw_bytes_per_image",
+                                "prepared_bytes_per_image", "raw_bytes_per_text", "prepared_bytes_per_text"]))
     if sweep:
         print("\n" + table(sweep, ["items", "micro_batching", "concurrency", "rps", "p50_ms", "p95_ms", "errors"]))
     print("results:", write(f"query-{a.backbone}", {"args": vars(a), "latency": latency, "memory": memory,

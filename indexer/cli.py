@@ -8,18 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from rich.console import Console
 from rich.table import Table
 
 from training.cli_args import add_backbone_args, backbone_from_args
 from training.datasets import FORMATS, read_dataset
-from training.tokenbank import TokenBank
 
 from .pipeline import Failure, ImageItem, Indexer, Summary, TextItem, metadata_entry
-from .preparation import PREPARED_SUFFIX, PreparationMismatch, Preparer, reprepare
-from .stores import IMAGES, TEXTS, open_store
+from .preparation import reprepare_index
+from .stores import FEATURE_HOMES, IMAGES, open_store
 from .validation import path_id
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -35,6 +32,9 @@ def add_store_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--qdrant-api-key", default=os.environ.get("FINESEARCH_QDRANT_API_KEY"))
     g.add_argument("--qdrant-prefix", default=os.environ.get("FINESEARCH_QDRANT_PREFIX", "finesearch_"),
                    help="collection name prefix on a shared Qdrant server")
+    g.add_argument("--features", choices=FEATURE_HOMES, default=os.environ.get("FINESEARCH_FEATURES", "bank"),
+                   help="where the prepared matcher features go: the token bank in --data-dir (default), or each "
+                        "Qdrant point (server mode; what API replicas without a shared volume need)")
 
 
 def register(sub: Any) -> None:
@@ -104,7 +104,8 @@ def make_indexer(args: argparse.Namespace) -> Indexer:
             raise SystemExit("finesearch: error: --no-keep-raw-tokens needs --model: without a matcher the raw "
                              "tokens are the only token features")
         backbone = backbone_from_args(args)
-    store = open_store(args.data_dir, args.qdrant_url, args.qdrant_api_key, prefix=args.qdrant_prefix)
+    store = open_store(args.data_dir, args.qdrant_url, args.qdrant_api_key, prefix=args.qdrant_prefix,
+                       features=args.features)
     try:
         return Indexer(backbone, store, args.data_dir, batch_size=getattr(args, "batch_size", 64),
                        workers=getattr(args, "workers", 4), matcher=matcher, keep_raw_tokens=keep_raw)
@@ -207,34 +208,10 @@ def cmd_reprepare(args: argparse.Namespace) -> int:
     from training.bundle import load_bundle
 
     bundle = load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir)
-    backbone = bundle.backbone
-    preparer = Preparer(bundle.matcher, backbone.fingerprint)
-    needs_globals = bool(bundle.matcher.config.top_k)  # the patch selector reads each image's global vector
-    store = open_store(args.data_dir, args.qdrant_url, args.qdrant_api_key, prefix=args.qdrant_prefix)
-    out: dict[str, Any] = {}
+    store = open_store(args.data_dir, args.qdrant_url, args.qdrant_api_key, prefix=args.qdrant_prefix,
+                       features=args.features)
     try:
-        store.bind_backbone(backbone.fingerprint, backbone.embed_dim, backbone.describe())
-        tokens = Path(args.data_dir) / "tokens"
-        names = sorted(p.name for p in tokens.iterdir() if p.is_dir() and "." not in p.name) if tokens.is_dir() else []
-        for name in names:
-            payloads = list(store.scroll(name))
-            kinds = {p.get("kind") for p in payloads} - {None}
-            kind = {IMAGES: "images", TEXTS: "texts"}.get(name) or ("texts" if kinds == {"text"} else "images")
-            raw = TokenBank(tokens / name, backbone.embed_dim, backbone.fingerprint)
-            live = np.array(sorted(int(p["row"]) for p in payloads if isinstance(p.get("row"), int)), dtype=np.int64)
-            missing = np.setdiff1d(live, raw.live_rows())
-            if len(missing):
-                raise PreparationMismatch(
-                    f"{len(missing)} of the {len(live)} items of collection {name!r} have no raw tokens (indexed "
-                    "with --no-keep-raw-tokens): re-index them with this model (`finesearch index ... --force`)")
-            globals_of = None
-            if needs_globals and kind == "images":
-                ids = [str(p["item_id"]) for p in payloads if isinstance(p.get("row"), int)]
-                globals_of = {}
-                for lo in range(0, len(ids), 1024):
-                    for pay, vec in store.retrieve(name, ids[lo:lo + 1024], with_vectors=True).values():
-                        globals_of[int(pay["row"])] = vec
-            out[name + PREPARED_SUFFIX] = reprepare(raw, preparer, kind, live, globals_of, args.batch_size)
+        out = reprepare_index(store, Path(args.data_dir), bundle.backbone, bundle.matcher, args.batch_size)
     finally:
         store.close()
     print(json.dumps(out, indent=2))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from training.backbone import Backbone
@@ -30,8 +31,9 @@ from training.matcher import Matcher
 from training.tokenbank import TokenBank
 
 from .blobs import BlobStore
-from .preparation import Prepared, Preparer, open_prepared
+from .preparation import Prepared, Preparer, check_store_features, open_prepared
 from .stores import IMAGES, TEXTS, VectorStore
+from .stores.base import FEATURES_EXTRAS, FEATURES_FP
 from .validation import PayloadLimits, PayloadRejected, check_id, check_metadata
 
 MAX_TEXT_CHARS = PayloadLimits.max_text_chars
@@ -157,6 +159,7 @@ class Indexer:
         limits: PayloadLimits | None = None,
         matcher: Matcher | None = None,
         keep_raw_tokens: bool = True,
+        blob_dir: str | Path | None = None,
     ) -> None:
         """`matcher`: prepare each item's matcher features at indexing time (what the service reranks on).
         `keep_raw_tokens=False` stores only those (about half the bytes), at the price of re-encoding every
@@ -164,6 +167,7 @@ class Indexer:
         self.backbone = backbone
         self.store = store
         self.data_dir = Path(data_dir)
+        self.blob_dir = Path(blob_dir) if blob_dir is not None else self.data_dir / "blobs"
         self.batch_size = batch_size
         self.workers = max(1, workers)
         self.max_pixels = max_pixels
@@ -174,6 +178,8 @@ class Indexer:
             raise ValueError("without a matcher the raw tokens are the only token features: keep them")
         self.preparer = Preparer(matcher, backbone.fingerprint) if matcher is not None else None
         self.keep_raw_tokens = keep_raw_tokens
+        # prepared features on each Qdrant point (server mode, features="qdrant") instead of a prepared bank
+        self.features_in_store = store.holds_features
         store.bind_backbone(backbone.fingerprint, backbone.embed_dim, backbone.describe())
         self.banks: dict[str, TokenBank] = {}  # raw tokens (row ids are allocated here)
         self.prepared: dict[str, TokenBank] = {}  # the matcher's prepared features, same row ids
@@ -197,7 +203,11 @@ class Indexer:
                 if self.preparer is not None:
                     if kind is None:
                         raise ValueError(f"say whether collection {name!r} holds images or texts")
-                    self.prepared[name] = open_prepared(raw, self.preparer, kind, self.data_dir, self.bank_device)
+                    if self.features_in_store:
+                        check_store_features(self.store, name, self.preparer, self.data_dir)
+                    else:
+                        self.prepared[name] = open_prepared(raw, self.preparer, kind, self.data_dir,
+                                                            self.bank_device)
                 self.banks[name] = raw
             return self.banks[name]
 
@@ -407,7 +417,8 @@ class Indexer:
         bank = self.banks[collection]
         previous = self.store.retrieve(collection, ids)
         rows = bank.reserve(len(ids))
-        if prepared is not None:  # prepared first: every raw row then has prepared features, crash or not
+        in_store = self.features_in_store and prepared is not None
+        if prepared is not None and not in_store:  # prepared first: every raw row has prepared features
             self.prepared[collection].append(prepared.tokens, prepared.lengths, ids=ids, rows=rows,
                                              extras=prepared.extras)
         if self.keep_raw_tokens or prepared is None:
@@ -415,7 +426,17 @@ class Indexer:
         for p, r in zip(payloads, rows.tolist(), strict=True):
             p["row"] = int(r)
         try:
-            self.store.upsert(collection, ids, globals_.cpu().numpy(), payloads)
+            if in_store:
+                assert prepared is not None and self.preparer is not None
+                feats = prepared.tokens.detach().to("cpu", torch.float16).numpy()
+                for k, p in enumerate(payloads):
+                    p[FEATURES_FP] = self.preparer.fingerprint
+                    if prepared.extras is not None:
+                        p[FEATURES_EXTRAS] = prepared.extras[k].tolist()
+                self.store.upsert_with_features(collection, ids, globals_.cpu().numpy(), payloads,
+                                                [feats[k, :n] for k, n in enumerate(prepared.lengths.tolist())])
+            else:
+                self.store.upsert(collection, ids, globals_.cpu().numpy(), payloads)
         except Exception:
             self._roll_back(collection, ids, rows.tolist())
             raise
@@ -463,9 +484,8 @@ class Indexer:
                 out[coll] = bank.compact(live)
                 if coll in self.prepared:
                     out[coll + ".prepared"] = self.prepared[coll].compact(live)
-            blob_dir = self.data_dir / "blobs"
-            if blob_dir.is_dir():
-                out["blobs"] = {"removed": BlobStore(blob_dir).sweep(blobs)}
+            if self.blob_dir.is_dir():
+                out["blobs"] = {"removed": BlobStore(self.blob_dir).sweep(blobs)}
         return out
 
     def close(self) -> None:

@@ -20,8 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.backbone import Backbone
 from training.matcher import Matcher
-from training.tokenbank import TokenBank, TokenBankError
+from training.tokenbank import Fetched, TokenBank, TokenBankError
+
+from .stores import IMAGES, TEXTS, Hit, VectorStore
+from .stores.base import FEATURES_EXTRAS, FEATURES_FP
 
 PREPARED_SUFFIX = ".prepared"
 KINDS = ("images", "texts")
@@ -97,6 +101,32 @@ def open_prepared(raw: TokenBank, preparer: Preparer, kind: str, data_dir: Path,
     return bank
 
 
+def check_store_features(store: VectorStore, collection: str, preparer: Preparer, data_dir: Path) -> None:
+    """Features kept on Qdrant points: every point must carry this matcher's (the same refusal as a bank's)."""
+    other = store.count_without_features(collection, preparer.fingerprint)
+    if other:
+        raise PreparationMismatch(
+            f"{other} of the {store.count(collection)} points of collection {collection!r} hold no features "
+            f"prepared by this matcher ({preparer.fingerprint.split('/')[-1]}): {reprepare_hint(data_dir)}")
+
+
+def fetched_from_hits(hits: list[Hit], extras_dim: int) -> Fetched:
+    """Candidates that came with their features (a store that holds them) → the batch a bank fetch returns."""
+    lmax = max((h.features.shape[0] for h in hits if h.features is not None), default=0)
+    d = next(h.features.shape[1] for h in hits if h.features is not None) if lmax else 0
+    tokens = np.zeros((len(hits), lmax, d), dtype=np.float16)
+    lengths = np.array([h.features.shape[0] if h.features is not None else 0 for h in hits])
+    for k, h in enumerate(hits):  # one copy per candidate of an array Qdrant already decoded per point
+        if h.features is not None:
+            tokens[k, :lengths[k]] = h.features
+    mask = np.arange(lmax)[None, :] < lengths[:, None]
+    extras = None
+    if extras_dim:
+        extras = torch.tensor([h.payload.get(FEATURES_EXTRAS) or [0.0] * extras_dim for h in hits],
+                              dtype=torch.float32)
+    return Fetched(torch.from_numpy(tokens), torch.from_numpy(mask), extras, np.arange(len(hits)))
+
+
 def _chunks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for lo in range(0, len(rows), size):
         yield rows[lo:lo + size]
@@ -132,3 +162,60 @@ def reprepare(raw: TokenBank, preparer: Preparer, kind: str, live: np.ndarray,
     shutil.rmtree(old, ignore_errors=True)
     return {"items": int(len(live)), "seconds": round(elapsed, 3),
             "items_per_s": round(len(live) / elapsed, 1) if elapsed > 0 else 0.0, "bytes": size}
+
+
+def reprepare_index(store: VectorStore, data_dir: Path, backbone: Backbone, matcher: Matcher, batch: int = 256
+                    ) -> dict[str, dict[str, float]]:
+    """Every collection's prepared features for `matcher`, from the kept raw tokens: into fresh prepared banks,
+    or onto the Qdrant points when the store holds the features. No image is re-encoded."""
+    preparer = Preparer(matcher, backbone.fingerprint)
+    needs_globals = bool(matcher.config.top_k)  # the patch selector reads each image's global vector
+    store.bind_backbone(backbone.fingerprint, backbone.embed_dim, backbone.describe())
+    tokens = data_dir / "tokens"
+    names = sorted(p.name for p in tokens.iterdir() if p.is_dir() and "." not in p.name) if tokens.is_dir() else []
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        payloads = [p for p in store.scroll(name) if isinstance(p.get("row"), int)]
+        kinds = {p.get("kind") for p in payloads} - {None}
+        kind = {IMAGES: "images", TEXTS: "texts"}.get(name) or ("texts" if kinds == {"text"} else "images")
+        raw = TokenBank(tokens / name, backbone.embed_dim, backbone.fingerprint)
+        live = np.array(sorted(int(p["row"]) for p in payloads), dtype=np.int64)
+        missing = np.setdiff1d(live, raw.live_rows())
+        if len(missing):
+            raise PreparationMismatch(
+                f"{len(missing)} of the {len(live)} items of collection {name!r} have no raw tokens (indexed with "
+                "--no-keep-raw-tokens): re-index them with this model (`finesearch index ... --force`)")
+        globals_of = None
+        if needs_globals and kind == "images":
+            ids = [str(p["item_id"]) for p in payloads]
+            globals_of = {}
+            for lo in range(0, len(ids), 1024):
+                for pay, vec in store.retrieve(name, ids[lo:lo + 1024], with_vectors=True).values():
+                    globals_of[int(pay["row"])] = vec
+        if store.holds_features:
+            out[name] = _reprepare_in_store(store, name, raw, preparer, kind, payloads, globals_of, batch)
+        else:
+            out[name + PREPARED_SUFFIX] = reprepare(raw, preparer, kind, live, globals_of, batch)
+    return out
+
+
+def _reprepare_in_store(store: VectorStore, name: str, raw: TokenBank, preparer: Preparer, kind: str,
+                        payloads: list[dict], globals_of: dict[int, np.ndarray] | None, batch: int
+                        ) -> dict[str, float]:
+    """Features on the Qdrant points (features=qdrant): each point's replaced in place, batch by batch."""
+    start = time.perf_counter()
+    points = [(str(p["item_id"]), int(p["row"])) for p in payloads]
+    for lo in range(0, len(points), batch):
+        chunk = points[lo:lo + batch]
+        rows = np.array([r for _, r in chunk], dtype=np.int64)
+        tokens, mask = raw.gather(rows)
+        g = None if globals_of is None else torch.from_numpy(np.stack([globals_of[int(r)] for r in rows]))
+        p = preparer.prepare(kind, tokens.float(), mask.sum(1).numpy(), g)
+        feats = p.tokens.detach().to("cpu", torch.float16).numpy()
+        extra = [{FEATURES_FP: preparer.fingerprint} | ({FEATURES_EXTRAS: p.extras[k].tolist()}
+                                                         if p.extras is not None else {}) for k in range(len(chunk))]
+        store.set_features(name, [i for i, _ in chunk], [feats[k, :n] for k, n in enumerate(p.lengths.tolist())],
+                           extra)
+    elapsed = time.perf_counter() - start
+    return {"items": len(points), "seconds": round(elapsed, 3),
+            "items_per_s": round(len(points) / elapsed, 1) if elapsed > 0 else 0.0}

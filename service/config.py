@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,9 +22,16 @@ class Settings(BaseSettings):
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     qdrant_prefix: str = "finesearch_"
+    features: Literal["bank", "qdrant"] = Field(
+        "bank", description="where the matcher's prepared features live: the token bank in data_dir, or "
+        "(server mode) a multivector on each Qdrant point, so API replicas share no volume (docs/operations.md)")
+    blob_dir: Path | None = Field(None, description="uploaded originals (GET /v1/images/{id}/content); default "
+                                  "data_dir/blobs")
     device: str = "auto"
     precision: str = "auto"
     bank_on_device: bool = Field(False, description="keep token banks resident on the device (GPU)")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads of each model call (default: half the "
+                                      "cores, at least 1; measured in docs/benchmarks.md)")
     keep_raw_tokens: bool = Field(True, description="keep each item's raw tokens beside its prepared features, so "
                                   "a new matcher needs `finesearch index reprepare`, not re-encoding")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ from PIL import Image
 
 from indexer.blobs import BlobStore
 from indexer.pipeline import ImageItem, Indexer, TextItem, check_text
+from indexer.preparation import fetched_from_hits
 from indexer.stores import IMAGES, TEXTS, Hit, open_store
 from indexer.stores.base import normalise_filter
 from indexer.validation import PayloadLimits, id_problem
@@ -115,14 +116,18 @@ class Engine:
             self.matcher.calibration.cpu().tolist() if bool(self.matcher.calibrated) else None)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(settings.data_dir, settings.qdrant_url, settings.qdrant_api_key,
-                                prefix=settings.qdrant_prefix)
+                                prefix=settings.qdrant_prefix, features=settings.features)
         self.indexer = Indexer(self.backbone, self.store, settings.data_dir, batch_size=settings.index_batch,
                                workers=settings.decode_workers, max_pixels=settings.max_image_pixels,
                                bank_device=str(self.device) if settings.bank_on_device else None,
                                limits=PayloadLimits.from_settings(settings), matcher=self.matcher,
-                               keep_raw_tokens=settings.keep_raw_tokens)
-        self.blobs = BlobStore(settings.data_dir / "blobs")
-        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
+                               keep_raw_tokens=settings.keep_raw_tokens, blob_dir=settings.blob_dir)
+        self.blobs = BlobStore(settings.blob_dir or settings.data_dir / "blobs")
+        # intra-op threads are set per calling thread: the model thread's own. On a small CPU host one
+        # model call using every core competes with the event loop and the gather threads (docs/benchmarks.md)
+        threads = settings.torch_threads or max(1, (os.cpu_count() or 2) // 2)
+        self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=torch.set_num_threads,
+                                               initargs=(threads,))
         window = settings.batch_window_ms
         self.text_encoder: MicroBatcher[str, _Query] = MicroBatcher(
             "encode_text", self._encode_texts, self.model_thread, settings.encode_batch, window)
@@ -220,14 +225,20 @@ class Engine:
         want = opts.offset + opts.limit
         n = max(opts.candidates, want) if opts.rerank else want
         vec = query.globals.float().cpu().numpy()
-        # candidates come without vectors: their prepared features hold all the rerank needs
-        hits = await asyncio.to_thread(self.store.search, collection, vec, n, opts.filter, 0, False)
+        in_store = opts.rerank and self.indexer.features_in_store
+        if in_store:  # the candidates and their prepared features in one call (features="qdrant")
+            hits = await asyncio.to_thread(self.store.search_with_features, collection, vec, n, opts.filter)
+        else:  # candidates come without vectors: their prepared features hold all the rerank needs
+            hits = await asyncio.to_thread(self.store.search, collection, vec, n, opts.filter, 0, False)
         timer.lap("recall")
         if not opts.rerank or not hits:
             timer.marks.setdefault("gather", 0.0)
             timer.marks.setdefault("rerank", 0.0)
             return [(h, None, None) for h in hits]
-        hits, found = await asyncio.to_thread(self._gather, self.indexer.serving_bank(collection), hits)
+        if in_store:
+            found = fetched_from_hits(hits, self.matcher.text_extras if collection == TEXTS else 0)
+        else:
+            hits, found = await asyncio.to_thread(self._gather, self.indexer.serving_bank(collection), hits)
         if not hits:
             timer.lap("gather")
             timer.marks.setdefault("rerank", 0.0)
@@ -259,34 +270,38 @@ class Engine:
     def _page(self, scored: list[tuple[Hit, float | None, float | None]], opts: SearchOptions, kind: str
               ) -> list[dict[str, Any]]:
         """Sort by the final score (fused when reranked, else global), cut at min_score, then page."""
+        if not scored:
+            return []
         direction = "t2i" if kind == IMAGES else "i2t"
-        rows = []
-        for hit, fused, patch in scored:
-            readable = self.readable_scores(direction, hit.score, fused, patch)
-            rows.append((fused if fused is not None else hit.score, readable, hit))
-        rows.sort(key=lambda r: -r[0])
+        cosine = np.array([h.score for h, _, _ in scored], dtype=np.float64)
+        reranked = scored[0][1] is not None
+        fused = np.array([f for _, f, _ in scored], dtype=np.float64) if reranked else None
+        patch = np.array([p for _, _, p in scored], dtype=np.float64) if reranked else None
+        scores = self.readable_scores(direction, cosine, fused, patch)
+        order = np.argsort(-(fused if fused is not None else cosine), kind="stable")
         if opts.min_score is not None:
-            rows = [r for r in rows if r[1]["score"] >= opts.min_score]
-        page = rows[opts.offset: opts.offset + opts.limit]
-        return [self.describe(hit, kind) | {"rank": opts.offset + i + 1, **readable}
-                for i, (_, readable, hit) in enumerate(page)]
+            order = order[scores["score"][order] >= opts.min_score]
+        page = order[opts.offset: opts.offset + opts.limit]
+        return [self.describe(scored[j][0], kind) | {"rank": opts.offset + i + 1} |
+                {k: (None if v is None else round(float(v[j]), 6)) for k, v in scores.items()}
+                for i, j in enumerate(page.tolist())]
 
-    def readable_scores(self, direction: str, cosine: float, fused: float | None, patch: float | None
-                        ) -> dict[str, float | None]:
-        """score, global_score and fine_score as the probabilities calibrated on validation (docs/api.md);
-        a matcher without calibration reports its raw scores."""
+    def readable_scores(self, direction: str, cosine: np.ndarray, fused: np.ndarray | None,
+                        patch: np.ndarray | None) -> dict[str, np.ndarray | None]:
+        """score, global_score and fine_score as the probabilities calibrated on validation (docs/api.md),
+        for all candidates at once; a matcher without calibration reports its raw scores."""
         table = self.calibration
         if table is None:
-            return {"score": round(fused if fused is not None else cosine, 6), "global_score": round(cosine, 6),
-                    "fine_score": None if patch is None else round(patch, 6), "cosine": round(cosine, 6)}
+            return {"score": fused if fused is not None else cosine, "global_score": cosine, "fine_score": patch,
+                    "cosine": cosine}
 
-        def prob(x: float, kind: str) -> float:
+        def prob(x: np.ndarray, kind: str) -> np.ndarray:
             a, b = table[DIRECTIONS.index(direction)][KINDS.index(kind)]
-            return round(1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, a * x + b)))), 6)
+            return 1.0 / (1.0 + np.exp(-np.clip(a * x + b, -60.0, 60.0)))
 
         glob = prob(cosine, "global")
         return {"score": prob(fused, "fused") if fused is not None else glob, "global_score": glob,
-                "fine_score": None if patch is None else prob(patch, "fine"), "cosine": round(cosine, 6)}
+                "fine_score": None if patch is None else prob(patch, "fine"), "cosine": cosine}
 
     def describe(self, hit: Hit | tuple[str, dict[str, Any]], kind: str) -> dict[str, Any]:
         item_id, p = (hit.id, hit.payload) if isinstance(hit, Hit) else hit
@@ -337,6 +352,13 @@ class Engine:
         problem = id_problem(image_id, self.settings.max_id_chars)
         if problem:
             raise ApiError(422, f"image_id: {problem}", "invalid_id")
+        if self.indexer.features_in_store:
+            got = self.store.retrieve_features(IMAGES, [image_id])
+            vec = self.store.retrieve(IMAGES, [image_id], with_vectors=True).get(image_id)
+            if image_id in got and vec is not None:
+                return _Query(torch.from_numpy(vec[1]).to(self.device),
+                              torch.from_numpy(got[image_id][1]).to(self.device), prepared=True)
+            raise ApiError(404, f"no image with id {image_id!r}", "not_found")
         for _ in range(3):  # a concurrent replace may tombstone the row between retrieve and gather: look again
             found = self.store.retrieve(IMAGES, [image_id], with_vectors=True)
             if image_id not in found:

@@ -37,6 +37,9 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, help="model bundle (default: FINESEARCH_MODEL or the demo)")
     p.add_argument("--data-dir", type=Path, default=None, help="embedded store directory (FINESEARCH_DATA_DIR)")
     p.add_argument("--qdrant-url", default=None, help="Qdrant server instead of the embedded engine")
+    p.add_argument("--features", choices=["bank", "qdrant"], default=None,
+                   help="prepared matcher features in the token bank (default) or on the Qdrant points "
+                        "(server mode: replicas share no volume)")
     p.add_argument("--host", default=os.environ.get("FINESEARCH_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(os.environ.get("FINESEARCH_PORT", "8000")))
     p.add_argument("--device", default=None)
@@ -46,7 +49,7 @@ def _server_args(p: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     """Flags override FINESEARCH_* variables; exported so that worker processes see the same."""
     for flag, env in (("model", "MODEL"), ("data_dir", "DATA_DIR"), ("qdrant_url", "QDRANT_URL"),
-                      ("device", "DEVICE")):
+                      ("features", "FEATURES"), ("device", "DEVICE")):
         value = getattr(args, flag, None)
         if value is not None:
             os.environ[f"FINESEARCH_{env}"] = str(value)

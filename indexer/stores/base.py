@@ -18,6 +18,10 @@ from typing import Any
 import numpy as np
 
 VECTOR_NAME = "global"
+#: The named multivector holding each point's prepared matcher features (server mode, `features="qdrant"`).
+FEATURES_NAME = "tokens"
+#: Payload fields of a point whose features live in the store: the preparation's fingerprint, per-item extras.
+FEATURES_FP, FEATURES_EXTRAS = "features_fp", "features_extras"
 IMAGES = "images"
 TEXTS = "texts"
 META_COLLECTION = "finesearch_meta"
@@ -50,6 +54,7 @@ class Hit:
     score: float
     payload: dict[str, Any]
     vector: np.ndarray | None = None
+    features: np.ndarray | None = None  # [L, d] prepared matcher features, from a store that holds them
 
 
 def named_vector(v: Any) -> np.ndarray | None:
@@ -139,6 +144,9 @@ class VectorStore(ABC):
     """Global vectors + payloads, per collection. Both backends pass the same test-suite."""
 
     backend: str = "?"
+    #: Whether each point carries its prepared matcher features (a named multivector), so that search
+    #: returns candidates and their features in one call and API replicas need no shared token bank.
+    holds_features: bool = False
 
     @abstractmethod
     def ensure_collection(self, name: str, dim: int, indexed_fields: Mapping[str, str] | None = None) -> None: ...
@@ -170,6 +178,30 @@ class VectorStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Flush and release resources."""
+
+    # ------------------------------------------- features (stores that hold them)
+    def _no_features(self) -> StoreError:
+        return StoreError(f"the {self.backend} store keeps no matcher features (that is the token bank's job here)")
+
+    def upsert_with_features(self, collection: str, ids: Sequence[str], vectors: np.ndarray,
+                             payloads: Sequence[Mapping[str, Any]], features: Sequence[np.ndarray]) -> None:
+        raise self._no_features()
+
+    def search_with_features(self, collection: str, vector: np.ndarray, limit: int,
+                             filter: FilterSpec | None = None) -> list[Hit]:
+        raise self._no_features()
+
+    def retrieve_features(self, collection: str, ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+        raise self._no_features()
+
+    def set_features(self, collection: str, ids: Sequence[str], features: Sequence[np.ndarray],
+                     payloads: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the features (and merge these payload fields) of existing points: `index reprepare`."""
+        raise self._no_features()
+
+    def count_without_features(self, collection: str, fingerprint: str) -> int:
+        """Points whose features were not prepared under `fingerprint` (another matcher, or none)."""
+        raise self._no_features()
 
     # ----------------------------------------------------------- derived
     def search(self, collection: str, vector: np.ndarray, limit: int, filter: FilterSpec | None = None,

@@ -1,7 +1,10 @@
 """Qdrant server through qdrant-client (gRPC preferred): compose and production.
 
 Sharding and replication are Qdrant's own cluster features; this adapter only
-sets the shard/replica counts when it creates a collection.
+sets the shard/replica counts when it creates a collection. With `features=True`
+each point also carries the item's prepared matcher features as a named
+multivector (no HNSW, on disk, fp16), read in the same call as the candidates:
+then API replicas share nothing but the Qdrant cluster (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from qdrant_client import QdrantClient, models
 
 from .base import (
     BASE_INDEXED_FIELDS,
+    FEATURES_FP,
+    FEATURES_NAME,
     VECTOR_NAME,
     FilterSpec,
     Hit,
@@ -57,7 +62,9 @@ class ServerStore(VectorStore):
         replication_factor: int | None = None,
         timeout: int = 30,
         client: QdrantClient | None = None,
+        features: bool = False,
     ) -> None:
+        self.holds_features = features
         self.prefix = prefix
         self._shards = shard_number
         self._replicas = replication_factor
@@ -89,11 +96,18 @@ class ServerStore(VectorStore):
     def ensure_collection(self, name: str, dim: int, indexed_fields: Mapping[str, str] | None = None) -> None:
         full = self._name(name)
         if not self.has_collection(name):
+            vectors = {VECTOR_NAME: models.VectorParams(size=dim, distance=models.Distance.COSINE)}
+            if self.holds_features and name != "finesearch_meta":
+                # read back by id with the candidates, never searched: no HNSW graph, on disk, half precision
+                vectors[FEATURES_NAME] = models.VectorParams(
+                    size=dim, distance=models.Distance.DOT, on_disk=True, datatype=models.Datatype.FLOAT16,
+                    hnsw_config=models.HnswConfigDiff(m=0),
+                    multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM))
             self._call(
                 "create collection",
                 self.client.create_collection,
                 full,
-                vectors_config={VECTOR_NAME: models.VectorParams(size=dim, distance=models.Distance.COSINE)},
+                vectors_config=vectors,
                 hnsw_config=models.HnswConfigDiff(m=16, ef_construct=128),
                 shard_number=self._shards,
                 replication_factor=self._replicas,
@@ -104,7 +118,14 @@ class ServerStore(VectorStore):
             size = params[VECTOR_NAME].size if isinstance(params, dict) else params.size
             if size != dim:
                 raise StoreError(f"collection {full!r} holds {size}-d vectors, not {dim}-d")
-        for field_name, kind in {**BASE_INDEXED_FIELDS, **(indexed_fields or {})}.items():
+            if self.holds_features and name != "finesearch_meta" and (
+                    not isinstance(params, dict) or FEATURES_NAME not in params):
+                raise StoreError(f"collection {full!r} was created without the {FEATURES_NAME!r} features vector: "
+                                 "keep the token bank for it (features=bank) or index into a new collection prefix")
+        fields = {**BASE_INDEXED_FIELDS, **(indexed_fields or {})}
+        if self.holds_features:
+            fields[FEATURES_FP] = "keyword"
+        for field_name, kind in fields.items():
             self._call("create payload index", self.client.create_payload_index, full, field_name, _SCHEMA[kind])
 
     def upsert(self, collection: str, ids: Sequence[str], vectors: np.ndarray,
@@ -166,5 +187,72 @@ class ServerStore(VectorStore):
             if offset is None:
                 return
 
+    # --------------------------------------------------------------- features
+    def _check_features(self) -> None:
+        if not self.holds_features:
+            raise self._no_features()
+
+    def upsert_with_features(self, collection: str, ids: Sequence[str], vectors: np.ndarray,
+                             payloads: Sequence[Mapping[str, Any]], features: Sequence[np.ndarray]) -> None:
+        self._check_features()
+        if not len(ids):
+            return
+        vecs = np.asarray(vectors, dtype=np.float32)
+        points = [
+            models.PointStruct(id=point_id(i), vector={VECTOR_NAME: v, FEATURES_NAME: _rows(f)},
+                               payload={**p, "item_id": i})
+            for i, v, p, f in zip(ids, vecs.tolist(), payloads, features, strict=True)
+        ]
+        self._call("upsert", self.client.upsert, self._name(collection), points=points, wait=True)
+
+    def search_with_features(self, collection: str, vector: np.ndarray, limit: int,
+                             filter: FilterSpec | None = None) -> list[Hit]:
+        self._check_features()
+        res = self._call("search", self.client.query_points, self._name(collection),
+                         query=np.asarray(vector, dtype=np.float32).tolist(), using=VECTOR_NAME, limit=limit,
+                         query_filter=server_filter(filter), with_payload=True, with_vectors=[FEATURES_NAME])
+        return [Hit(p.payload["item_id"], float(p.score), p.payload, None, _features(p.vector)) for p in res.points]
+
+    def retrieve_features(self, collection: str, ids: Sequence[str]) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+        self._check_features()
+        if not ids:
+            return {}
+        recs = self._call("retrieve", self.client.retrieve, self._name(collection), [point_id(i) for i in ids],
+                          with_payload=True, with_vectors=[FEATURES_NAME])
+        return {r.payload["item_id"]: (r.payload, _features(r.vector)) for r in recs}
+
+    def set_features(self, collection: str, ids: Sequence[str], features: Sequence[np.ndarray],
+                     payloads: Sequence[Mapping[str, Any]]) -> None:
+        self._check_features()
+        if not len(ids):
+            return
+        full = self._name(collection)
+        self._call("update vectors", self.client.update_vectors, full, wait=True, points=[
+            models.PointVectors(id=point_id(i), vector={FEATURES_NAME: _rows(f)}) for i, f in zip(ids, features,
+                                                                                             strict=True)])
+        self._call("set payload", self.client.batch_update_points, full, wait=True, update_operations=[
+            models.SetPayloadOperation(set_payload=models.SetPayload(payload=dict(p), points=[point_id(i)]))
+            for i, p in zip(ids, payloads, strict=True)])
+
+    def count_without_features(self, collection: str, fingerprint: str) -> int:
+        self._check_features()
+        if not self.has_collection(collection):
+            return 0
+        same = models.FieldCondition(key=FEATURES_FP, match=models.MatchValue(value=fingerprint))
+        flt = models.Filter(must_not=[same])
+        return int(self._call("count", self.client.count, self._name(collection), count_filter=flt, exact=True).count)
+
     def close(self) -> None:
         self.client.close()
+
+
+def _rows(features: np.ndarray) -> list[list[float]]:
+    """[L, d] → the multivector's list of rows (Qdrant keeps them in fp16)."""
+    return np.asarray(features, dtype=np.float32).tolist()
+
+
+def _features(v: Any) -> np.ndarray:
+    rows = v.get(FEATURES_NAME) if isinstance(v, dict) else None
+    if not rows:
+        raise StoreError(f"a point came back without its {FEATURES_NAME!r} features")
+    return np.asarray(rows, dtype=np.float16)

@@ -89,13 +89,25 @@ def index_synth(engine: Engine, root: Path, items: list[CaptionedImage]) -> None
                                 for it in items for k, c in enumerate(it.captions)])
 
 
+LIMITS = {"max_body_bytes": 2_000_000, "max_files": 4, "max_image_bytes": 1_000_000, "max_text_chars": 200,
+          "max_archive_bytes": 5_000_000, "max_archive_files": 200}
+
+
 @pytest.fixture(scope="session")
 def server(model_dir: Path, synth: tuple[Path, list[CaptionedImage]],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    settings = Settings(model=model_dir, data_dir=tmp_path_factory.mktemp("data"), max_body_bytes=2_000_000,
-                        max_files=4, max_image_bytes=1_000_000, max_text_chars=200, max_archive_bytes=5_000_000,
-                        max_archive_files=200)
-    srv = start_server(settings)
+    srv = start_server(Settings(model=model_dir, data_dir=tmp_path_factory.mktemp("data"), **LIMITS))  # type: ignore[arg-type]
+    index_synth(srv.engine, *synth)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def qdrant_server(model_dir: Path, synth: tuple[Path, list[CaptionedImage]],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Server mode with the prepared features on the Qdrant points (qdrant-client's own in-process Qdrant)."""
+    srv = start_server(Settings(model=model_dir, data_dir=tmp_path_factory.mktemp("data-q"), qdrant_url=":memory:",
+                                features="qdrant", **LIMITS))  # type: ignore[arg-type]
     index_synth(srv.engine, *synth)
     yield srv
     srv.stop()
