@@ -50,14 +50,14 @@ def time_rerank(m: Matcher, direction: str, k: int, words: int, repeats: int, pr
         for r in range(repeats + 10):
             t = time.perf_counter()
             if direction == "t2i":  # one caption against k images
-                q = m.prepare_texts(toks[:1], mask[:1], globals_[:1]).trimmed().take(torch.zeros(k, dtype=torch.long))
+                q = m.prepare_texts(toks[:1], mask[:1], globals_[:1]).trimmed()  # paired with every candidate
                 if prepared:
                     cand = PreparedImages(stored_img.float(), torch.zeros_like(globals_))
                 else:
                     cand = m.prepare_images(patches, globals_)
                 m.score_pairs(cand, q, s_global, direction)
             else:  # one image against k captions
-                q = m.prepare_images(patches[:1], globals_[:1]).take(torch.zeros(k, dtype=torch.long))
+                q = m.prepare_images(patches[:1], globals_[:1])
                 if prepared:
                     cand = m.texts_from_words(stored_words.float(), mask, None, stored_lda).trimmed()
                 else:

@@ -32,6 +32,7 @@ from indexer.stores.base import normalise_filter
 from indexer.validation import PayloadLimits, id_problem
 from training.backbone import pad_words
 from training.bundle import Bundle, load_bundle
+from training.explain import explain_pairs, word_pieces
 from training.images import ImageRejected, load_for_model, probe_image
 from training.matcher import DIRECTIONS, KINDS, PreparedImages
 from training.tokenbank import Fetched
@@ -59,6 +60,7 @@ class SearchOptions:
     min_score: float | None = None
     offset: int = 0
     filter: dict[str, Any] | None = None
+    explain: bool = False
 
 
 @dataclass
@@ -179,7 +181,8 @@ class Engine:
                                     torch.ones(1, jobs[i].query.tokens.shape[0], dtype=torch.bool), lmax) for i in idx]
                 words, wmask = torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded])
                 q_glob = torch.stack([jobs[i].query.globals for i in idx]).to(dev)
-                q = m.prepare_texts(words.to(dev), wmask.to(dev), q_glob).trimmed().take(qidx)
+                q = m.prepare_texts(words.to(dev), wmask.to(dev), q_glob).trimmed()
+                q = q if len(idx) == 1 else q.take(qidx)  # one query: paired with every candidate as it is
                 patches = torch.cat([jobs[i].tokens for i in idx]).to(dev).float()
                 c = PreparedImages(patches, patches.new_zeros(patches.shape[0], m.config.dim))
                 fused, patch = m.score_pairs(c, q, s_global, direction)
@@ -193,8 +196,10 @@ class Engine:
                     for j, k in enumerate(fresh):
                         patches[k] = done[j]
                 stacked = torch.stack(patches)
-                q = PreparedImages(stacked, stacked.new_zeros(len(idx), m.config.dim)).take(qidx)
-                padded = [pad_words(jobs[i].tokens, jobs[i].mask, lmax) for i in idx]
+                q = PreparedImages(stacked, stacked.new_zeros(len(idx), m.config.dim))
+                q = q if len(idx) == 1 else q.take(qidx)
+                width = max(int(jobs[i].tokens.shape[1]) for i in idx)
+                padded = [pad_words(jobs[i].tokens, jobs[i].mask, width) for i in idx]
                 toks, masks = torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded])
                 lda = torch.cat([jobs[i].extras for i in idx])  # type: ignore[misc]
                 # text globals only enter the global term, which Qdrant already scored (s_global)
@@ -220,8 +225,9 @@ class Engine:
             raise ApiError(422, f"filter: {exc}", "invalid_request") from exc
 
     async def _candidates(self, collection: str, query: _Query, opts: SearchOptions, timer: Timer
-                          ) -> list[tuple[Hit, float | None, float | None]]:
-        """(hit, fused score, patch score) for the recalled candidates; scores None without rerank."""
+                          ) -> tuple[list[tuple[Hit, float | None, float | None]], Fetched | None]:
+        """(hit, fused score, patch score) for the recalled candidates, scores None without rerank; and the
+        reranked candidates' prepared features, in the same order (for explanations)."""
         want = opts.offset + opts.limit
         n = max(opts.candidates, want) if opts.rerank else want
         vec = query.globals.float().cpu().numpy()
@@ -234,7 +240,7 @@ class Engine:
         if not opts.rerank or not hits:
             timer.marks.setdefault("gather", 0.0)
             timer.marks.setdefault("rerank", 0.0)
-            return [(h, None, None) for h in hits]
+            return [(h, None, None) for h in hits], None
         if in_store:
             found = fetched_from_hits(hits, self.matcher.text_extras if collection == TEXTS else 0)
         else:
@@ -242,7 +248,7 @@ class Engine:
         if not hits:
             timer.lap("gather")
             timer.marks.setdefault("rerank", 0.0)
-            return []
+            return [], None
         scores = torch.tensor([h.score for h in hits], dtype=torch.float32)
         timer.lap("gather")
         CANDIDATES.observe(len(hits))
@@ -253,7 +259,7 @@ class Engine:
         except OutOfMemory as exc:
             raise ApiError(503, str(exc), "out_of_memory") from exc
         timer.lap("rerank")
-        return list(zip(hits, fused.tolist(), patch.tolist(), strict=True))
+        return list(zip(hits, fused.tolist(), patch.tolist(), strict=True)), found
 
     @staticmethod
     def _gather(bank: Any, hits: list[Hit]) -> tuple[list[Hit], Fetched]:
@@ -268,10 +274,11 @@ class Engine:
         return hits, found
 
     def _page(self, scored: list[tuple[Hit, float | None, float | None]], opts: SearchOptions, kind: str
-              ) -> list[dict[str, Any]]:
-        """Sort by the final score (fused when reranked, else global), cut at min_score, then page."""
+              ) -> tuple[list[dict[str, Any]], list[int]]:
+        """Sort by the final score (fused when reranked, else global), cut at min_score, then page; with the
+        page's indices into `scored`."""
         if not scored:
-            return []
+            return [], []
         direction = "t2i" if kind == IMAGES else "i2t"
         cosine = np.array([h.score for h, _, _ in scored], dtype=np.float64)
         reranked = scored[0][1] is not None
@@ -281,10 +288,10 @@ class Engine:
         order = np.argsort(-(fused if fused is not None else cosine), kind="stable")
         if opts.min_score is not None:
             order = order[scores["score"][order] >= opts.min_score]
-        page = order[opts.offset: opts.offset + opts.limit]
+        page = order[opts.offset: opts.offset + opts.limit].tolist()
         return [self.describe(scored[j][0], kind) | {"rank": opts.offset + i + 1} |
                 {k: (None if v is None else round(float(v[j]), 6)) for k, v in scores.items()}
-                for i, j in enumerate(page.tolist())]
+                for i, j in enumerate(page)], page
 
     def readable_scores(self, direction: str, cosine: np.ndarray, fused: np.ndarray | None,
                         patch: np.ndarray | None) -> dict[str, np.ndarray | None]:
@@ -321,8 +328,10 @@ class Engine:
         timer = Timer()
         query = await self.text_encoder.submit(text)
         timer.lap("encode")
-        scored = await self._candidates(IMAGES, query, opts, timer)
-        return Outcome(self._page(scored, opts, IMAGES), timer.done())
+        scored, found = await self._candidates(IMAGES, query, opts, timer)
+        results, page = self._page(scored, opts, IMAGES)
+        await self._explain_page("t2i", query, found, page, results, opts, timer, text)
+        return Outcome(results, timer.done())
 
     async def search_texts(self, opts: SearchOptions, image: bytes | None = None,
                            image_id: str | None = None) -> Outcome:
@@ -336,8 +345,54 @@ class Engine:
         else:
             raise ApiError(422, "send an image file or an image_id", "invalid_request")
         timer.lap("encode")
-        scored = await self._candidates(TEXTS, query, opts, timer)
-        return Outcome(self._page(scored, opts, TEXTS), timer.done())
+        scored, found = await self._candidates(TEXTS, query, opts, timer)
+        results, page = self._page(scored, opts, TEXTS)
+        await self._explain_page("i2t", query, found, page, results, opts, timer)
+        return Outcome(results, timer.done())
+
+    async def _explain_page(self, direction: str, query: _Query, found: Fetched | None, page: list[int],
+                            results: list[dict[str, Any]], opts: SearchOptions, timer: Timer,
+                            text: str | None = None) -> None:
+        """With `explain`, each reranked result of the page gets its word → patch explanation (training/explain.py),
+        from one matcher call over the page alone; results stay as they are otherwise."""
+        if not opts.explain:
+            return
+        if found is not None and page and not self.matcher.config.top_k:  # top_k: the kept patches' places are not kept
+            loop = asyncio.get_running_loop()
+            out = await loop.run_in_executor(self.model_thread, self._explain, direction, query, found, page,
+                                             results, text)
+            for r, e in zip(results, out, strict=True):
+                r["explanation"] = e
+        for r in results:
+            r.setdefault("explanation", None)
+        timer.lap("explain")
+
+    @torch.inference_mode()
+    def _explain(self, direction: str, query: _Query, found: Fetched, page: list[int], results: list[dict[str, Any]],
+                 text: str | None) -> list[dict[str, Any]]:
+        m, dev = self.matcher, self.device
+        grid = tuple(self.backbone.model.visual.grid_size)
+        idx = torch.tensor(page, device=found.tokens.device)
+        tokenizer = self.backbone.tokenizer
+        zeros = torch.zeros(len(page), m.config.dim, device=dev)
+        if direction == "t2i":
+            n = query.tokens.shape[0]
+            words, mask = pad_words(query.tokens[None].float(), torch.ones(1, n, dtype=torch.bool), m.config.max_words)
+            txt = m.prepare_texts(words.to(dev), mask.to(dev), query.globals[None].to(dev)).trimmed()
+            txt = txt.take(torch.zeros(len(page), dtype=torch.long, device=dev))
+            img = PreparedImages(found.tokens[idx].to(dev).float(), zeros)
+            pieces = [word_pieces(tokenizer, text or "", n)] * len(page)
+        else:
+            patches = query.tokens[None].to(dev).float()
+            if not query.prepared:
+                patches = m.prepare_images(query.tokens[None].to(dev), query.globals[None].to(dev)).patches
+            img = PreparedImages(patches.expand(len(page), -1, -1), zeros)
+            extras = found.extras[idx].to(dev) if found.extras is not None else None
+            txt = m.texts_from_words(found.tokens[idx].to(dev), found.mask[idx].to(dev), None, extras)
+            lengths = found.mask[idx].sum(1).tolist()
+            pieces = [word_pieces(tokenizer, r.get("text") or "", int(n)) for r, n in zip(results, lengths,
+                                                                                         strict=True)]
+        return explain_pairs(m, img, txt, grid, pieces)  # type: ignore[arg-type]
 
     def decode_upload(self, data: bytes) -> np.ndarray:
         if len(data) > self.settings.max_image_bytes:

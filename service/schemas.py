@@ -26,6 +26,8 @@ class SearchParams(BaseModel):
     offset: int = Field(0, ge=0, description="skip this many results (paging; at most max_offset)")
     filter: dict[str, FilterValue] | None = Field(
         None, description="metadata field → value or list of values; `kind`, `item_id`, `image_id` address the item")
+    explain: bool = Field(False, description="give each reranked result of the page its word → patch explanation "
+                                             "(costs one matcher call over the page)")
 
 
 class TextSearch(SearchParams):
@@ -34,6 +36,25 @@ class TextSearch(SearchParams):
 
 class ImageIdSearch(SearchParams):
     image_id: str = Field(..., description="an indexed image used as the query")
+
+
+class WordExplanation(BaseModel):
+    text: str = Field(description="the word token, as the tokenizer sees it (lower case; long words split)")
+    span: list[int] | None = Field(description="[start, end) characters of the token in the caption (for a text "
+                                               "query: the query with whitespace collapsed); null if not found")
+    score: float = Field(description="the word's score s_w: its similarity to the patches, weighted by its attention")
+    weight: float = Field(description="its weight in the word side of the fine score (LDA)")
+    contribution: float = Field(description="weight · score / 2: its share of fine_raw")
+    patches: list[list[float]] = Field(description="its attention over the image's patch grid (rows × columns, "
+                                                   "summing to 1): where in the image the word was matched")
+
+
+class Explanation(BaseModel):
+    grid: list[int] = Field(description="[rows, columns] of the image's patch grid")
+    fine_raw: float = Field(description="the matcher's raw word–patch score (fine_score before calibration)")
+    patch_side: float = Field(description="the patch side's half of fine_raw (eqs. 7–8); fine_raw = patch_side + "
+                                          "the words' contributions")
+    words: list[WordExplanation]
 
 
 class SearchResult(BaseModel):
@@ -53,6 +74,8 @@ class SearchResult(BaseModel):
     height: int | None = None
     text: str | None = None
     image_id: str | None = None
+    explanation: Explanation | None = Field(None, description="with `explain`: why this result matched (null when "
+                                                              "not reranked, or for a top-K selector matcher)")
 
 
 class Timing(BaseModel):
@@ -60,6 +83,7 @@ class Timing(BaseModel):
     recall: float
     gather: float
     rerank: float
+    explain: float | None = None
     total: float
 
 

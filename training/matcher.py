@@ -252,6 +252,8 @@ class Interaction:
     patch: torch.Tensor  # [...] S_patch = (s_w2p + s_p2w) / 2
     word_scores: torch.Tensor  # [..., L] s_w (eq. 9), zero on padding
     word_attention: torch.Tensor  # [..., L, K] α′: each word's weights over the kept patches
+    word_weights: torch.Tensor  # [..., L] each word's weight in s_p2w = Σ_l weight_l · s_w,l (LDA), zero on padding
+    patch_side: torch.Tensor  # [...] s_w2p (eqs. 7–8), so S_patch = (patch_side + Σ_l weight_l · s_w,l) / 2
 
 
 class Matcher(nn.Module):
@@ -335,14 +337,17 @@ class Matcher(nn.Module):
             words = self.word_refiner(words, mask)
         if self.word_adapter is not None:
             words = self.word_adapter(words)
-        return self.texts_from_words(words, mask, globals_)
+        return self.texts_from_words(words, mask, globals_, width=self.config.max_words)
 
     def texts_from_words(self, words: torch.Tensor, mask: torch.Tensor, globals_: torch.Tensor | None = None,
-                         lda: torch.Tensor | None = None) -> PreparedTexts:
+                         lda: torch.Tensor | None = None, width: int | None = None) -> PreparedTexts:
         """Prepared (refined, adapted) words → PreparedTexts. Given `lda` (stored at index time) it is used as
-        is; the word importances are recomputed (one dot product per word, and they may be retrained)."""
+        is; the word importances are recomputed (one dot product per word, and they may be retrained).
+        `width` pads to a fixed number of positions (sets of captions that are concatenated later)."""
         mask = mask.bool()
-        words, mask = pad_words(words.float() * mask[..., None], mask, self.config.max_words)
+        words = words.float() * mask[..., None]
+        if width is not None:
+            words, mask = pad_words(words, mask, width)
         logits = self.importance(words).squeeze(-1) if self.importance is not None else torch.zeros_like(mask, dtype=
                                                                                                         words.dtype)
         importance = masked_softmax(logits, mask)
@@ -420,15 +425,18 @@ class Matcher(nn.Module):
 
     def _aggregate(self, s_w2p: torch.Tensor, s_w: torch.Tensor, att: torch.Tensor, txt_mask: torch.Tensor,
                    lda: torch.Tensor, importance: torch.Tensor) -> Interaction:
-        """LDA (replaces eq. 10): w_sum · Σ_l a_l s_w + w_mean · mean_l s_w (+ w_min · softmin_l s_w)."""
-        n = txt_mask.sum(-1).to(s_w.dtype).clamp(min=1)
-        mean = s_w.sum(-1) / n
-        summed = (importance * s_w).sum(-1) if self.config.aggregation == "weighted" else s_w.sum(-1)
-        s_p2w = lda[..., 0] * summed + lda[..., 1] * mean
+        """LDA (replaces eq. 10): w_sum · Σ_l a_l s_w + w_mean · mean_l s_w (+ w_min · softmin_l s_w), written as
+        one weight per word, so an explanation can show each word's share of the score."""
+        m = txt_mask.to(s_w.dtype)
+        n = m.sum(-1, keepdim=True).clamp(min=1)
+        per = importance if self.config.aggregation == "weighted" else m
+        weights = lda[..., 0:1] * per + lda[..., 1:2] * m / n
         if self.log_min_temp is not None:
             soft = masked_softmax(-self.log_min_temp.exp() * s_w, txt_mask.bool())
-            s_p2w = s_p2w + lda[..., 2] * (soft * s_w).sum(-1)
-        return Interaction((s_w2p + s_p2w) / 2, s_w, att)
+            weights = weights + lda[..., 2:3] * soft
+        weights = weights * m
+        s_p2w = (weights * s_w).sum(-1)
+        return Interaction((s_w2p + s_p2w) / 2, s_w, att, weights, s_w2p)
 
     def mix(self, s_global: torch.Tensor, s_patch: torch.Tensor, direction: str | None = None) -> torch.Tensor:
         """(1−w)·global + w·patch: with `direction`, the share tuned for it; without, the trained share."""
@@ -446,8 +454,17 @@ class Matcher(nn.Module):
 
         `s_global` lets a caller that already has the global cosines (Qdrant's scores) pass them in.
         The fused score is the uncalibrated mix; ranking by it equals ranking by its calibrated probability.
+        A side with one item is paired with every item of the other (one query against its candidates):
+        one matrix product, no copies of the query.
         """
-        sim = torch.einsum("nkd,nld->nlk", img.patches, txt.words)
+        ni, nt = img.patches.shape[0], txt.words.shape[0]
+        if ni == 1 and nt > 1:
+            sim = torch.einsum("kd,nld->nlk", img.patches[0], txt.words)
+        elif nt == 1 and ni > 1:
+            sim = torch.einsum("nkd,ld->nlk", img.patches, txt.words[0])
+        else:
+            sim = torch.einsum("nkd,nld->nlk", img.patches, txt.words)
+        sim = sim.contiguous()  # the interaction's reductions assume words × patches in memory order
         s_patch = self.interact(sim, txt.mask, txt.lda, txt.importance).patch
         if s_global is None:
             s_global = (img.globals * txt.globals).sum(-1)

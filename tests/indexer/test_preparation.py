@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -126,6 +128,10 @@ def test_a_bank_prepared_by_one_matcher_is_refused_by_another_and_reprepare_fixe
     ix.close()
     with pytest.raises(PreparationMismatch, match="prepared by another matcher.*finesearch index reprepare"):
         Indexer(tiny_backbone, open_store(data), data, matcher=b)
+    # the server refuses to start on it, with the same command in its one-line error
+    with mock.patch.dict(os.environ):  # `serve` exports its flags as FINESEARCH_* for worker processes
+        assert main(["serve", "--model", str(bundle_b), "--data-dir", str(data), "--port", "0"]) == 2
+    assert "finesearch index reprepare --model" in capsys.readouterr().err
 
     assert main(["index", "reprepare", "--model", str(bundle_b), "--data-dir", str(data)]) == 0
     report = capsys.readouterr().out

@@ -71,7 +71,8 @@ def test_rerank_on_and_off(client: httpx.Client, synth: tuple[Path, list[Caption
     scores = [r["score"] for r in on["results"]]
     assert scores == sorted(scores, reverse=True)
     t = on["timing_ms"]
-    assert set(t) == {"encode", "recall", "gather", "rerank", "total"} and t["rerank"] > 0
+    assert set(t) == {"encode", "recall", "gather", "rerank", "explain", "total"} and t["rerank"] > 0
+    assert t["explain"] is None and all(r["explanation"] is None for r in on["results"])  # only when asked
     assert off["timing_ms"]["rerank"] == 0
     assert on["model"] and on["results"][0]["content_url"].endswith("/content")
 

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
-from training.evaluate import evaluate, prepare, ranks_from_scores, recall, two_stage_ranks
+from tests.training.test_matcher import OPTIONS, _trained_like
+from training.evaluate import candidate_scores, evaluate, prepare, ranks_from_scores, recall, two_stage_ranks
 from training.features import Features
 from training.matcher import Matcher, MatcherConfig
 
@@ -61,3 +65,17 @@ def test_subset_keeps_exactly_the_fold_captions() -> None:
     assert s.image_ids == ["5", "6", "7", "8", "9"] and len(s.texts) == 25
     assert s.txt_img.tolist() == torch.arange(5).repeat_interleave(5).tolist()
     assert s.texts[0] == "t25"
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_dense_candidate_blocks_score_each_pair_like_the_full_matrix(option: str) -> None:
+    """Blocks of queries (captions sorted by length, each block trimmed to its longest) give every (query,
+    candidate) pair the score the dense all-pairs matrix gives it, for every matcher option."""
+    cfg = replace(OPTIONS[option], dim=16, num_patches=12, max_words=10, top_k=min(OPTIONS[option].top_k, 12))
+    matcher = _trained_like(cfg)
+    p = prepare(matcher, _features())
+    with torch.inference_mode():
+        full = matcher.score_matrices(p.img, p.txt)[1]  # [Ni, Nt]
+    cs = candidate_scores(matcher, p, candidates=5, pairs_per_call=37)  # blocks of 7 queries, a ragged last one
+    torch.testing.assert_close(cs.t2i_patch, full.T.gather(1, cs.t2i_top), atol=1e-5, rtol=0)
+    torch.testing.assert_close(cs.i2t_patch, full.gather(1, cs.i2t_top), atol=1e-5, rtol=0)

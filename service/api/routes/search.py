@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[Read],
 
 
 def _options(p: SearchParams) -> SearchOptions:
-    return SearchOptions(p.limit, p.candidates, p.rerank, p.min_score, p.offset, p.filter)
+    return SearchOptions(p.limit, p.candidates, p.rerank, p.min_score, p.offset, p.filter, p.explain)
 
 
 @router.post("/images", response_model=SearchResponse, dependencies=[JsonBody],
@@ -36,6 +36,7 @@ _FORM_FIELDS = {"limit": int, "candidates": int, "offset": int, "min_score": flo
                  "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
                      "image": {"type": "string", "format": "binary"}, "limit": {"type": "integer"},
                      "candidates": {"type": "integer"}, "rerank": {"type": "boolean"},
+                     "explain": {"type": "boolean"},
                      "min_score": {"type": "number"}, "offset": {"type": "integer"},
                      "filter": {"type": "string", "description": "JSON object"}}}},
                  "application/json": {
@@ -63,8 +64,9 @@ async def search_texts(request: Request, engine: EngineDep) -> dict[str, Any]:
             for name, kind in _FORM_FIELDS.items():
                 if form.get(name) not in (None, ""):
                     fields[name] = kind(form[name])
-            if form.get("rerank") not in (None, ""):
-                fields["rerank"] = str(form["rerank"]).lower() in ("1", "true", "yes", "on")
+            for flag in ("rerank", "explain"):
+                if form.get(flag) not in (None, ""):
+                    fields[flag] = str(form[flag]).lower() in ("1", "true", "yes", "on")
             if form.get("filter") not in (None, ""):
                 fields["filter"] = strict_loads(str(form["filter"]).encode(), engine.settings, FILTER_RULES,
                                                 "'filter'")
