@@ -3,7 +3,9 @@
     python bench/bench_index.py [--backbones finesearch-tiny,ViT-B-32] [--images 320]
 
 Real JPEGs (../shared/data/coco-mini, repeated with unique ids) and their captions; random-init weights
-(the compute cost of ViT-B-32 is the same as with pretrained weights).
+(the compute cost of ViT-B-32 is the same as with pretrained weights). The index pipeline includes the
+default matcher's index-time preparation of every item (indexer/preparation.py), as `finesearch index
+--model` runs it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from indexer.pipeline import ImageItem, Indexer, TextItem
 from indexer.stores import open_store
 from training.backbone import Backbone
 from training.images import load_for_model
+from training.matcher import Matcher
+from training.train import matcher_config_for
 
 COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"
 
@@ -44,7 +48,8 @@ def main() -> None:
             bb.encode_images(pixels)
         forward = reps * len(pixels) / (time.perf_counter() - t0)
         with tempfile.TemporaryDirectory() as tmp:
-            ix = Indexer(bb, open_store(tmp), tmp, batch_size=a.batch_size, workers=4)
+            matcher = Matcher(matcher_config_for(bb, {})).eval()
+            ix = Indexer(bb, open_store(tmp), tmp, batch_size=a.batch_size, workers=4, matcher=matcher)
             items = [ImageItem(path=paths[k % len(paths)], id=f"img-{k}") for k in range(a.images)]
             s = ix.index_images(items)
             texts = [TextItem(caps[k % len(caps)] + f" #{k}", id=f"t{k}") for k in range(a.images * 2)]

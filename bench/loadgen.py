@@ -50,7 +50,8 @@ async def run(a: argparse.Namespace) -> dict:
                     errors += 1
                     continue
                 for key, v in r.json().get("timing_ms", {}).items():
-                    stages.setdefault(key, []).append(v)
+                    if v is not None:  # stages that did not run (explain, unless asked)
+                        stages.setdefault(key, []).append(v)
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(a.concurrency)))

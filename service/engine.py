@@ -28,7 +28,7 @@ from indexer.blobs import BlobStore
 from indexer.pipeline import ImageItem, Indexer, TextItem, check_text
 from indexer.preparation import fetched_from_hits
 from indexer.stores import IMAGES, TEXTS, Hit, open_store
-from indexer.stores.base import normalise_filter
+from indexer.stores.base import FEATURES_FP, normalise_filter
 from indexer.validation import PayloadLimits, id_problem
 from training.backbone import pad_words
 from training.bundle import Bundle, load_bundle
@@ -241,7 +241,13 @@ class Engine:
             timer.marks.setdefault("gather", 0.0)
             timer.marks.setdefault("rerank", 0.0)
             return [(h, None, None) for h in hits], None
-        if in_store:
+        if in_store:  # a point written since startup by a process with another matcher (or none) is left out
+            fp = self.indexer.preparer.fingerprint  # type: ignore[union-attr]
+            ok = [h for h in hits if h.features is not None and h.payload.get(FEATURES_FP) == fp]
+            if len(ok) < len(hits):
+                log.warning("%d candidates carry no features of this matcher; dropped (run `finesearch index "
+                            "reprepare`)", len(hits) - len(ok))
+            hits = ok
             found = fetched_from_hits(hits, self.matcher.text_extras if collection == TEXTS else 0)
         else:
             hits, found = await asyncio.to_thread(self._gather, self.indexer.serving_bank(collection), hits)

@@ -62,6 +62,15 @@ def register(sub: Any) -> None:
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_eval)
 
+    x = sub.add_parser("explain", help="why an image and a caption match: one map per word over the image (PNG)")
+    x.add_argument("--model", type=Path, required=True)
+    x.add_argument("--image", type=Path, required=True)
+    x.add_argument("--text", required=True)
+    x.add_argument("--out", type=Path, required=True, help="PNG to write")
+    x.add_argument("--json", type=Path, default=None, help="also write the explanation as JSON")
+    x.add_argument("--device", default=os.environ.get("FINESEARCH_DEVICE", "auto"))
+    x.set_defaults(func=cmd_explain)
+
     s = sub.add_parser("synth", help="generate the synthetic compositional dataset (Karpathy format)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--seed", type=int, default=0)
@@ -123,6 +132,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_table(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from .explain import explain_one, render
+    from .images import load_for_model, load_with_info
+
+    bundle = load_bundle(args.model, device=args.device)
+    pixels = load_for_model(args.image, bundle.backbone.image_size)
+    ex = explain_one(bundle, pixels, " ".join(args.text.split()))
+    original = Image.fromarray(load_with_info(args.image, max(bundle.backbone.image_size, 160))[0])
+    render(original, ex).save(args.out)
+    if args.json:
+        args.json.write_text(json.dumps(ex, indent=2))
+    print(json.dumps({k: v for k, v in ex.items() if k != "words"} | {
+        "words": {w["text"]: w["contribution"] for w in ex["words"]}, "png": str(args.out)}))
     return 0
 
 

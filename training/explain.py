@@ -69,3 +69,62 @@ def explain_pairs(matcher: Matcher, img: PreparedImages, txt: PreparedTexts, gri
                       for k, w in enumerate(words[:n])],
         })
     return out
+
+
+@torch.inference_mode()
+def explain_one(bundle: Any, pixels: Any, text: str) -> dict[str, Any]:
+    """One image (model-input pixels) and one caption through the bundle: scores and the explanation."""
+    import numpy as np
+
+    from .backbone import pad_words
+
+    m, bb = bundle.matcher, bundle.backbone
+    if m.config.top_k:
+        raise ValueError("this matcher keeps only its top-K patches per image: their places on the grid are not "
+                         "kept, so there is no map to draw (explanations need top_k = 0)")
+    img_f, txt_f = bb.encode_images(np.array(pixels)[None]), bb.encode_texts([text])
+    n = int(txt_f.mask.sum())
+    img = m.prepare_images(img_f.tokens.float(), img_f.globals.float())
+    words, mask = pad_words(txt_f.tokens[:, :n].float(), txt_f.mask[:, :n], m.config.max_words)
+    txt = m.prepare_texts(words, mask, txt_f.globals.float()).trimmed()
+    cosine = float((img_f.globals.float() * txt_f.globals.float()).sum())
+    fused, _ = m.score_pairs(img, txt, torch.tensor([cosine]), "t2i")
+    ex = explain_pairs(m, img, txt, tuple(bb.model.visual.grid_size), [word_pieces(bb.tokenizer, text, n)])[0]
+    out: dict[str, Any] = {"text": text, "cosine": round(cosine, 6), "fused_raw": round(float(fused[0]), 6), **ex}
+    if bool(m.calibrated):
+        out["score"] = round(float(m.calibrate(fused, "t2i", "fused")[0]), 6)
+        out["global_score"] = round(float(m.calibrate(torch.tensor([cosine]), "t2i", "global")[0]), 6)
+        out["fine_score"] = round(float(m.calibrate(torch.tensor([ex["fine_raw"]]), "t2i", "fine")[0]), 6)
+    return out
+
+
+def render(image: Any, explanation: dict[str, Any], side: int = 160) -> Any:
+    """The image, then one small map per word (its attention over the patch grid, over the image), labelled
+    with the word and its contribution; the scores on top. A PIL image."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    base = image.convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
+    words = explanation["words"]
+    pad, label, header = 8, 28, 40
+    canvas = Image.new("RGB", (pad + (side + pad) * (len(words) + 1), header + side + label + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    scores = [f"cosine {explanation['cosine']:.3f}", f"fine (raw) {explanation['fine_raw']:.3f}"]
+    scores += [f"{k.replace('_', ' ')} {explanation[k]:.3f}" for k in ("global_score", "fine_score", "score")
+               if k in explanation]
+    draw.text((pad, 6), explanation["text"], fill="black")
+    draw.text((pad, 22), " · ".join(scores), fill=(90, 90, 90))
+    canvas.paste(base, (pad, header))
+    draw.text((pad, header + side + 6), "image", fill="black")
+    grey = np.asarray(base.convert("L").convert("RGB"), dtype=np.float32)
+    for k, w in enumerate(words, 1):
+        att = np.asarray(w["patches"], dtype=np.float32)
+        heat = Image.fromarray((255 * att / max(float(att.max()), 1e-9)).astype(np.uint8)).resize(
+            (side, side), Image.Resampling.NEAREST)
+        h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
+        hot = np.array([230.0, 40.0, 30.0])
+        blend = (0.45 * grey + 0.55 * (h * hot + (1 - h) * grey)).clip(0, 255).astype(np.uint8)
+        x = pad + k * (side + pad)
+        canvas.paste(Image.fromarray(blend), (x, header))
+        draw.text((x, header + side + 6), f"{w['text']}  {w['contribution']:+.3f}", fill="black")
+    return canvas

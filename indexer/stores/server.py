@@ -219,7 +219,12 @@ class ServerStore(VectorStore):
             return {}
         recs = self._call("retrieve", self.client.retrieve, self._name(collection), [point_id(i) for i in ids],
                           with_payload=True, with_vectors=[FEATURES_NAME])
-        return {r.payload["item_id"]: (r.payload, _features(r.vector)) for r in recs}
+        out = {}
+        for r in recs:
+            f = _features(r.vector)
+            if f is not None:
+                out[r.payload["item_id"]] = (r.payload, f)
+        return out
 
     def set_features(self, collection: str, ids: Sequence[str], features: Sequence[np.ndarray],
                      payloads: Sequence[Mapping[str, Any]]) -> None:
@@ -251,8 +256,7 @@ def _rows(features: np.ndarray) -> list[list[float]]:
     return np.asarray(features, dtype=np.float32).tolist()
 
 
-def _features(v: Any) -> np.ndarray:
+def _features(v: Any) -> np.ndarray | None:
+    """A point's features; None for a point written without them (by an indexer without the model)."""
     rows = v.get(FEATURES_NAME) if isinstance(v, dict) else None
-    if not rows:
-        raise StoreError(f"a point came back without its {FEATURES_NAME!r} features")
-    return np.asarray(rows, dtype=np.float16)
+    return np.asarray(rows, dtype=np.float16) if rows else None

@@ -52,6 +52,62 @@ function scoreLine(r, kind) {
             el("strong", { text: `match ${pct(r.score)}` }), ` · global ${pct(r.global_score)} · fine ${pct(r.fine_score)}`);
 }
 
+// ------------------------------------------------------------------ explanations
+// Each word's attention over the image's patch grid, drawn over the image (the matcher's own numbers).
+function drawMap(canvas, img, explanation, word) {
+  const w = img.clientWidth || img.width, h = img.clientHeight || img.height;
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, w, h);
+  const [rows, cols] = explanation.grid;
+  const cw = w / cols, ch = h / rows;
+  if (word === null) {  // compact view: every word at its strongest patch
+    ctx.font = "11px sans-serif"; ctx.textBaseline = "top";
+    for (const wd of explanation.words) {
+      let best = [0, 0, -1];
+      wd.patches.forEach((row, r) => row.forEach((v, c) => { if (v > best[2]) best = [r, c, v]; }));
+      ctx.strokeStyle = "rgba(230,40,30,0.9)"; ctx.lineWidth = 2;
+      ctx.strokeRect(best[1] * cw + 1, best[0] * ch + 1, cw - 2, ch - 2);
+      ctx.fillStyle = "rgba(0,0,0,0.65)"; ctx.fillRect(best[1] * cw, best[0] * ch, ctx.measureText(wd.text).width + 4, 13);
+      ctx.fillStyle = "#fff"; ctx.fillText(wd.text, best[1] * cw + 2, best[0] * ch + 1);
+    }
+    return;
+  }
+  const top = Math.max(...word.patches.flat(), 1e-9);
+  word.patches.forEach((row, r) => row.forEach((v, c) => {
+    ctx.fillStyle = `rgba(230,40,30,${(0.75 * v / top).toFixed(3)})`;
+    ctx.fillRect(c * cw, r * ch, cw, ch);
+  }));
+}
+
+function wordChips(explanation, show) {
+  const chips = el("div", { class: "chips", role: "group", "aria-label": "words of the match" });
+  const all = el("button", { type: "button", class: "chip all", text: "all",
+                             title: "each word at the patch it matched best" });
+  all.addEventListener("mouseenter", () => show(null));
+  all.addEventListener("click", () => show(null));
+  chips.append(all);
+  for (const w of explanation.words) {
+    const chip = el("button", { type: "button", class: "chip", text: w.text,
+                                title: `score ${w.score.toFixed(3)} · weight ${w.weight.toFixed(3)} · contributes ${w.contribution.toFixed(3)}` });
+    chip.addEventListener("mouseenter", () => show(w));
+    chip.addEventListener("focus", () => show(w));
+    chip.addEventListener("click", () => show(w));
+    chips.append(chip);
+  }
+  return chips;
+}
+
+function explainedImage(src, alt, explanation) {
+  const img = el("img", { src, alt, loading: "lazy" });
+  if (!explanation) return { node: img, chips: "" };
+  const canvas = el("canvas", { class: "heat", "aria-hidden": "true" });
+  const wrap = el("div", { class: "thumb" }, img, canvas);
+  const show = (word) => { drawMap(canvas, img, explanation, word); wrap.dataset.word = word ? word.text : "all"; };
+  img.addEventListener("load", () => show(null));
+  return { node: wrap, chips: wordChips(explanation, show), show };
+}
+
 async function loadStats() {
   try {
     const s = await api("/v1/stats");
@@ -67,7 +123,7 @@ async function searchImages(event) {
   const status = $("t2i-status");
   const list = $("image-results");
   const body = { text, rerank: $("rerank").checked, candidates: Number($("candidates").value),
-                 limit: Number($("limit").value) };
+                 limit: Number($("limit").value), explain: $("explain").checked };
   try { body.filter = parseFilter($("filter").value); } catch (e) { status.textContent = e.message; return; }
   status.textContent = "searching…";
   const url = new URL(location.href);
@@ -85,8 +141,9 @@ async function searchImages(event) {
         text: ` (was ${before})` }) : "";
       const captions = el("button", { class: "link", type: "button", text: "captions" });
       captions.addEventListener("click", () => searchTexts({ image_id: r.id }, r.id));
+      const pic = explainedImage(r.content_url, `result ${r.rank}: image ${r.id}`, r.explanation);
       list.append(el("li", { "data-id": r.id, "data-rank": String(r.rank) },
-        el("img", { src: r.content_url, alt: `result ${r.rank}: image ${r.id}`, loading: "lazy" }),
+        pic.node, pic.chips,
         el("div", {}, el("span", { class: "rank", text: `#${r.rank}` }), moved, " ", captions),
         el("div", {}, scoreLine(r, res.scores)),
         el("div", { class: "id", text: r.id })));
@@ -106,18 +163,31 @@ async function searchTexts({ file, image_id }, label) {
   status.textContent = "searching…";
   try {
     let res;
+    const explain = $("explain").checked;
     if (file) {
       const form = new FormData();
       form.append("image", file); form.append("limit", "10");
       form.append("rerank", $("rerank").checked ? "true" : "false");
+      form.append("explain", explain ? "true" : "false");
       res = await api("/v1/search/texts", { method: "POST", body: form });
     } else {
       res = await api("/v1/search/texts", { method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ image_id, limit: 10, rerank: $("rerank").checked }) });
+        body: JSON.stringify({ image_id, limit: 10, rerank: $("rerank").checked, explain }) });
     }
-    list.replaceChildren(...res.results.map((r) => el("li", { "data-id": r.id },
-      el("span", { text: r.text }), " ",
-      scoreLine(r, res.scores))));
+    // the query image, with the map of whichever caption word is chosen below
+    const query = $("i2t-query");
+    const src = file ? URL.createObjectURL(file) : `/v1/images/${encodeURIComponent(image_id)}/content`;
+    const first = res.results.find((r) => r.explanation);
+    const pic = explainedImage(src, "the query image", first ? first.explanation : null);
+    query.replaceChildren(pic.node);
+    query.hidden = !first;
+    list.replaceChildren(...res.results.map((r) => {
+      const chips = r.explanation && pic.show ? wordChips(r.explanation, (w) => {
+        drawMap(pic.node.querySelector("canvas"), pic.node.querySelector("img"), r.explanation, w);
+        pic.node.dataset.word = w ? w.text : "all";
+      }) : "";
+      return el("li", { "data-id": r.id }, el("span", { text: r.text }), " ", scoreLine(r, res.scores), chips);
+    }));
     status.textContent = `captions for ${label || (file && file.name) || "the image"} · ${res.timing_ms.total.toFixed(1)} ms`;
   } catch (e) { status.textContent = `search failed: ${e.message}`; }
 }
@@ -152,10 +222,12 @@ function setUpDrop() {
 document.addEventListener("DOMContentLoaded", () => {
   $("text-form").addEventListener("submit", searchImages);
   $("rerank").addEventListener("change", () => $("query").value.trim() && searchImages());
+  $("explain").addEventListener("change", () => $("query").value.trim() && searchImages());
   $("upload-form").addEventListener("submit", upload);
   setUpDrop();
   loadStats();
   const params = new URLSearchParams(location.search);
   if (params.get("rerank") === "0") $("rerank").checked = false;
+  if (params.get("explain") === "1") $("explain").checked = true;
   if (params.get("q")) { $("query").value = params.get("q"); searchImages(); }
 });

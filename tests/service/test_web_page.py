@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from training.datasets import CaptionedImage
+from training.synth import COLOURS
 
 from .conftest import Server
 
@@ -72,6 +73,38 @@ def test_text_query_rerank_toggle_and_image_query(page, synth: tuple[Path, list[
 
     (REPO / "docs").mkdir(exist_ok=True)
     page.screenshot(path=str(REPO / "docs" / "web-page.png"), full_page=True)
+
+
+def test_explain_shows_each_words_map(page, synth: tuple[Path, list[CaptionedImage]]) -> None:  # type: ignore[no-untyped-def]
+    root, items = synth
+    text = items[4].captions[0]
+    page.fill("#query", text)
+    page.check("#explain")  # re-runs the query, now explained
+    # wait for this query's explanations (not a previous query's): every chip is a piece of this caption
+    page.wait_for_function("""(text) => { const li = document.querySelector('#image-results li');
+        const chips = li ? [...li.querySelectorAll('.chip')].map(c => c.textContent).slice(1) : [];
+        return chips.length > 0 && chips.every(c => text.toLowerCase().includes(c)); }""", arg=text)
+    first = page.locator("#image-results li").first
+    chips = first.locator(".chip").all_inner_texts()
+    assert chips[0] == "all" and chips[1:] and all(c.lower() in text.lower() for c in chips[1:])
+    colours = [c for c in chips[1:] if c in COLOURS]
+    word = colours[0] if colours else chips[1]
+    first.get_by_role("button", name=word, exact=True).first.hover()
+    page.wait_for_function(f"document.querySelector('#image-results li .thumb').dataset.word === {word!r}")
+    # the overlay holds the word's map: some of its pixels are painted
+    painted = page.evaluate("""() => { const c = document.querySelector('#image-results li canvas.heat');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return [n, c.width * c.height]; }""")
+    assert 0 < painted[0] <= painted[1]
+    # the image → captions panel explains each caption's words over the query image
+    page.set_input_files("#image-file", str(root / "images" / items[4].filename))
+    page.wait_for_function("document.querySelectorAll('#text-results li .chip').length > 0 && "
+                           "!document.getElementById('i2t-query').hidden")
+    page.locator("#text-results li").first.locator(".chip").nth(1).hover()
+    page.wait_for_function("document.querySelector('#i2t-query .thumb').dataset.word !== 'all'")
+    first.get_by_role("button", name=word, exact=True).first.hover()
+    page.screenshot(path=str(REPO / "docs" / "web-page-explain.png"), full_page=True)
+    page.uncheck("#explain")
 
 
 def test_upload_form_and_errors(page, server: Server) -> None:  # type: ignore[no-untyped-def]
