@@ -132,25 +132,28 @@ def _chunks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield rows[lo:lo + size]
 
 
-def reprepare(raw: TokenBank, preparer: Preparer, kind: str, live: np.ndarray,
-              globals_of: dict[int, np.ndarray] | None = None, batch: int = 256) -> dict[str, float]:
-    """Prepare every `live` row of the raw bank into a fresh bank, then swap it in place of the old one.
+def reprepare(raw: TokenBank, preparer: Preparer, kind: str, globals_of: dict[int, np.ndarray] | None = None,
+              batch: int = 256) -> dict[str, float]:
+    """Prepare every live row of the raw bank into a fresh bank, then swap it in place of the old one.
 
     The new bank is built beside the old (`*.prepared.new`) and renamed over it at the end, so an interrupted
     run leaves the old bank as it was. `globals_of` (row → global vector) feeds the patch selector, when the
-    matcher has one.
+    matcher has one. Rows no point references (orphans of a crash, until `compact` drops them) are prepared
+    too, with a zero global where the selector needs one: nothing serves them, and the prepared bank then
+    covers the raw one as a server's start-up check requires.
     """
     root = prepared_root(raw.root)
     tmp = root.with_name(root.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
-    live = np.intersect1d(np.asarray(live, dtype=np.int64), raw.live_rows())
+    live = raw.live_rows()
     start = time.perf_counter()
     new = TokenBank(tmp, raw.dim, preparer.fingerprint, extras_dim=preparer.extras_dim(kind))
     for rows in _chunks(live, batch):
         tokens, mask = raw.gather(rows)
         g = None
         if globals_of is not None:
-            g = torch.from_numpy(np.stack([globals_of[int(r)] for r in rows]).astype(np.float32))
+            zero = np.zeros(raw.dim, dtype=np.float32)
+            g = torch.from_numpy(np.stack([globals_of.get(int(r), zero) for r in rows]).astype(np.float32))
         p = preparer.prepare(kind, tokens.float(), mask.sum(1).numpy(), g)
         new.append(p.tokens, p.lengths, rows=rows, extras=p.extras)
     elapsed, size = time.perf_counter() - start, new.disk_bytes()
@@ -195,7 +198,7 @@ def reprepare_index(store: VectorStore, data_dir: Path, backbone: Backbone, matc
         if store.holds_features:
             out[name] = _reprepare_in_store(store, name, raw, preparer, kind, payloads, globals_of, batch)
         else:
-            out[name + PREPARED_SUFFIX] = reprepare(raw, preparer, kind, live, globals_of, batch)
+            out[name + PREPARED_SUFFIX] = reprepare(raw, preparer, kind, globals_of, batch)
     return out
 
 

@@ -174,3 +174,30 @@ def test_without_raw_tokens_the_index_serves_but_cannot_be_reprepared(
     assert "have no raw tokens" in capsys.readouterr().err
     with pytest.raises(ValueError, match="keep them"):
         Indexer(tiny_backbone, open_store(tmp_path / "other"), tmp_path / "other", keep_raw_tokens=False)
+
+
+def test_reprepare_after_a_crash_leaves_an_index_the_server_accepts(
+        tmp_path: Path, tiny_backbone: Backbone, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Orphan rows (features written, the Qdrant upsert never made) must not make the re-prepared bank look
+    incomplete: reprepare covers every raw row, served or not."""
+    a, b = _matcher(tiny_backbone, OPTIONS["word_context"], seed=1), _matcher(tiny_backbone, OPTIONS["selector"], 2)
+    data = tmp_path / "data"
+    store = open_store(data)
+    ix = Indexer(tiny_backbone, store, data, matcher=a)
+    ix.index_texts(_texts()[:3])
+
+    def dies(*args: object, **kw: object) -> None:
+        raise KeyboardInterrupt("killed between the feature write and the upsert")
+
+    monkeypatch.setattr(store, "upsert", dies)
+    with pytest.raises(KeyboardInterrupt):
+        ix.index_texts(_texts()[3:])
+    assert len(ix.banks[TEXTS]) == 5 and store.count(TEXTS) == 3  # two orphans
+    monkeypatch.undo()
+    ix.close()
+    assert main(["index", "reprepare", "--model", str(_bundle(tmp_path, tiny_backbone, b, "b")),
+                 "--data-dir", str(data)]) == 0
+    ix = Indexer(tiny_backbone, open_store(data), data, matcher=b)  # accepted: no "items have no features"
+    assert len(ix.prepared[TEXTS]) == 5
+    ix.close()
