@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -44,15 +45,23 @@ class BlobStore:
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def sweep(self, referenced: Iterable[str]) -> int:
-        """Delete every blob not in `referenced`; returns how many went."""
+    def sweep(self, referenced: Iterable[str], grace_s: float = 600.0) -> int:
+        """Delete every blob not in `referenced`; returns how many went. Files younger than `grace_s` stay:
+        a blob is stored before its item's point exists (and a temp file is in flight), possibly by another
+        process sharing the blob directory."""
         keep = set(referenced)
         removed = 0
+        cutoff = time.time() - grace_s
         for sub in self.root.iterdir():
             if not sub.is_dir():
                 continue
             for f in sub.iterdir():
                 if f.name.startswith(".tmp-") or sub.name + f.name not in keep:
+                    try:
+                        if f.stat().st_mtime > cutoff:
+                            continue
+                    except FileNotFoundError:
+                        continue
                     f.unlink(missing_ok=True)
                     removed += 1
         return removed

@@ -31,7 +31,7 @@ from training.matcher import Matcher
 from training.tokenbank import TokenBank
 
 from .blobs import BlobStore
-from .preparation import Prepared, Preparer, check_store_features, open_prepared
+from .preparation import PreparationMismatch, Prepared, Preparer, check_store_features, open_prepared, prepared_root
 from .stores import IMAGES, TEXTS, VectorStore
 from .stores.base import FEATURES_EXTRAS, FEATURES_FP
 from .validation import PayloadLimits, PayloadRejected, check_id, check_metadata
@@ -200,6 +200,11 @@ class Indexer:
                 # the bank the service gathers from lives on the device; raw tokens then serve only reprepare
                 raw = TokenBank(self.data_dir / "tokens" / name, self.backbone.embed_dim, self.backbone.fingerprint,
                                 device=None if self.preparer else self.bank_device)
+                if self.preparer is None and prepared_root(raw.root).is_dir():
+                    raise PreparationMismatch(
+                        f"collection {name!r} serves matcher features prepared at indexing "
+                        f"({prepared_root(raw.root)}): index with the model it serves (--model BUNDLE), so the new "
+                        "items get them too")
                 if self.preparer is not None:
                     if kind is None:
                         raise ValueError(f"say whether collection {name!r} holds images or texts")

@@ -11,6 +11,7 @@ matcher on the same backbone is a `finesearch index reprepare` away, without re-
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -87,12 +88,16 @@ def open_prepared(raw: TokenBank, preparer: Preparer, kind: str, data_dir: Path,
     """The collection's prepared bank for this matcher; refused (with the command that fixes it) when it was
     prepared by another matcher or when any raw item has no prepared features."""
     root = prepared_root(raw.root)
+    old = root.with_name(root.name + ".old")
+    if not root.exists() and old.exists():  # a reprepare died between its two renames: the old bank is whole
+        old.rename(root)
     found = stored_fingerprint(root)
     if found is not None and found != preparer.fingerprint:
         raise PreparationMismatch(
             f"the token features in {root} were prepared by another matcher ({found.split('/')[-1]}; this model's "
             f"is {preparer.fingerprint.split('/')[-1]}): {reprepare_hint(data_dir)}")
     bank = TokenBank(root, raw.dim, preparer.fingerprint, device=device, extras_dim=preparer.extras_dim(kind))
+    raw.refresh()  # after the prepared bank: a delete tombstones raw rows first, so no row looks half-gone
     missing = np.setdiff1d(raw.live_rows(), bank.live_rows(), assume_unique=True)
     if len(missing):
         raise PreparationMismatch(
@@ -125,6 +130,14 @@ def fetched_from_hits(hits: list[Hit], extras_dim: int) -> Fetched:
         extras = torch.tensor([h.payload.get(FEATURES_EXTRAS) or [0.0] * extras_dim for h in hits],
                               dtype=torch.float32)
     return Fetched(torch.from_numpy(tokens), torch.from_numpy(mask), extras, np.arange(len(hits)))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _chunks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -160,8 +173,9 @@ def reprepare(raw: TokenBank, preparer: Preparer, kind: str, globals_of: dict[in
     old = root.with_name(root.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if root.exists():
-        root.rename(old)
+        root.rename(old)  # from here until the next rename, `open_prepared` restores `.old` if this process dies
     tmp.rename(root)
+    _fsync_dir(root.parent)
     shutil.rmtree(old, ignore_errors=True)
     return {"items": int(len(live)), "seconds": round(elapsed, 3),
             "items_per_s": round(len(live) / elapsed, 1) if elapsed > 0 else 0.0, "bytes": size}
@@ -179,6 +193,8 @@ def reprepare_index(store: VectorStore, data_dir: Path, backbone: Backbone, matc
     out: dict[str, dict[str, float]] = {}
     for name in names:
         payloads = [p for p in store.scroll(name) if isinstance(p.get("row"), int)]
+        if not payloads and name not in (IMAGES, TEXTS):
+            continue  # an empty custom collection: its kind is unknown until something is indexed into it
         kinds = {p.get("kind") for p in payloads} - {None}
         kind = {IMAGES: "images", TEXTS: "texts"}.get(name) or ("texts" if kinds == {"text"} else "images")
         raw = TokenBank(tokens / name, backbone.embed_dim, backbone.fingerprint)
@@ -212,7 +228,10 @@ def _reprepare_in_store(store: VectorStore, name: str, raw: TokenBank, preparer:
         chunk = points[lo:lo + batch]
         rows = np.array([r for _, r in chunk], dtype=np.int64)
         tokens, mask = raw.gather(rows)
-        g = None if globals_of is None else torch.from_numpy(np.stack([globals_of[int(r)] for r in rows]))
+        g = None
+        if globals_of is not None:  # a point deleted since the scroll has no global: zero (its write is moot)
+            zero = np.zeros(raw.dim, dtype=np.float32)
+            g = torch.from_numpy(np.stack([globals_of.get(int(r), zero) for r in rows]).astype(np.float32))
         p = preparer.prepare(kind, tokens.float(), mask.sum(1).numpy(), g)
         feats = p.tokens.detach().to("cpu", torch.float16).numpy()
         extra = [{FEATURES_FP: preparer.fingerprint} | ({FEATURES_EXTRAS: p.extras[k].tolist()}

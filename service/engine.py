@@ -119,12 +119,23 @@ class Engine:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(settings.data_dir, settings.qdrant_url, settings.qdrant_api_key,
                                 prefix=settings.qdrant_prefix, features=settings.features)
-        self.indexer = Indexer(self.backbone, self.store, settings.data_dir, batch_size=settings.index_batch,
-                               workers=settings.decode_workers, max_pixels=settings.max_image_pixels,
-                               bank_device=str(self.device) if settings.bank_on_device else None,
-                               limits=PayloadLimits.from_settings(settings), matcher=self.matcher,
-                               keep_raw_tokens=settings.keep_raw_tokens, blob_dir=settings.blob_dir)
+        try:
+            self.indexer = self._open_indexer(settings)
+        except BaseException:
+            self.store.close()  # and with it the embedded store's lock: a refused start leaves nothing held
+            raise
         self.blobs = BlobStore(settings.blob_dir or settings.data_dir / "blobs")
+        self._start(settings)
+
+    def _open_indexer(self, settings: Settings) -> Indexer:
+        return Indexer(self.backbone, self.store, settings.data_dir, batch_size=settings.index_batch,
+                       workers=settings.decode_workers, max_pixels=settings.max_image_pixels,
+                       bank_device=str(self.device) if settings.bank_on_device else None,
+                       limits=PayloadLimits.from_settings(settings), matcher=self.matcher,
+                       keep_raw_tokens=settings.keep_raw_tokens, blob_dir=settings.blob_dir)
+
+    def _start(self, settings: Settings) -> None:
+        """The model thread and the micro-batchers, then one warm-up pass through every model path."""
         # intra-op threads are set per calling thread: the model thread's own. On a small CPU host one
         # model call using every core competes with the event loop and the gather threads (docs/benchmarks.md)
         threads = settings.torch_threads or max(1, (os.cpu_count() or 2) // 2)
@@ -416,6 +427,13 @@ class Engine:
         if self.indexer.features_in_store:
             got = self.store.retrieve_features(IMAGES, [image_id])
             vec = self.store.retrieve(IMAGES, [image_id], with_vectors=True).get(image_id)
+            fp = self.indexer.preparer.fingerprint  # type: ignore[union-attr]
+            if image_id in got and got[image_id][0].get(FEATURES_FP) != fp:
+                raise ApiError(409, f"image {image_id!r} was indexed with another matcher's features: run "
+                               "`finesearch index reprepare`, or send the image itself", "features_stale")
+            if vec is not None and image_id not in got:
+                raise ApiError(409, f"image {image_id!r} has no matcher features (indexed without the model): "
+                               "run `finesearch index reprepare`, or send the image itself", "features_stale")
             if image_id in got and vec is not None:
                 return _Query(torch.from_numpy(vec[1]).to(self.device),
                               torch.from_numpy(got[image_id][1]).to(self.device), prepared=True)

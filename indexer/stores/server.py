@@ -231,13 +231,14 @@ class ServerStore(VectorStore):
         self._check_features()
         if not len(ids):
             return
-        full = self._name(collection)
-        self._call("update vectors", self.client.update_vectors, full, wait=True, points=[
-            models.PointVectors(id=point_id(i), vector={FEATURES_NAME: _rows(f)}) for i, f in zip(ids, features,
-                                                                                             strict=True)])
-        self._call("set payload", self.client.batch_update_points, full, wait=True, update_operations=[
-            models.SetPayloadOperation(set_payload=models.SetPayload(payload=dict(p), points=[point_id(i)]))
-            for i, p in zip(ids, payloads, strict=True)])
+        # one batch: a point's new features and its new fingerprint land together or not at all
+        vectors = models.UpdateVectorsOperation(update_vectors=models.UpdateVectors(points=[
+            models.PointVectors(id=point_id(i), vector={FEATURES_NAME: _rows(f)})
+            for i, f in zip(ids, features, strict=True)]))
+        marks = [models.SetPayloadOperation(set_payload=models.SetPayload(payload=dict(p), points=[point_id(i)]))
+                 for i, p in zip(ids, payloads, strict=True)]
+        self._call("update features", self.client.batch_update_points, self._name(collection), wait=True,
+                   update_operations=[vectors, *marks])
 
     def count_without_features(self, collection: str, fingerprint: str) -> int:
         self._check_features()

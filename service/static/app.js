@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 let lastRanks = new Map(); // id → rank of the previous text query, to show what reranking moved
+let queryObjectUrl = null; // the uploaded query image's preview URL, revoked when the next one replaces it
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -176,7 +177,9 @@ async function searchTexts({ file, image_id }, label) {
     }
     // the query image, with the map of whichever caption word is chosen below
     const query = $("i2t-query");
-    const src = file ? URL.createObjectURL(file) : `/v1/images/${encodeURIComponent(image_id)}/content`;
+    if (queryObjectUrl) URL.revokeObjectURL(queryObjectUrl);  // the previous upload's preview
+    queryObjectUrl = file ? URL.createObjectURL(file) : null;
+    const src = queryObjectUrl || `/v1/images/${encodeURIComponent(image_id)}/content`;
     const first = res.results.find((r) => r.explanation);
     const pic = explainedImage(src, "the query image", first ? first.explanation : null);
     query.replaceChildren(pic.node);

@@ -201,3 +201,29 @@ def test_reprepare_after_a_crash_leaves_an_index_the_server_accepts(
     ix = Indexer(tiny_backbone, open_store(data), data, matcher=b)  # accepted: no "items have no features"
     assert len(ix.prepared[TEXTS]) == 5
     ix.close()
+
+
+def test_an_indexer_without_the_model_is_refused_where_features_are_prepared(
+        tmp_path: Path, tiny_backbone: Backbone) -> None:
+    """Items written without their prepared features would be recalled but never reranked: refused up front."""
+    m = _matcher(tiny_backbone, OPTIONS["word_context"])
+    data = tmp_path / "data"
+    Indexer(tiny_backbone, open_store(data), data, matcher=m).close()
+    store = open_store(data)
+    with pytest.raises(PreparationMismatch, match="index with the model it serves"):
+        Indexer(tiny_backbone, store, data)
+    store.close()
+
+
+def test_an_interrupted_swap_is_undone_at_open(tmp_path: Path, tiny_backbone: Backbone) -> None:
+    """reprepare died between renaming the old bank away and moving the new one in: the old one comes back."""
+    m = _matcher(tiny_backbone, OPTIONS["word_context"])
+    data = tmp_path / "data"
+    ix = Indexer(tiny_backbone, open_store(data), data, matcher=m)
+    ix.index_texts(_texts())
+    ix.close()
+    root = data / "tokens" / "texts.prepared"
+    root.rename(root.with_name("texts.prepared.old"))
+    ix = Indexer(tiny_backbone, open_store(data), data, matcher=m)
+    assert len(ix.prepared[TEXTS]) == 5 and root.is_dir()
+    ix.close()

@@ -12,7 +12,7 @@ from ...validation import FILTER_RULES, strict_loads, valid_filter
 from ..deps import EngineDep, JsonBody, Read
 
 router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[Read],
-                   responses={c: {"model": ErrorResponse} for c in (400, 401, 413, 415, 422, 503)})
+                   responses={c: {"model": ErrorResponse} for c in (400, 401, 409, 413, 415, 422, 503)})
 
 
 def _options(p: SearchParams) -> SearchOptions:
