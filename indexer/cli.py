@@ -5,31 +5,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+from training.cli_args import add_backbone_args, backbone_from_args, resolve_model
+from training.datasets import FORMATS
+from training.images import IMAGE_SUFFIXES
 
-from training.cli_args import add_backbone_args, backbone_from_args
-from training.datasets import FORMATS, read_dataset
-
-from .pipeline import Failure, ImageItem, Indexer, Summary, TextItem, metadata_entry
-from .preparation import reprepare_index
-from .stores import FEATURE_HOMES, IMAGES, open_store
+from .stores import FEATURE_HOMES, open_store
 from .validation import path_id
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+if TYPE_CHECKING:  # torch comes with these: imported when a command runs, so `--help` answers at once
+    from .pipeline import Indexer, Summary
+
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
 
 
 def add_store_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("storage")
     g.add_argument("--data-dir", default=os.environ.get("FINESEARCH_DATA_DIR", "./data"),
-                   help="embedded store, token bank and blobs (default ./data or FINESEARCH_DATA_DIR)")
+                   help="embedded store, token bank and blobs (default: FINESEARCH_DATA_DIR, else ./data)")
     g.add_argument("--qdrant-url", default=os.environ.get("FINESEARCH_QDRANT_URL"),
                    help="use a Qdrant server instead of the embedded engine (token bank stays in --data-dir)")
-    g.add_argument("--qdrant-api-key", default=os.environ.get("FINESEARCH_QDRANT_API_KEY"))
+    g.add_argument("--qdrant-api-key", default=os.environ.get("FINESEARCH_QDRANT_API_KEY"),
+                   help="API key of the Qdrant server (default: FINESEARCH_QDRANT_API_KEY)")
     g.add_argument("--qdrant-prefix", default=os.environ.get("FINESEARCH_QDRANT_PREFIX", "finesearch_"),
                    help="collection name prefix on a shared Qdrant server")
     g.add_argument("--features", choices=FEATURE_HOMES, default=os.environ.get("FINESEARCH_FEATURES", "bank"),
@@ -42,8 +42,8 @@ def register(sub: Any) -> None:
     isub = p.add_subparsers(dest="index_cmd", required=True)
 
     pi = isub.add_parser("images", help="index image files, folders (recursively) or list files (.txt)")
-    pi.add_argument("paths", nargs="+", type=Path)
-    pi.add_argument("--collection", default=IMAGES)
+    pi.add_argument("paths", nargs="+", type=Path, help="image files, folders (searched recursively; other file "
+                    "types are skipped with a reason) or .txt/.lst files listing images, one per line")
     pi.add_argument("--metadata", type=Path, help="JSONL: {\"file\": ..., \"id\"?: ..., other keys = metadata}")
     pi.add_argument("--id-from", choices=["hash", "path", "stem"], default="hash",
                     help="item id: content hash (default; dedups copies), relative path with '/' written as ':' "
@@ -52,9 +52,10 @@ def register(sub: Any) -> None:
     pi.set_defaults(func=cmd_images)
 
     pd = isub.add_parser("dataset", help="index a captioned dataset: images and captions, linked by image id")
-    pd.add_argument("file", type=Path)
+    pd.add_argument("file", type=Path, help="dataset file (see --format)")
     pd.add_argument("--images", type=Path, required=True, help="directory the dataset's file names are relative to")
-    pd.add_argument("--format", choices=FORMATS, required=True)
+    pd.add_argument("--format", choices=FORMATS, required=True,
+                    help="dataset file format: karpathy, coco (captions JSON), jsonl or csv")
     pd.add_argument("--split", default=None, help="only this split (e.g. test)")
     pd.add_argument("--limit", type=int, default=None, help="only the first N images")
     _common(pd)
@@ -68,19 +69,19 @@ def register(sub: Any) -> None:
 
     pr = isub.add_parser("reprepare", help="prepare the indexed items' matcher features for another model bundle "
                                            "on the same backbone, from the kept raw tokens (with the server stopped)")
-    pr.add_argument("--batch-size", type=int, default=256)
+    pr.add_argument("--batch-size", type=int, default=256, help="items per matcher call")
     add_store_args(pr)
     add_backbone_args(pr)
     pr.set_defaults(func=cmd_reprepare)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images or captions per encoder call")
     p.add_argument("--workers", type=int, default=min(8, (os.cpu_count() or 2) * 2), help="decode threads")
     p.add_argument("--force", action="store_true", help="re-encode items that are already indexed")
     p.add_argument("--report", type=Path, help="write the summary (with every failure) as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 when any item failed")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--keep-raw-tokens", action=argparse.BooleanOptionalAction, default=True,
                    help="keep each item's raw tokens beside its prepared matcher features (default), so a new "
                         "matcher needs `index reprepare` instead of re-encoding; --no-keep-raw-tokens halves the "
@@ -92,9 +93,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 def make_indexer(args: argparse.Namespace) -> Indexer:
     """With --model, the bundle's matcher prepares each item's features as it is indexed (what the service
     reranks on); a bare backbone stores raw tokens only, to be prepared later by `index reprepare`."""
+    from .pipeline import Indexer
+
     keep_raw = getattr(args, "keep_raw_tokens", True)
     matcher = None
-    if args.model:
+    if resolve_model(args):
         from training.bundle import load_bundle
 
         bundle = load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir)
@@ -114,27 +117,38 @@ def make_indexer(args: argparse.Namespace) -> Indexer:
         raise
 
 
+class MissingPaths(FileNotFoundError):
+    """Inputs named on the command line that do not exist: nothing is indexed, the command exits 1."""
+
+
 def expand_paths(paths: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """(file, root it was found under) for every image; missing inputs are reported, not fatal."""
+    """(file, root it was found under) for every image, and the files a folder held that are no image type
+    finesearch reads (skipped, with the reason). A named path that does not exist raises `MissingPaths`."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise MissingPaths(f"no such file or directory: {', '.join(missing)}")
     found: list[tuple[Path, Path]] = []
-    missing: list[str] = []
+    other: list[str] = []
     for p in paths:
         if p.is_dir():
-            found += [(f, p) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            for f in sorted(p.rglob("*")):
+                if not f.is_file() or f.name.startswith("."):
+                    continue
+                (found.append((f, p)) if f.suffix.lower() in IMAGE_SUFFIXES else other.append(str(f)))
+        elif p.suffix.lower() in LIST_SUFFIXES:
             for line in p.read_text().splitlines():
                 if line.strip():
                     f = Path(line.strip())
                     f = f if f.is_absolute() else p.parent / f
                     found.append((f, f.parent))
-        elif p.is_file():
-            found.append((p, p.parent))
         else:
-            missing.append(str(p))
-    return found, missing
+            found.append((p, p.parent))
+    return found, other
 
 
 def load_metadata(path: Path | None) -> dict[str, dict[str, Any]]:
+    from .pipeline import metadata_entry
+
     if path is None:
         return {}
     out: dict[str, dict[str, Any]] = {}
@@ -155,7 +169,13 @@ def load_metadata(path: Path | None) -> dict[str, dict[str, Any]]:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    files, missing = expand_paths(args.paths)
+    from .pipeline import Failure, ImageItem
+
+    try:
+        files, other = expand_paths(args.paths)
+    except MissingPaths as exc:
+        print(f"finesearch: error: {exc}", file=sys.stderr)
+        return 1
     meta = load_metadata(args.metadata)
     items = []
     for f, root in files:
@@ -165,17 +185,20 @@ def cmd_images(args: argparse.Namespace) -> int:
         items.append(ImageItem(path=f, id=iid, metadata=m.get("metadata") or {}))
     indexer = make_indexer(args)
     try:
-        summary = indexer.index_images(items, skip_existing=not args.force, progress=not args.no_progress,
-                                       collection=args.collection)
+        summary = indexer.index_images(items, skip_existing=not args.force, progress=not args.no_progress)
     finally:
         indexer.close()
-    for m in missing:
-        summary.failed += 1
-        summary.failures.append(Failure(m, "no such file or directory", "unreadable"))
+    summary.skipped += len(other)
+    summary.skips += [Failure(f, f"not an image type finesearch reads ({Path(f).suffix or 'no suffix'}); "
+                                 f"reads {', '.join(sorted(IMAGE_SUFFIXES))}", "unsupported_type") for f in other]
     return report(args, {"images": summary})
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
+    from training.datasets import read_dataset
+
+    from .pipeline import ImageItem, TextItem
+
     data = read_dataset(args.file, args.format, args.split)
     if args.limit:
         data = data[: args.limit]
@@ -203,9 +226,12 @@ def cmd_compact(args: argparse.Namespace) -> int:
 
 
 def cmd_reprepare(args: argparse.Namespace) -> int:
-    if not args.model:
-        raise SystemExit("finesearch: error: reprepare needs --model: the bundle whose matcher will serve this index")
+    if not resolve_model(args):
+        raise SystemExit("finesearch: error: reprepare needs a model bundle (--model): the one whose matcher will "
+                         "serve this index")
     from training.bundle import load_bundle
+
+    from .preparation import reprepare_index
 
     bundle = load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir)
     store = open_store(args.data_dir, args.qdrant_url, args.qdrant_api_key, prefix=args.qdrant_prefix,
@@ -219,6 +245,9 @@ def cmd_reprepare(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace, parts: dict[str, Summary]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(stderr=False)
     table = Table(title="finesearch index")
     for col in ("", "indexed", "skipped", "failed", "elapsed s", "items/s"):
@@ -226,6 +255,11 @@ def report(args: argparse.Namespace, parts: dict[str, Summary]) -> int:
     for name, s in parts.items():
         table.add_row(name, str(s.indexed), str(s.skipped), str(s.failed), f"{s.elapsed:.2f}", f"{s.rate:.1f}")
     console.print(table)
+    skips = [f for s in parts.values() for f in s.skips]
+    for f in skips[:20]:
+        console.print(f"[yellow]skipped[/yellow] {f.source}: {f.reason}", highlight=False)
+    if len(skips) > 20:
+        console.print(f"... and {len(skips) - 20} more files skipped (see --report)")
     failures = [f for s in parts.values() for f in s.failures]
     for f in failures[:50]:
         console.print(f"[red]failed[/red] {f.source}: {f.reason}", highlight=False)

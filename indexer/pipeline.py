@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from training.backbone import Backbone
 from training.images import DEFAULT_MAX_PIXELS, ImageRejected, load_with_info
 from training.matcher import Matcher
+from training.progress import progress_bar
 from training.tokenbank import TokenBank
 
 from .blobs import BlobStore
@@ -74,6 +74,7 @@ class Summary:
     failed: int = 0
     elapsed: float = 0.0
     failures: list[Failure] = field(default_factory=list)
+    skips: list[Failure] = field(default_factory=list)  # inputs passed over for a reason the user should see
     ids: list[str | None] = field(default_factory=list)  # per input, in order (skipped ones too); None where it failed
     errors: dict[int, Failure] = field(default_factory=dict)  # input position → why it failed
     duplicates: dict[int, int] = field(default_factory=dict)  # input position → earlier position with the same id
@@ -89,17 +90,10 @@ class Summary:
         if pos < len(self.ids):
             self.ids[pos] = None
 
-    def merge(self, other: Summary) -> None:
-        self.indexed += other.indexed
-        self.skipped += other.skipped
-        self.failed += other.failed
-        self.failures += other.failures
-        self.ids += other.ids
-
     def as_dict(self) -> dict[str, Any]:
         return {"indexed": self.indexed, "skipped": self.skipped, "failed": self.failed,
                 "elapsed_s": round(self.elapsed, 3), "items_per_s": round(self.rate, 2),
-                "failures": [f.__dict__ for f in self.failures]}
+                "failures": [f.__dict__ for f in self.failures], "skips": [f.__dict__ for f in self.skips]}
 
 
 def metadata_entry(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -302,7 +296,7 @@ class Indexer:
         items = list(items)
         summary.ids = [None] * len(items)
         batches = [list(enumerate(items))[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
-        bar = tqdm(total=total or len(items), unit="img", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=total or len(items), unit="img", disable=not progress, dynamic_ncols=True)
         seen: dict[str, int] = {}
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
             for prep in _prefetch((self._prepare(pool, b, skip_existing, seen, collection) for b in batches), depth=2):
@@ -342,7 +336,7 @@ class Indexer:
         start = time.perf_counter()
         items = list(items)
         summary.ids = [None] * len(items)
-        bar = tqdm(total=len(items), unit="text", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=len(items), unit="text", disable=not progress, dynamic_ncols=True)
         seen: dict[str, int] = {}
         for lo in range(0, len(items), batch_size):
             chunk = list(enumerate(items[lo:lo + batch_size], lo))

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import errors
-from .api.routes import admin, items, jobs, ops, search
+from .api.routes import admin, docs, items, jobs, ops, search
 from .config import Settings
 from .engine import Engine
 from .guards import CatchAll, JsonGuard
@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             if own:
                 app.state.engine.close()
 
-    app = FastAPI(title="finesearch", version="1", lifespan=lifespan,
+    app = FastAPI(title="finesearch", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Image–text search: CLIP recall in Qdrant, fine-grained word–patch reranking.")
     app.state.settings = settings
     app.state.engine = None
@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 
     for r in (search.router, items.router, jobs.router, admin.router, ops.router):
         app.include_router(r)
+    docs.install(app)  # Swagger UI and ReDoc served from the package: /docs works offline
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="web")
     # outermost last: CatchAll → BodyLimit → Timing → JsonGuard → routes
     app.add_middleware(JsonGuard, settings=settings)  # type: ignore[arg-type]

@@ -1,22 +1,61 @@
-"""The `finesearch` console script: one entry point, each subcommand defined in its own package."""
+"""The `finesearch` console script: one entry point, each subcommand defined in its own package.
+
+Building the parser imports nothing heavy (torch, open_clip, FastAPI come with the command that needs
+them), so `finesearch --help` and typos answer at once; `bench/bench_cli.py` measures it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
 
 from indexer import cli as indexer_cli
-from indexer.stores import StoreError
 from training import cli as training_cli
-from training.backbone import BackboneError
-from training.bundle import BundleError
-from training.datasets import DatasetError
-from training.tokenbank import TokenBankError
 
 from . import serve
 
-USER_ERRORS = (BackboneError, BundleError, StoreError, TokenBankError, DatasetError, FileNotFoundError, ValueError)
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+                or isinstance(action, argparse._HelpAction | argparse._VersionAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix: one line, exit 2. Imported when raised, not at start-up."""
+    from indexer.stores import StoreError
+    from training.backbone import BackboneError
+    from training.bundle import BundleError
+    from training.datasets import DatasetError
+    from training.tokenbank import TokenBankError
+
+    return BackboneError, BundleError, StoreError, TokenBankError, DatasetError, FileNotFoundError, ValueError
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("finesearch")
+    except PackageNotFoundError:  # a source tree without install
+        return "0+unknown"
+
+
+def parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """The parser and every subcommand's parser, at every depth."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from parsers(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,11 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="finesearch",
         description="Image-text search: CLIP recall in Qdrant, fine-grained patch-word reranking.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     indexer_cli.register(sub)
     training_cli.register(sub)
     serve.register(sub)
+    for p in parsers(parser):
+        p.formatter_class = HelpFormatter
     return parser
 
 
@@ -41,12 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as exc:
-        print(f"finesearch: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("finesearch: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not isinstance(exc, user_errors()):
+            raise
+        print(f"finesearch: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.validation import PayloadLimits
+from training.defaults import DEMO_BUNDLE, default_model
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_MODEL = REPO_ROOT / "models" / "demo"
+DEMO_MODEL = DEMO_BUNDLE  # the one rule every command resolves the model by: training/defaults.py
 
 
 class Settings(BaseSettings):
@@ -76,4 +76,4 @@ class Settings(BaseSettings):
     decode_workers: int = 4
 
     def resolved_model(self) -> Path:
-        return self.model if self.model is not None else DEMO_MODEL
+        return default_model(self.model)

@@ -539,6 +539,7 @@ class Engine:
             "backbone": _without_paths(self.backbone.describe()),
             # the bundle's folder name only: the server's absolute paths are nobody else's business
             "model": {"id": self.bundle.id, "name": Path(self.bundle.path).name,
+                      "synthetic": self.bundle.notice is not None, "notice": self.bundle.notice,
                       "matcher": self.matcher.config.to_dict()},
             "device": str(self.device),
             "store": {"backend": self.store.backend},

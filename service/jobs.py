@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from indexer.cli import IMAGE_SUFFIXES
 from indexer.pipeline import ImageItem, Summary, TextItem, metadata_entry
 from indexer.stores import IMAGES, TEXTS
-from training.images import ImageRejected, probe_image
+from training.images import IMAGE_SUFFIXES, ImageRejected, probe_image
 
 from .errors import ApiError
 from .validation import strict_loads

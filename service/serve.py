@@ -7,23 +7,21 @@ import asyncio
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import uvicorn
-
-from indexer.pipeline import ImageItem, TextItem
 from training.datasets import read_dataset
-from training.synth import generate
+from training.defaults import DEMO_BUNDLE
 
-from .app import create_app
 from .config import Settings
-from .engine import Engine, SearchOptions
+
+if TYPE_CHECKING:  # torch, uvicorn and FastAPI come with these: imported when a command runs, not for `--help`
+    from .engine import Engine
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="serve the REST API and the web page")
     _server_args(p)
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (needs --qdrant-url)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (more than 1 needs --qdrant-url)")
     p.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="offline demo: synthetic data, indexed, served with the web page")
@@ -34,16 +32,22 @@ def register(sub: Any) -> None:
 
 
 def _server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, default=None, help="model bundle (default: FINESEARCH_MODEL or the demo)")
-    p.add_argument("--data-dir", type=Path, default=None, help="embedded store directory (FINESEARCH_DATA_DIR)")
-    p.add_argument("--qdrant-url", default=None, help="Qdrant server instead of the embedded engine")
+    p.add_argument("--model", type=Path, default=None,
+                   help="model bundle (default: FINESEARCH_MODEL, else the demo bundle "
+                        f"{DEMO_BUNDLE.parent.name}/{DEMO_BUNDLE.name})")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="embedded store, token bank and blobs (default: FINESEARCH_DATA_DIR, else ./data)")
+    p.add_argument("--qdrant-url", default=None,
+                   help="Qdrant server instead of the embedded engine (default: FINESEARCH_QDRANT_URL)")
     p.add_argument("--features", choices=["bank", "qdrant"], default=None,
                    help="prepared matcher features in the token bank (default) or on the Qdrant points "
                         "(server mode: replicas share no volume)")
-    p.add_argument("--host", default=os.environ.get("FINESEARCH_HOST", "127.0.0.1"))
-    p.add_argument("--port", type=int, default=int(os.environ.get("FINESEARCH_PORT", "8000")))
-    p.add_argument("--device", default=None)
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--host", default=os.environ.get("FINESEARCH_HOST", "127.0.0.1"),
+                   help="address to listen on (FINESEARCH_HOST)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("FINESEARCH_PORT", "8000")),
+                   help="port to listen on (FINESEARCH_PORT)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 (default: FINESEARCH_DEVICE, else auto)")
+    p.add_argument("--log-level", default="info", help="uvicorn's log level")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -57,6 +61,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .engine import Engine
+
     settings = settings_from(args)
     if args.workers > 1:
         if not settings.qdrant_url:
@@ -78,6 +87,9 @@ def prepare_demo(engine: Engine, synth_dir: Path) -> tuple[list[str], list[str]]
 
     Returns (hard-case captions the matcher gets right and global similarity does not, other hard cases).
     """
+    from indexer.pipeline import ImageItem, TextItem
+    from training.synth import generate
+
     dataset = synth_dir / "dataset.json"
     if not dataset.is_file():
         print(f"generating the synthetic dataset in {synth_dir} (seed 0) ...", flush=True)
@@ -101,6 +113,8 @@ def prepare_demo(engine: Engine, synth_dir: Path) -> tuple[list[str], list[str]]
 
 async def rerank_wins(engine: Engine, cases: list[tuple[str, str]], want: int = 4) -> list[str]:
     """Hard-case captions whose image the matcher ranks first while global similarity does not."""
+    from .engine import SearchOptions
+
     wins = []
     for caption, image_id in cases:
         on = await engine.search_images(caption, SearchOptions(limit=1, candidates=100))
@@ -113,6 +127,11 @@ async def rerank_wins(engine: Engine, cases: list[tuple[str, str]], want: int = 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .engine import Engine
+
     if args.data_dir is None and "FINESEARCH_DATA_DIR" not in os.environ:
         args.data_dir = Path("./data")
     settings = settings_from(args)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .defaults import TINY_MODEL
+
 
 class _QuietDeliberateInit(logging.Filter):
     """open_clip warns on every random init; ours are always explicit (--from-scratch, bundles)."""
@@ -36,7 +38,6 @@ class _QuietDeliberateInit(logging.Filter):
 
 logging.getLogger().addFilter(_QuietDeliberateInit())
 CONFIG_DIR = Path(__file__).with_name("model_configs")
-TINY_MODEL = "finesearch-tiny"
 open_clip.add_model_config(CONFIG_DIR)
 
 

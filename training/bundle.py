@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone, BackboneError, BackboneSource
+from .defaults import SYNTHETIC_NOTICE, TINY_MODEL
 from .matcher import Matcher, MatcherConfig
 
 BUNDLE_FORMAT = 2
@@ -45,6 +46,11 @@ class Bundle:
     @property
     def id(self) -> str:
         return f"{self.config.get('name', 'model')}@{self.backbone.fingerprint[:12]}"
+
+    @property
+    def notice(self) -> str | None:
+        """What a user must know before trusting results, said by `/v1/stats` and the page."""
+        return SYNTHETIC_NOTICE if self.backbone.name == TINY_MODEL else None
 
 
 def save_bundle(out: str | Path, backbone: Backbone, matcher: Matcher, *, include_backbone: bool,

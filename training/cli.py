@@ -9,14 +9,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .backbone import TINY_MODEL
-from .bundle import load_backbone, load_bundle, read_bundle_config
 from .cli_args import add_backbone_args, backbone_from_args
 from .datasets import FORMATS, read_dataset
-from .evaluate import evaluate_protocol, format_table
-from .features import cached_extract, extract
-from .synth import generate
-from .train import TrainConfig, run_training
+from .defaults import DEMO_BUNDLE, TINY_MODEL, default_model
+from .train_config import TrainConfig
+
+# torch and open_clip are imported inside the commands, so that `finesearch --help` answers at once
 
 DEFAULT_CLIP_STEPS = 1000  # backbone steps when training from scratch without --clip-steps
 
@@ -24,13 +22,13 @@ DEFAULT_CLIP_STEPS = 1000  # backbone steps when training from scratch without -
 def register(sub: Any) -> None:
     p = sub.add_parser("train", help="train the matcher (and a from-scratch backbone) and write a model bundle")
     p.add_argument("--data", type=Path, required=True, help="dataset file")
-    p.add_argument("--images", type=Path, required=True)
-    p.add_argument("--format", choices=FORMATS, required=True)
+    p.add_argument("--images", type=Path, required=True, help="directory the dataset's file names are relative to")
+    p.add_argument("--format", choices=FORMATS, required=True, help="dataset file format")
     p.add_argument("--out", type=Path, required=True, help="bundle directory to write")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--val-split", default="val", help="'' for no validation")
+    p.add_argument("--train-split", default="train", help="split to train on")
+    p.add_argument("--val-split", default="val", help="split every choice is validated on; '' for none")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT/.work")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--backbone-from", type=Path, default=None,
                    help="reuse the (trained) backbone of this bundle and train only the matcher")
     p.add_argument("--matcher", default="{}", help='matcher options as JSON, e.g. \'{"top_k": 8}\'')
@@ -38,45 +36,51 @@ def register(sub: Any) -> None:
         if f.name in ("matcher", "seed"):
             continue
         base = str(f.type).split(" ")[0]
+        helptext = f"{f.metadata['help']} (default: {f.default})"
         if base == "bool":
             p.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v.lower() in ("1", "true", "yes"),
-                           default=None, metavar="true|false")
+                           default=None, metavar="true|false", help=helptext)
         else:
             kind = {"int": int, "float": float, "str": str}.get(base, float)
-            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None, help=helptext)
     add_backbone_args(p, with_model=False)
     p.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="R@K of global, two-stage and exhaustive rankers on a dataset split")
-    e.add_argument("--model", type=Path, required=True, help="model bundle directory")
-    e.add_argument("--data", type=Path, required=True)
-    e.add_argument("--images", type=Path, required=True)
-    e.add_argument("--format", choices=FORMATS, required=True)
-    e.add_argument("--split", default="test")
-    e.add_argument("--candidates", type=int, default=100)
-    e.add_argument("--protocol", choices=["plain", "coco1k", "coco5k"], default="plain")
-    e.add_argument("--rankers", default="global,two_stage,exhaustive")
+    e.add_argument("--model", type=Path, default=os.environ.get("FINESEARCH_MODEL"),
+                   help=f"model bundle directory (default: FINESEARCH_MODEL, else the demo bundle "
+                        f"{DEMO_BUNDLE.parent.name}/{DEMO_BUNDLE.name})")
+    e.add_argument("--data", type=Path, required=True, help="dataset file")
+    e.add_argument("--images", type=Path, required=True, help="directory the dataset's file names are relative to")
+    e.add_argument("--format", choices=FORMATS, required=True, help="dataset file format")
+    e.add_argument("--split", default="test", help="split to evaluate")
+    e.add_argument("--candidates", type=int, default=100, help="global top-k that two-stage reranks")
+    e.add_argument("--protocol", choices=["plain", "coco1k", "coco5k"], default="plain",
+                   help="plain: the whole split; coco1k: five folds of 1000 images, averaged; coco5k: 5000 images")
+    e.add_argument("--rankers", default="global,two_stage,exhaustive", help="comma-separated rankers to run")
     e.add_argument("--json", type=Path, help="write the results here")
     e.add_argument("--cache", type=Path, default=None, help="feature cache directory (reused across runs)")
-    e.add_argument("--device", default=os.environ.get("FINESEARCH_DEVICE", "auto"))
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--device", default=os.environ.get("FINESEARCH_DEVICE", "auto"), help="auto, cpu, cuda, cuda:1")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("explain", help="why an image and a caption match: one map per word over the image (PNG)")
-    x.add_argument("--model", type=Path, required=True)
-    x.add_argument("--image", type=Path, required=True)
-    x.add_argument("--text", required=True)
+    x.add_argument("--model", type=Path, default=os.environ.get("FINESEARCH_MODEL"),
+                   help=f"model bundle directory (default: FINESEARCH_MODEL, else the demo bundle "
+                        f"{DEMO_BUNDLE.parent.name}/{DEMO_BUNDLE.name})")
+    x.add_argument("--image", type=Path, required=True, help="image file")
+    x.add_argument("--text", required=True, help="caption to explain against the image")
     x.add_argument("--out", type=Path, required=True, help="PNG to write")
     x.add_argument("--json", type=Path, default=None, help="also write the explanation as JSON")
-    x.add_argument("--device", default=os.environ.get("FINESEARCH_DEVICE", "auto"))
+    x.add_argument("--device", default=os.environ.get("FINESEARCH_DEVICE", "auto"), help="auto, cpu, cuda, cuda:1")
     x.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("synth", help="generate the synthetic compositional dataset (Karpathy format)")
-    s.add_argument("--out", type=Path, required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--train", type=int, default=10_000)
-    s.add_argument("--val", type=int, default=1_000)
-    s.add_argument("--test", type=int, default=1_000)
+    s.add_argument("--out", type=Path, required=True, help="directory to write dataset.json and images/ to")
+    s.add_argument("--seed", type=int, default=0, help="seed of the draw")
+    s.add_argument("--train", type=int, default=10_000, help="training images")
+    s.add_argument("--val", type=int, default=1_000, help="validation images")
+    s.add_argument("--test", type=int, default=1_000, help="test images")
     s.add_argument("--size", type=int, default=64, help="image side in pixels")
     s.add_argument("--twin-rate", type=float, default=0.4, help="share of images that are hard-case twins")
     s.add_argument("--style", choices=["shapes", "grid"], default="shapes",
@@ -86,6 +90,9 @@ def register(sub: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .bundle import load_backbone, read_bundle_config
+    from .train import run_training
+
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
                  if f.name not in ("matcher", "seed") and getattr(args, f.name, None) is not None}
     from_scratch = args.from_scratch
@@ -119,7 +126,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args.model, device=args.device)
+    from .bundle import load_bundle
+    from .evaluate import evaluate_protocol, format_table
+    from .features import cached_extract, extract
+
+    bundle = load_bundle(default_model(args.model), device=args.device)
     items = read_dataset(args.data, args.format, args.split)
     kw = {"workers": 4, "progress": not args.no_progress}
     feats = (cached_extract(bundle.backbone, items, args.images, args.cache, **kw) if args.cache
@@ -138,10 +149,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from .bundle import load_bundle
     from .explain import explain_one, render
     from .images import load_for_model, load_with_info
 
-    bundle = load_bundle(args.model, device=args.device)
+    bundle = load_bundle(default_model(args.model), device=args.device)
     pixels = load_for_model(args.image, bundle.backbone.image_size)
     ex = explain_one(bundle, pixels, " ".join(args.text.split()))
     original = Image.fromarray(load_with_info(args.image, max(bundle.backbone.image_size, 160))[0])
@@ -154,6 +166,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from .synth import generate
+
     info = generate(args.out, args.seed, args.train, args.val, args.test, args.size, args.twin_rate, args.style)
     print(json.dumps(info))
     return 0

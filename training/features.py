@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from .backbone import Backbone, pad_words
 from .datasets import CaptionedImage
 from .images import load_for_model
+from .progress import progress_bar
 from .tokenbank import TokenBank
 
 
@@ -57,7 +57,7 @@ def load_pixels(items: Sequence[CaptionedImage], images_dir: Path, size: int, wo
         out[i] = load_for_model(images_dir / items[i].filename, size)
 
     with ThreadPoolExecutor(workers) as pool:
-        list(tqdm(pool.map(one, range(len(items))), total=len(items), disable=not progress, unit="img",
+        list(progress_bar(pool.map(one, range(len(items))), total=len(items), disable=not progress, unit="img",
                   desc="decode"))
     return out
 
@@ -68,7 +68,7 @@ def extract(backbone: Backbone, items: Sequence[CaptionedImage], images_dir: Pat
     if pixels is None:
         pixels = load_pixels(items, images_dir, backbone.image_size, workers, progress)
     gl, tk = [], []
-    for lo in tqdm(range(0, len(items), batch_size), disable=not progress, desc="encode images"):
+    for lo in progress_bar(range(0, len(items), batch_size), disable=not progress, desc="encode images"):
         f = backbone.encode_images(pixels[lo:lo + batch_size])
         gl.append(f.globals.cpu())
         tk.append(f.tokens.cpu().half())
@@ -76,7 +76,7 @@ def extract(backbone: Backbone, items: Sequence[CaptionedImage], images_dir: Pat
     txt_img = torch.tensor([i for i, it in enumerate(items) for _ in it.captions], dtype=torch.long)
     tg, tt, tm = [], [], []
     width = backbone.context_length - 2
-    for lo in tqdm(range(0, len(texts), batch_size * 2), disable=not progress, desc="encode texts"):
+    for lo in progress_bar(range(0, len(texts), batch_size * 2), disable=not progress, desc="encode texts"):
         f = backbone.encode_texts(texts[lo:lo + batch_size * 2])
         tg.append(f.globals.cpu())
         tok, mask = pad_words(f.tokens.cpu().half(), f.mask.cpu(), width)

@@ -13,10 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+# HEIC/HEIF (what iPhones write) through libheif; AVIF is Pillow's own plugin.
+pillow_heif.register_heif_opener()
+
 #: Formats we decode. Anything else (PSD, EPS, ...) is refused before decoding.
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO", "AVIF", "HEIF"})
+#: File suffixes that folder scans and archives treat as images; other files are skipped with a reason.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".avif", ".heic",
+                            ".heif"})
 #: Default pixel budget: 64 MP is above any phone photo and far below a bomb.
 DEFAULT_MAX_PIXELS = 64_000_000
 
@@ -52,7 +59,8 @@ def _open(source: bytes | str | Path) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(f"image is too large to decode safely: {exc}", "image_too_large") from exc
     except UnidentifiedImageError as exc:
-        raise ImageRejected("not a recognised image file (expected JPEG, PNG, WebP, GIF, BMP or TIFF)") from exc
+        raise ImageRejected("not a recognised image file "
+                            "(expected JPEG, PNG, WebP, AVIF, HEIC, GIF, BMP or TIFF)") from exc
     except OSError as exc:
         raise ImageRejected(f"corrupt or truncated image: {exc}") from exc
 

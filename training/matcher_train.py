@@ -19,7 +19,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .backbone import Backbone, pad_words
 from .calibrate import tune
@@ -28,6 +27,7 @@ from .features import Features
 from .losses import list_triplet_loss, listwise_loss
 from .matcher import Matcher
 from .mining import Candidates, Truth, mine
+from .progress import progress_bar
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -197,7 +197,7 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
     deadline = t_start + cfg.minutes * 60 if cfg.minutes else None
     perm, pos = usable[torch.randperm(len(usable))], 0
     window: list[dict[str, float]] = []
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc="matcher")
+    bar = progress_bar(total=cfg.steps, initial=step, disable=not progress, desc="matcher")
     while step < cfg.steps:
         modules.train()
         if pos + cfg.queries > len(perm):

@@ -13,13 +13,12 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .backbone import Backbone
 from .bundle import save_bundle
@@ -31,46 +30,8 @@ from .losses import contrastive_loss, filip_loss
 from .matcher import Matcher, MatcherConfig
 from .matcher_train import FeatureSource, Frozen, Trunk, train_matcher
 from .mining import Truth, bow_neighbours
-
-
-@dataclass
-class TrainConfig:
-    seed: int = 0
-    # stage 1: backbone from scratch (skipped for pretrained backbones)
-    clip_steps: int = 0
-    clip_minutes: float | None = None  # wall-clock budget, whichever ends first
-    clip_batch: int = 128
-    clip_lr: float = 1e-3
-    token_loss: float = 1.0  # FILIP-style word–patch contrastive term weight
-    token_centre: bool = False  # the token term on centred tokens (losses.centre_tokens)
-    hard_batches: float = 0.5  # share of each batch drawn as clusters of mutual neighbours
-    cluster: int = 8  # images per cluster
-    mine_every: int = 200  # re-mine the clusters from the model's own global similarities every N steps (0: never)
-    mine_after: float = 0.2  # start mining after this share of the steps (word-overlap clusters before)
-    hard_global: bool = True  # the global contrastive loss sees the clusters too (else only the random part)
-    clip_precision: str = "auto"  # bf16 autocast where the CPU supports it; or fp32, bf16
-    # stage 2: matcher
-    steps: int = 1000
-    minutes: float | None = None
-    queries: int = 32  # queries per direction per step, each against its mined candidates
-    candidates: int = 16  # each query's global top-k, mined once from the frozen globals
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # or "step"
-    grad_clip: float = 2.0
-    margin: float = 0.2
-    listwise: float = 1.0  # softmax cross-entropy over each query's candidates
-    listwise_scale: float = 20.0
-    triplet: float = 1.0  # MGAN eq. 14: hinge against the hardest negative among the candidates
-    patch_loss: float = 1.0  # the same losses on the word–patch score alone, whatever the fusion share
-    val_every: int = 250
-    val_candidates: int = 20
-    tune_fusion: bool = True  # per-direction share and score calibration on the validation split
-    calibrate_candidates: int = 100  # the service's default candidate count
-    unfreeze_blocks: int = 0  # fine-tune the last N blocks of both towers with the matcher (pretrained backbones)
-    backbone_lr_scale: float = 0.1  # their learning rate relative to the matcher's
-    workers: int = 4
-    matcher: dict[str, Any] = field(default_factory=dict)
+from .progress import progress_bar
+from .train_config import TrainConfig
 
 
 def seed_everything(seed: int) -> None:
@@ -241,7 +202,7 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
     log_every = max(1, min(200, total // 10))
     losses: list[float] = []
     t0, seen = time.perf_counter(), 0
-    bar = tqdm(total=total, initial=step, disable=not progress, desc="backbone")
+    bar = progress_bar(total=total, initial=step, disable=not progress, desc="backbone")
     model.train()
     while step < total:
         if step >= mine_from and (step - mine_from) % cfg.mine_every == 0 and sampler.clusters:

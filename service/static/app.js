@@ -114,6 +114,9 @@ async function loadStats() {
     const s = await api("/v1/stats");
     $("stats").textContent = `${s.counts.images} images · ${s.counts.texts} captions · model ${s.model.id} · ` +
       `backbone ${s.backbone.name} · ${s.device} · ${s.store.backend}`;
+    const notice = $("model-notice");
+    notice.textContent = s.model.notice ? `Note: ${s.model.notice}` : "";
+    notice.hidden = !s.model.notice;
   } catch (e) { $("stats").textContent = `stats unavailable (${e.message})`; }
 }
 

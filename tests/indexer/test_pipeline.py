@@ -44,25 +44,28 @@ def test_index_coco_mini_dataset_then_resume_indexes_nothing(tmp_path: Path, coc
     store.close()
 
 
-def test_corrupt_and_missing_files_are_skipped_and_reported(tmp_path: Path, coco_mini: Path) -> None:
+def test_corrupt_files_fail_and_other_file_types_are_skipped_with_a_reason(tmp_path: Path, coco_mini: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
     for p in sorted((coco_mini / "images").glob("*.jpg"))[:6]:
         shutil.copy(p, folder / p.name)
     (folder / "broken.jpg").write_bytes((folder / p.name).read_bytes()[:300])  # truncated JPEG
     (folder / "notes.png").write_text("this is not a png")
+    (folder / "notes.docx").write_bytes(b"PK\x03\x04 not an image")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # hidden files are nobody's photos: not even counted
     meta = tmp_path / "meta.jsonl"
     meta.write_text(json.dumps({"file": p.name, "id": "last", "metadata": {"album": "trip"}}) + "\n")
     report = tmp_path / "r.json"
-    rc = main(["index", "images", str(folder), str(tmp_path / "gone.jpg"), "--metadata", str(meta),
+    rc = main(["index", "images", str(folder), "--metadata", str(meta),
                "--data-dir", str(tmp_path / "data"), "--report", str(report), *TINY])
     assert rc == 0
     r = _report(report)["images"]
-    assert r["indexed"] == 6 and r["failed"] == 3
+    assert r["indexed"] == 6 and r["failed"] == 2 and r["skipped"] == 1
     reasons = {Path(f["source"]).name: f["reason"] for f in r["failures"]}
     assert "corrupt or truncated" in reasons["broken.jpg"]
     assert "not a recognised image" in reasons["notes.png"]
-    assert "no such file" in reasons["gone.jpg"]
+    assert [(Path(f["source"]).name, f["code"]) for f in r["skips"]] == [("notes.docx", "unsupported_type")]
+    assert "(.docx)" in r["skips"][0]["reason"]
     store = open_store(tmp_path / "data")
     assert store.count(IMAGES) == 6
     assert store.retrieve(IMAGES, ["last"])["last"][0]["metadata"] == {"album": "trip"}
@@ -70,6 +73,42 @@ def test_corrupt_and_missing_files_are_skipped_and_reported(tmp_path: Path, coco
     store.close()
     strict = main(["index", "images", str(folder), "--data-dir", str(tmp_path / "data"), "--strict", *TINY])
     assert strict == 1  # the two bad files fail again; the good ones are skipped
+
+
+def test_a_path_that_does_not_exist_is_an_error_and_nothing_is_indexed(
+    tmp_path: Path, coco_mini: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(["index", "images", str(coco_mini / "images"), str(tmp_path / "gone.jpg"),
+               "--data-dir", str(tmp_path / "data"), *TINY])
+    assert rc == 1
+    assert f"no such file or directory: {tmp_path / 'gone.jpg'}" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # refused before anything was opened
+
+
+def test_heic_and_avif_photos_are_indexed(tmp_path: Path, coco_mini: Path) -> None:
+    import pillow_heif
+    from PIL import Image
+
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    src = sorted((coco_mini / "images").glob("*.jpg"))[:2]
+    sizes = []
+    for p in src:
+        with Image.open(p) as im:
+            sizes.append(im.size)
+    with Image.open(src[0]) as im:
+        pillow_heif.from_pillow(im.convert("RGB")).save(folder / "a.heic", quality=80)
+    with Image.open(src[1]) as im:
+        im.convert("RGB").save(folder / "b.avif", quality=60)
+    report = tmp_path / "r.json"
+    assert main(["index", "images", str(folder), "--id-from", "stem", "--data-dir", str(tmp_path / "data"),
+                 "--report", str(report), *TINY]) == 0
+    r = _report(report)["images"]
+    assert (r["indexed"], r["failed"], r["skipped"]) == (2, 0, 0), r
+    store = open_store(tmp_path / "data")
+    got = store.retrieve(IMAGES, ["a", "b"])
+    assert [(got[k][0]["width"], got[k][0]["height"]) for k in "ab"] == sizes
+    store.close()
 
 
 def test_content_hash_ids_deduplicate_copies(tmp_path: Path, coco_mini: Path, tiny_backbone: Backbone) -> None:

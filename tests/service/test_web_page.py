@@ -40,6 +40,8 @@ def _order(page) -> list[str]:  # type: ignore[no-untyped-def]
 def test_text_query_rerank_toggle_and_image_query(page, synth: tuple[Path, list[CaptionedImage]]) -> None:  # type: ignore[no-untyped-def]
     root, items = synth
     page.wait_for_function("document.getElementById('stats').textContent.includes('images')")
+    assert page.is_visible("#model-notice")  # the demo model says what it is
+    assert "synthetic" in page.inner_text("#model-notice")
     hard = [it for it in items if it.metadata.get("meta_hard_case")]
     assert hard, "the synthetic split has hard cases"
     changed = False
@@ -105,6 +107,31 @@ def test_explain_shows_each_words_map(page, synth: tuple[Path, list[CaptionedIma
     first.get_by_role("button", name=word, exact=True).first.hover()
     page.screenshot(path=str(REPO / "docs" / "web-page-explain.png"), full_page=True)
     page.uncheck("#explain")
+
+
+@pytest.mark.parametrize(("path", "rendered"), [("/docs", ".opblock"), ("/redoc", "[data-section-id]")])
+def test_api_docs_render_without_internet(page, server: Server, path: str, rendered: str) -> None:  # type: ignore[no-untyped-def]
+    """Swagger UI and ReDoc come from the package: with every request off this server refused, both render."""
+    refused: list[str] = []
+
+    def local_only(route) -> None:  # type: ignore[no-untyped-def]
+        url = route.request.url
+        if url.startswith(server.url):
+            route.continue_()
+        else:
+            refused.append(url)
+            route.abort()
+
+    pg = page.context.browser.new_page()
+    try:
+        pg.route("**/*", local_only)
+        pg.goto(server.url + path)
+        pg.wait_for_selector(rendered, timeout=30_000)
+        assert "search" in pg.inner_text("body").lower()
+    finally:
+        pg.close()
+    # ReDoc's bundle links its own "powered by" logo from its CDN; without it the docs are complete
+    assert [u for u in refused if not u.endswith("cdn.redoc.ly/redoc/logo-mini.svg")] == []
 
 
 def test_upload_form_and_errors(page, server: Server) -> None:  # type: ignore[no-untyped-def]
