@@ -48,6 +48,8 @@ def register(sub: Any) -> None:
     pi.add_argument("--id-from", choices=["hash", "path", "stem"], default="hash",
                     help="item id: content hash (default; dedups copies), relative path with '/' written as ':' "
                          "(ids never hold '/': see the id rule in docs/api.md), or file stem")
+    pi.add_argument("--prune", action="store_true",
+                    help="also remove indexed images whose file, under one of the folders given, is gone")
     _common(pi)
     pi.set_defaults(func=cmd_images)
 
@@ -186,12 +188,30 @@ def cmd_images(args: argparse.Namespace) -> int:
     indexer = make_indexer(args)
     try:
         summary = indexer.index_images(items, skip_existing=not args.force, progress=not args.no_progress)
+        pruned = prune_missing(indexer, [p for p in args.paths if p.is_dir()]) if args.prune else []
     finally:
         indexer.close()
+    if args.prune:
+        print(f"pruned {len(pruned)} images whose files are gone" + (f": {', '.join(pruned[:10])}"
+                                                                     + (" ..." if len(pruned) > 10 else "")
+                                                                     if pruned else ""))
     summary.skipped += len(other)
     summary.skips += [Failure(f, f"not an image type finesearch reads ({Path(f).suffix or 'no suffix'}); "
                                  f"reads {', '.join(sorted(IMAGE_SUFFIXES))}", "unsupported_type") for f in other]
     return report(args, {"images": summary})
+
+
+def prune_missing(indexer: Indexer, folders: list[Path]) -> list[str]:
+    """Delete the images indexed from files under `folders` that no longer exist; returns their ids."""
+    from .stores import IMAGES
+
+    roots = [f.resolve() for f in folders]
+    gone = [p["item_id"] for p in indexer.store.scroll(IMAGES)
+            if isinstance(p.get("uri"), str) and p["uri"].startswith("/")
+            and any(Path(p["uri"]).is_relative_to(r) for r in roots) and not Path(p["uri"]).exists()]
+    for lo in range(0, len(gone), 512):
+        indexer.delete(IMAGES, gone[lo:lo + 512])
+    return gone
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
@@ -209,6 +229,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     indexer = make_indexer(args)
     try:
         si = indexer.index_images(images, skip_existing=not args.force, progress=not args.no_progress)
+        # a photo that was already indexed under another id (by `index images`, say) keeps that id: link to it
+        same = {im.id: iid for im, iid in zip(images, si.ids, strict=True) if iid is not None and iid != im.id}
+        for t in texts:
+            t.image_id = same.get(t.image_id, t.image_id)
         st = indexer.index_texts(texts, skip_existing=not args.force, progress=not args.no_progress)
     finally:
         indexer.close()

@@ -236,7 +236,10 @@ class Indexer:
         check_metadata(item.metadata, self.limits)
 
     def _prepare(self, pool: ThreadPoolExecutor, batch: Sequence[tuple[int, ImageItem]], skip_existing: bool,
-                 seen: dict[str, int], collection: str) -> _Prepared:
+                 seen: dict[str, int], hashes: dict[str, str], collection: str) -> _Prepared:
+        """Read, check and decode one batch. With `skip_existing`, a photo already indexed under another id
+        (same content hash: `index images` after `index dataset`, a bulk job over the same photos) is not
+        stored again: it is skipped under the id it already has, so captions link to that one item."""
         def read(pair: tuple[int, ImageItem]) -> tuple[bytes, str, str] | Failure:
             _, item = pair
             try:
@@ -250,14 +253,21 @@ class Indexer:
         reads = list(pool.map(read, batch))
         ids = [r[1] for r in reads if not isinstance(r, Failure)]
         known = self.store.existing(collection, ids) if skip_existing else set()
+        if skip_existing:
+            fresh = [r[2] for r in reads if not isinstance(r, Failure) and r[1] not in known and r[1] not in seen
+                     and r[2] not in hashes]
+            hashes.update(self.store.ids_where(collection, "sha256", fresh) if fresh else {})
         todo, skipped, failures = [], [], []
         for (pos, item), r in zip(batch, reads, strict=True):
             if isinstance(r, Failure):
                 failures.append((pos, r))
             elif r[1] in known or r[1] in seen:
                 skipped.append((pos, r[1]))
+            elif skip_existing and hashes.get(r[2], r[1]) != r[1]:
+                skipped.append((pos, hashes[r[2]]))  # the same photo under the id it already has
             else:
                 seen[r[1]] = pos
+                hashes.setdefault(r[2], r[1])
                 todo.append((pos, item, *r))
 
         def decode(entry: tuple[int, ImageItem, bytes, str, str]) -> tuple[np.ndarray, dict[str, Any]] | Failure:
@@ -298,8 +308,10 @@ class Indexer:
         batches = [list(enumerate(items))[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         bar = progress_bar(total=total or len(items), unit="img", disable=not progress, dynamic_ncols=True)
         seen: dict[str, int] = {}
+        hashes: dict[str, str] = {}
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
-            for prep in _prefetch((self._prepare(pool, b, skip_existing, seen, collection) for b in batches), depth=2):
+            for prep in _prefetch((self._prepare(pool, b, skip_existing, seen, hashes, collection) for b in batches),
+                                  depth=2):
                 summary.skipped += len(prep.skipped)
                 for pos, iid in prep.skipped:
                     summary.ids[pos] = iid

@@ -350,6 +350,39 @@ class Engine:
         await self._explain_page("t2i", query, found, page, results, opts, timer, text)
         return Outcome(results, timer.done())
 
+    async def search_similar_images(self, opts: SearchOptions, image: bytes | None = None,
+                                    image_id: str | None = None) -> Outcome:
+        """Image → images by the global CLIP cosine: the matcher compares words with patches, so there is nothing
+        for it to rerank; scores are the raw cosine (the calibration is for image–text pairs). An indexed query
+        image is left out of its own answer."""
+        self._check(opts)
+        timer = Timer()
+        if image is not None:
+            pixels = await asyncio.to_thread(self.decode_upload, image)
+            vec = (await self.image_encoder.submit(pixels)).globals
+        elif image_id is not None:
+            problem = id_problem(image_id, self.settings.max_id_chars)
+            if problem:
+                raise ApiError(422, f"image_id: {problem}", "invalid_id")
+            found = await asyncio.to_thread(self.store.retrieve, IMAGES, [image_id], True)
+            if image_id not in found or found[image_id][1] is None:
+                raise ApiError(404, f"no image with id {image_id!r}", "not_found")
+            vec = torch.from_numpy(found[image_id][1])
+        else:
+            raise ApiError(422, "send a text, an image file or an image_id", "invalid_request")
+        timer.lap("encode")
+        plain = SearchOptions(opts.limit + (image_id is not None), opts.candidates, False, None, opts.offset,
+                              opts.filter)
+        scored, _ = await self._candidates(IMAGES, _Query(vec, vec[None]), plain, timer)
+        hits = [h for h, _, _ in scored if h.id != image_id]
+        if opts.min_score is not None:
+            hits = [h for h in hits if h.score >= opts.min_score]
+        results = [self.describe(h, IMAGES) | {"rank": opts.offset + i + 1, "score": round(h.score, 6),
+                                                "global_score": round(h.score, 6), "fine_score": None,
+                                                "cosine": round(h.score, 6), "explanation": None}
+                   for i, h in enumerate(hits[opts.offset: opts.offset + opts.limit])]
+        return Outcome(results, timer.done())
+
     async def search_texts(self, opts: SearchOptions, image: bytes | None = None,
                            image_id: str | None = None) -> Outcome:
         self._check(opts)

@@ -27,7 +27,9 @@ TEXTS = "texts"
 META_COLLECTION = "finesearch_meta"
 _NAMESPACE = uuid.UUID("6f1d5c52-3a77-4c1e-9a0e-5f1c1b8c2d11")
 #: Payload fields every collection indexes for filtering.
-BASE_INDEXED_FIELDS: dict[str, str] = {"item_id": "keyword", "image_id": "keyword", "kind": "keyword"}
+# `sha256` (an image's content hash) is how a photo indexed under two ids is recognised as one item
+BASE_INDEXED_FIELDS: dict[str, str] = {"item_id": "keyword", "image_id": "keyword", "kind": "keyword",
+                                       "sha256": "keyword"}
 
 FilterSpec = Mapping[str, Any]
 
@@ -170,8 +172,17 @@ class VectorStore(ABC):
     def count(self, collection: str, filter: FilterSpec | None = None) -> int: ...
 
     @abstractmethod
-    def scroll(self, collection: str, batch: int = 1024) -> Iterator[dict[str, Any]]:
-        """Every payload in the collection (for maintenance: compaction, audits)."""
+    def scroll(self, collection: str, batch: int = 1024, filter: FilterSpec | None = None) -> Iterator[dict[str, Any]]:
+        """Every payload in the collection, or those the filter passes (maintenance, audits, look-ups)."""
+
+    def ids_where(self, collection: str, field: str, values: Sequence[str]) -> dict[str, str]:
+        """value → id of an item whose reserved payload field `field` holds it (one indexed look-up per 256)."""
+        out: dict[str, str] = {}
+        unique = list(dict.fromkeys(values))
+        for lo in range(0, len(unique), 256):
+            for p in self.scroll(collection, filter={field: unique[lo:lo + 256]}):
+                out.setdefault(p[field], p["item_id"])
+        return out
 
     @abstractmethod
     def has_collection(self, name: str) -> bool: ...

@@ -218,13 +218,14 @@ class EdgeStore(VectorStore):
             return 0
         return int(self._shard(collection).count(qe.CountRequest(exact=True, filter=edge_filter(filter))))
 
-    def scroll(self, collection: str, batch: int = 1024) -> Iterator[dict[str, Any]]:
+    def scroll(self, collection: str, batch: int = 1024, filter: FilterSpec | None = None) -> Iterator[dict[str, Any]]:
         if not self.has_collection(collection):
             return
         shard = self._shard(collection)
+        where = edge_filter(filter)
         offset: str | UUID | int | None = None
         while True:
-            recs, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, with_payload=True,
+            recs, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=batch, filter=where, with_payload=True,
                                                          with_vector=False))
             for r in recs:
                 yield _user_payload(r.payload)

@@ -175,13 +175,14 @@ class ServerStore(VectorStore):
                          exact=True)
         return int(res.count)
 
-    def scroll(self, collection: str, batch: int = 1024) -> Iterator[dict[str, Any]]:
+    def scroll(self, collection: str, batch: int = 1024, filter: FilterSpec | None = None) -> Iterator[dict[str, Any]]:
         if not self.has_collection(collection):
             return
+        where = server_filter(filter)
         offset = None
         while True:
             recs, offset = self._call("scroll", self.client.scroll, self._name(collection), limit=batch,
-                                      offset=offset, with_payload=True, with_vectors=False)
+                                      offset=offset, scroll_filter=where, with_payload=True, with_vectors=False)
             for r in recs:
                 yield r.payload
             if offset is None:

@@ -136,29 +136,63 @@ async function searchImages(event) {
   try {
     const res = await api("/v1/search/images", { method: "POST", headers: { "Content-Type": "application/json" },
                                                  body: JSON.stringify(body) });
-    list.replaceChildren();
-    const ranks = new Map();
-    for (const r of res.results) {
-      ranks.set(r.id, r.rank);
-      const before = lastRanks.get(r.id);
-      const moved = before && before !== r.rank ? el("span", { class: before > r.rank ? "moved-up" : "moved-down",
-        text: ` (was ${before})` }) : "";
-      const captions = el("button", { class: "link", type: "button", text: "captions" });
-      captions.addEventListener("click", () => searchTexts({ image_id: r.id }, r.id));
-      const pic = explainedImage(r.content_url, `result ${r.rank}: image ${r.id}`, r.explanation);
-      list.append(el("li", { "data-id": r.id, "data-rank": String(r.rank) },
-        pic.node, pic.chips,
-        el("div", {}, el("span", { class: "rank", text: `#${r.rank}` }), moved, " ", captions),
-        el("div", {}, scoreLine(r, res.scores)),
-        el("div", { class: "id", text: r.id })));
-    }
-    lastRanks = ranks;
+    showImages(res, false);
     const t = res.timing_ms;
     status.textContent = `${res.results.length} results in ${t.total.toFixed(1)} ms (encode ${t.encode.toFixed(1)}, ` +
       `recall ${t.recall.toFixed(1)}, gather ${t.gather.toFixed(1)}, rerank ${t.rerank.toFixed(1)}) · ` +
       (body.rerank ? `reranked ${body.candidates} candidates` : "global ranking only");
     list.dataset.state = body.rerank ? "reranked" : "global";
   } catch (e) { status.textContent = `search failed: ${e.message}`; }
+}
+
+// Image → images: by the global CLIP cosine alone (the matcher matches words with patches; an image has no words).
+async function searchSimilar({ file, image_id }, label) {
+  const status = $("t2i-status");
+  const list = $("image-results");
+  const limit = $("limit").value;
+  status.textContent = "searching…";
+  try {
+    let res;
+    if (file) {
+      const form = new FormData();
+      form.append("image", file); form.append("limit", limit);
+      res = await api("/v1/search/images", { method: "POST", body: form });
+    } else {
+      const body = { image_id, limit: Number(limit) };
+      try { body.filter = parseFilter($("filter").value); } catch (e) { status.textContent = e.message; return; }
+      res = await api("/v1/search/images", { method: "POST", headers: { "Content-Type": "application/json" },
+                                             body: JSON.stringify(body) });
+    }
+    showImages(res, true);
+    status.textContent = `${res.results.length} images like ${label || (file && file.name) || "the image"} in ` +
+      `${res.timing_ms.total.toFixed(1)} ms · by global similarity (the matcher compares words with patches)`;
+    list.dataset.state = "similar";
+  } catch (e) { status.textContent = `search failed: ${e.message}`; }
+}
+
+function showImages(res, similar) {
+  const list = $("image-results");
+  list.replaceChildren();
+  const ranks = new Map();
+  for (const r of res.results) {
+    ranks.set(r.id, r.rank);
+    const before = similar ? null : lastRanks.get(r.id);
+    const moved = before && before !== r.rank ? el("span", { class: before > r.rank ? "moved-up" : "moved-down",
+      text: ` (was ${before})` }) : "";
+    const captions = el("button", { class: "link", type: "button", text: "captions" });
+    captions.addEventListener("click", () => searchTexts({ image_id: r.id }, r.id));
+    const like = el("button", { class: "link similar", type: "button", text: "similar" });
+    like.addEventListener("click", () => searchSimilar({ image_id: r.id }, r.id));
+    const pic = explainedImage(r.content_url, `result ${r.rank}: image ${r.id}`, r.explanation);
+    const scores = similar ? el("span", { class: "scores", title: "cosine of the global CLIP vectors",
+                                          text: `similarity ${fmt(r.cosine)}` }) : scoreLine(r, res.scores);
+    list.append(el("li", { "data-id": r.id, "data-rank": String(r.rank) },
+      pic.node, pic.chips,
+      el("div", {}, el("span", { class: "rank", text: `#${r.rank}` }), moved, " ", captions, " · ", like),
+      el("div", {}, scores),
+      el("div", { class: "id", text: r.id })));
+  }
+  if (!similar) lastRanks = ranks;
 }
 
 async function searchTexts({ file, image_id }, label) {
@@ -194,7 +228,10 @@ async function searchTexts({ file, image_id }, label) {
       }) : "";
       return el("li", { "data-id": r.id }, el("span", { text: r.text }), " ", scoreLine(r, res.scores), chips);
     }));
-    status.textContent = `captions for ${label || (file && file.name) || "the image"} · ${res.timing_ms.total.toFixed(1)} ms`;
+    status.textContent = `captions for ${label || (file && file.name) || "the image"} · ${res.timing_ms.total.toFixed(1)} ms · `;
+    const like = el("button", { class: "link", type: "button", id: "similar-to-query", text: "similar images" });
+    like.addEventListener("click", () => searchSimilar(file ? { file } : { image_id }, label));
+    status.append(like);
   } catch (e) { status.textContent = `search failed: ${e.message}`; }
 }
 

@@ -240,3 +240,44 @@ def test_cli_reports_configuration_errors_cleanly(tmp_path: Path, capsys: pytest
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("finesearch: error: no weights given for ViT-B-32") and "Traceback" not in err
+
+
+def test_one_item_per_photo_across_index_images_and_index_dataset(tmp_path: Path, coco_mini: Path) -> None:
+    """The same photos indexed by folder (content-hash ids) and as a dataset (its own ids), in either order,
+    are stored once; the dataset's captions link to the item the photo already is."""
+    for order in (("images", "dataset"), ("dataset", "images")):
+        data = tmp_path / "-".join(order)
+        cmds = {"images": ["index", "images", str(coco_mini / "images"), "--data-dir", str(data), *TINY],
+                "dataset": ["index", "dataset", str(coco_mini / "captions.json"), "--images", str(coco_mini / "images"),
+                            "--format", "coco", "--data-dir", str(data), "--report", str(data / "r.json"), *TINY]}
+        for step in order:
+            assert main(cmds[step]) == 0
+        store = open_store(data)
+        assert store.count(IMAGES) == 79, order
+        assert store.count(TEXTS) == 395
+        images = {p["item_id"]: p for p in store.scroll(IMAGES)}
+        linked = {p["image_id"] for p in store.scroll(TEXTS)}
+        assert linked == set(images)  # every caption points at a stored image
+        if order[0] == "images":  # the photos kept their content-hash ids
+            assert all(len(i) == 32 for i in images)
+            assert _report(data / "r.json")["images"]["skipped"] == 79
+        store.close()
+
+
+def test_prune_removes_images_whose_files_are_gone(tmp_path: Path, coco_mini: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    folder, other = tmp_path / "photos", tmp_path / "other"
+    folder.mkdir(), other.mkdir()
+    src = sorted((coco_mini / "images").glob("*.jpg"))
+    for p in src[:4]:
+        shutil.copy(p, folder / p.name)
+    shutil.copy(src[4], other / src[4].name)
+    data = ["--data-dir", str(tmp_path / "data"), "--id-from", "stem", *TINY]
+    assert main(["index", "images", str(folder), str(other), *data]) == 0
+    (folder / src[0].name).unlink()
+    (other / src[4].name).unlink()  # gone too, but not under the folder being pruned: kept
+    assert main(["index", "images", str(folder), "--prune", *data]) == 0
+    assert f"pruned 1 images whose files are gone: {src[0].stem}" in capsys.readouterr().out
+    store = open_store(tmp_path / "data")
+    assert {p["item_id"] for p in store.scroll(IMAGES)} == {p.stem for p in src[1:5]}
+    store.close()

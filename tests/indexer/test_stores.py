@@ -123,3 +123,13 @@ def test_search_can_return_the_vectors(store: VectorStore) -> None:
     hits = store.search("images", vecs[5], 3, with_vectors=True)
     np.testing.assert_allclose(hits[0].vector, vecs[5] / np.linalg.norm(vecs[5]), rtol=1e-5)
     assert store.search("images", vecs[5], 1)[0].vector is None
+
+
+def test_scroll_with_a_filter_and_ids_by_content_hash(store: VectorStore) -> None:
+    vecs = _fill(store, n=600)
+    store.upsert("images", ["a", "b"], vecs[:2], [{"kind": "image", "sha256": "h1"}, {"kind": "image", "sha256": "h2"}])
+    assert {p["item_id"] for p in store.scroll("images", batch=64, filter={"colour": "red"})} == {
+        f"img-{i}" for i in range(0, 600, 3)}
+    hashes = ["h2", "nope", "h1", "h2"] + [f"x{i}" for i in range(300)]  # more than one look-up's 256
+    assert store.ids_where("images", "sha256", hashes) == {"h1": "a", "h2": "b"}
+    assert store.ids_where("texts", "sha256", ["h1"]) == {}  # no such collection yet

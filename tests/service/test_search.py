@@ -109,3 +109,44 @@ def test_image_to_text_by_upload_and_by_id(client: httpx.Client, synth: tuple[Pa
     assert hits >= 4, f"a caption of the query image came first for only {hits} of 5"
     off = client.post("/v1/search/texts", json={"image_id": items[0].image_id, "rerank": False}).json()
     assert all(x["fine_score"] is None for x in off["results"])
+
+
+def test_image_to_image_search_by_indexed_id_and_by_upload(client: httpx.Client,
+                                                           synth: tuple[Path, list[CaptionedImage]]) -> None:
+    root, items = synth
+    query = items[5]
+    by_id = client.post("/v1/search/images", json={"image_id": query.image_id, "limit": 5})
+    assert by_id.status_code == 200, by_id.text
+    body = by_id.json()
+    assert body["scores"] == "raw"
+    ids = [r["id"] for r in body["results"]]
+    assert len(ids) == 5 and query.image_id not in ids  # the query image is left out of its own answer
+    assert all(r["fine_score"] is None and r["score"] == r["cosine"] for r in body["results"])
+    assert [r["score"] for r in body["results"]] == sorted((r["score"] for r in body["results"]), reverse=True)
+
+    data = (root / "images" / query.filename).read_bytes()
+    up = client.post("/v1/search/images", files={"image": ("q.png", data, "image/png")}, data={"limit": "6"})
+    assert up.status_code == 200, up.text
+    got = up.json()["results"]
+    assert got[0]["id"] == query.image_id and got[0]["cosine"] == pytest.approx(1.0, abs=1e-3)
+    assert [r["id"] for r in got[1:]] == ids  # the same neighbours, whichever way the query came
+
+    layout = query.metadata.get("meta_layout")
+    filtered = client.post("/v1/search/images", json={"image_id": query.image_id, "limit": 50,
+                                                      "filter": {"layout": layout}}).json()["results"]
+    assert filtered and all(r["metadata"]["layout"] == layout for r in filtered)
+    paged = client.post("/v1/search/images", json={"image_id": query.image_id, "limit": 2, "offset": 3}).json()
+    assert [r["id"] for r in paged["results"]] == ids[3:5] and paged["results"][0]["rank"] == 4
+
+
+def test_image_to_image_search_errors(client: httpx.Client) -> None:
+    both = client.post("/v1/search/images", json={"text": "a red circle", "image_id": "0"})
+    assert both.status_code == 422 and "not both" in both.json()["error"]["message"]
+    missing = client.post("/v1/search/images", json={"image_id": "no-such-image"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    odd = client.post("/v1/search/images", json={"image_id": "a/b"})
+    assert odd.status_code == 422 and odd.json()["error"]["code"] == "invalid_id"
+    junk = client.post("/v1/search/images", files={"image": ("q.png", b"not an image", "image/png")})
+    assert junk.status_code in (400, 415, 422) and "image" in junk.json()["error"]["message"]
+    plain = client.post("/v1/search/images", content=b"a red circle", headers={"content-type": "text/plain"})
+    assert plain.status_code == 415 and "'image_id'" in plain.json()["error"]["message"]

@@ -109,6 +109,28 @@ def test_explain_shows_each_words_map(page, synth: tuple[Path, list[CaptionedIma
     page.uncheck("#explain")
 
 
+def test_image_to_image_search_from_a_card_and_from_an_upload(page, synth: tuple[Path, list[CaptionedImage]]  # type: ignore[no-untyped-def]
+                                                              ) -> None:
+    root, items = synth
+    page.fill("#query", items[3].captions[0])
+    page.click("#text-form button")
+    page.wait_for_function("document.getElementById('t2i-status').textContent.includes('results in')")
+    first = _order(page)[0]
+    page.click(f"#image-results li[data-id='{first}'] button.similar")
+    page.wait_for_function("document.getElementById('image-results').dataset.state === 'similar'")
+    similar = _order(page)
+    assert similar and first not in similar  # the query image is not its own neighbour
+    assert f"images like {first}" in page.inner_text("#t2i-status")
+    assert "similarity" in page.inner_text("#image-results li")
+
+    page.set_input_files("#image-file", str(root / "images" / items[7].filename))
+    page.wait_for_selector("#similar-to-query")
+    page.click("#similar-to-query")
+    page.wait_for_function("document.getElementById('t2i-status').textContent.includes('images like')")
+    assert _order(page)[0] == items[7].image_id  # an upload of an indexed photo finds that photo first
+    page.screenshot(path=str(REPO / "docs" / "web-page-similar.png"), full_page=True)
+
+
 @pytest.mark.parametrize(("path", "rendered"), [("/docs", ".opblock"), ("/redoc", "[data-section-id]")])
 def test_api_docs_render_without_internet(page, server: Server, path: str, rendered: str) -> None:  # type: ignore[no-untyped-def]
     """Swagger UI and ReDoc come from the package: with every request off this server refused, both render."""
