@@ -19,6 +19,11 @@ class Settings(BaseSettings):
 
     model: Path | None = Field(None, description="model bundle directory; default: the bundled demo model")
     data_dir: Path = Path("./data")
+    backbone: str | None = Field(None, description="serve a stock open_clip backbone without a trained matcher "
+                                 "(global-only search), e.g. ViT-B-32; used when no model bundle is given")
+    pretrained: str | None = Field(None, description="its weights: a pretrained tag from the local cache, or a "
+                                   "checkpoint file")
+    cache_dir: str | None = Field(None, description="where pretrained tags are looked up")
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     qdrant_prefix: str = "finesearch_"

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,11 +30,12 @@ from indexer.preparation import fetched_from_hits
 from indexer.stores import IMAGES, TEXTS, Hit, open_store
 from indexer.stores.base import FEATURES_FP, normalise_filter
 from indexer.validation import PayloadLimits, id_problem
-from training.backbone import pad_words
+from training.backbone import Backbone, pad_words
 from training.bundle import Bundle, load_bundle
+from training.defaults import TINY_MODEL
 from training.explain import explain_pairs, word_pieces
 from training.images import ImageRejected, load_for_model, probe_image
-from training.matcher import DIRECTIONS, KINDS, PreparedImages
+from training.matcher import DIRECTIONS, KINDS, Matcher, PreparedImages
 from training.tokenbank import Fetched
 
 from .batching import MicroBatcher, OutOfMemory
@@ -108,14 +109,22 @@ class Timer:
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.bundle: Bundle = load_bundle(settings.resolved_model(), device=settings.device,
-                                          precision=settings.precision)
+        if settings.model is None and (settings.backbone or settings.pretrained):  # stock: global-only search
+            if settings.features == "qdrant":
+                raise ValueError("a stock backbone has no matcher features to keep in Qdrant: serve it with "
+                                 "features=bank (the default), or serve a trained bundle")
+            self.bundle: Bundle = Bundle.stock(Backbone.load(
+                settings.backbone or TINY_MODEL, settings.pretrained, device=settings.device,
+                precision=settings.precision, cache_dir=settings.cache_dir))
+        else:
+            self.bundle = load_bundle(settings.resolved_model(), device=settings.device, precision=settings.precision)
         self.backbone = self.bundle.backbone
-        self.matcher = self.bundle.matcher
         self.device = self.backbone.device
+        self._matcher = self.bundle.matcher
         # per direction and kind (fused, global, fine): the (scale, bias) of the calibrated probability
         self.calibration: list[list[list[float]]] | None = (
-            self.matcher.calibration.cpu().tolist() if bool(self.matcher.calibrated) else None)
+            self._matcher.calibration.cpu().tolist() if self._matcher is not None and bool(self._matcher.calibrated)
+            else None)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = open_store(settings.data_dir, settings.qdrant_url, settings.qdrant_api_key,
                                 prefix=settings.qdrant_prefix, features=settings.features)
@@ -131,7 +140,7 @@ class Engine:
         return Indexer(self.backbone, self.store, settings.data_dir, batch_size=settings.index_batch,
                        workers=settings.decode_workers, max_pixels=settings.max_image_pixels,
                        bank_device=str(self.device) if settings.bank_on_device else None,
-                       limits=PayloadLimits.from_settings(settings), matcher=self.matcher,
+                       limits=PayloadLimits.from_settings(settings), matcher=self._matcher,
                        keep_raw_tokens=settings.keep_raw_tokens, blob_dir=settings.blob_dir)
 
     def _start(self, settings: Settings) -> None:
@@ -150,13 +159,25 @@ class Engine:
             "rerank", self._rerank, self.model_thread, settings.rerank_batch, window)
         self._warm()
 
+    @property
+    def matcher(self) -> Matcher:
+        """The bundle's matcher; only the rerank and explain paths ask, and a stock backbone never reaches them."""
+        assert self._matcher is not None, "a stock backbone has no matcher"
+        return self._matcher
+
+    @property
+    def notice(self) -> str | None:
+        """Said with every search answer when reranking is unavailable (a stock backbone)."""
+        return self.bundle.notice if self._matcher is None else None
+
     # ------------------------------------------------------------ model calls
     def _warm(self) -> None:
         """One tiny pass through every model path, so the first request pays no lazy-init cost."""
         q = self._encode_texts(["warm up"])[0]
         img = self._encode_images([np.zeros((self.backbone.image_size,) * 2 + (3,), np.uint8)])[0]
         prep = self.indexer.preparer
-        assert prep is not None
+        if prep is None:  # a stock backbone: nothing to rerank with
+            return
         pi = prep.prepare("images", img.tokens[None], np.array([img.tokens.shape[0]]), img.globals[None])
         pt = prep.prepare("texts", q.tokens[None], np.array([q.tokens.shape[0]]), None)
         ones = lambda p: torch.ones(1, p.tokens.shape[1], dtype=torch.bool)  # noqa: E731
@@ -240,6 +261,8 @@ class Engine:
         """(hit, fused score, patch score) for the recalled candidates, scores None without rerank; and the
         reranked candidates' prepared features, in the same order (for explanations)."""
         want = opts.offset + opts.limit
+        if self._matcher is None:
+            opts = replace(opts, rerank=False)
         n = max(opts.candidates, want) if opts.rerank else want
         vec = query.globals.float().cpu().numpy()
         in_store = opts.rerank and self.indexer.features_in_store
@@ -571,9 +594,10 @@ class Engine:
             "counts": counts,
             "backbone": _without_paths(self.backbone.describe()),
             # the bundle's folder name only: the server's absolute paths are nobody else's business
-            "model": {"id": self.bundle.id, "name": Path(self.bundle.path).name,
-                      "synthetic": self.bundle.notice is not None, "notice": self.bundle.notice,
-                      "matcher": self.matcher.config.to_dict()},
+            "model": {"id": self.bundle.id, "name": Path(self.bundle.path).name if self.bundle.path else None,
+                      "synthetic": self.bundle.synthetic, "rerank": self._matcher is not None,
+                      "notice": self.bundle.notice,
+                      "matcher": self._matcher.config.to_dict() if self._matcher is not None else None},
             "device": str(self.device),
             "store": {"backend": self.store.backend},
             "token_bank": {c: b.stats() for c, b in self.indexer.banks.items()},

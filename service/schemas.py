@@ -94,6 +94,8 @@ class SearchResponse(BaseModel):
     scores: Literal["probability", "raw"] = Field(
         description="probability: score, global_score and fine_score are probabilities calibrated on the model's "
                     "validation split; raw: the model has no calibration and they are the raw scores")
+    notice: str | None = Field(None, description="set when reranking is unavailable (a stock backbone without a "
+                                                 "trained matcher): why, and how to get it")
 
 
 class ItemError(BaseModel):

@@ -42,6 +42,13 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", choices=["bank", "qdrant"], default=None,
                    help="prepared matcher features in the token bank (default) or on the Qdrant points "
                         "(server mode: replicas share no volume)")
+    p.add_argument("--backbone", default=None,
+                   help="serve a stock open_clip backbone (e.g. ViT-B-32) without a trained matcher: global-only "
+                        "search over an index built with the same --backbone/--pretrained (default: "
+                        "FINESEARCH_BACKBONE; ignored when a model bundle is given)")
+    p.add_argument("--pretrained", default=None,
+                   help="the stock backbone's weights: a cached pretrained tag or a checkpoint file (default: "
+                        "FINESEARCH_PRETRAINED)")
     p.add_argument("--host", default=os.environ.get("FINESEARCH_HOST", "127.0.0.1"),
                    help="address to listen on (FINESEARCH_HOST)")
     p.add_argument("--port", type=int, default=int(os.environ.get("FINESEARCH_PORT", "8000")),
@@ -53,7 +60,8 @@ def _server_args(p: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     """Flags override FINESEARCH_* variables; exported so that worker processes see the same."""
     for flag, env in (("model", "MODEL"), ("data_dir", "DATA_DIR"), ("qdrant_url", "QDRANT_URL"),
-                      ("features", "FEATURES"), ("device", "DEVICE")):
+                      ("features", "FEATURES"), ("device", "DEVICE"), ("backbone", "BACKBONE"),
+                      ("pretrained", "PRETRAINED")):
         value = getattr(args, flag, None)
         if value is not None:
             os.environ[f"FINESEARCH_{env}"] = str(value)

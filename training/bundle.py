@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .backbone import Backbone, BackboneError, BackboneSource
-from .defaults import SYNTHETIC_NOTICE, TINY_MODEL
+from .defaults import STOCK_NOTICE, SYNTHETIC_NOTICE, TINY_MODEL
 from .matcher import Matcher, MatcherConfig
 
 BUNDLE_FORMAT = 2
@@ -38,10 +38,16 @@ def package_version() -> str:
 
 @dataclass
 class Bundle:
+    """A trained model bundle, or a stock backbone alone (`matcher` None: global-only search)."""
+
     backbone: Backbone
-    matcher: Matcher
+    matcher: Matcher | None
     config: dict[str, Any]
     path: Path | None = None
+
+    @classmethod
+    def stock(cls, backbone: Backbone) -> Bundle:
+        return cls(backbone, None, {"name": backbone.name})
 
     @property
     def id(self) -> str:
@@ -50,7 +56,14 @@ class Bundle:
     @property
     def notice(self) -> str | None:
         """What a user must know before trusting results, said by `/v1/stats` and the page."""
-        return SYNTHETIC_NOTICE if self.backbone.name == TINY_MODEL else None
+        if self.matcher is None:
+            return STOCK_NOTICE.format(name=self.backbone.name)
+        return SYNTHETIC_NOTICE if self.synthetic else None
+
+    @property
+    def synthetic(self) -> bool:
+        """The tiny demo backbone: it knows only the synthetic shapes it was trained on."""
+        return self.backbone.name == TINY_MODEL
 
 
 def save_bundle(out: str | Path, backbone: Backbone, matcher: Matcher, *, include_backbone: bool,

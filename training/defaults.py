@@ -18,6 +18,13 @@ SYNTHETIC_NOTICE = (
     "(README: 'Real pretrained weights and real datasets')."
 )
 
+STOCK_NOTICE = (
+    "reranking is unavailable: {name} is a stock backbone without a trained matcher, so results come from global "
+    "similarity alone. To get it, train a matcher on your own captions (`finesearch train --data FILE --images "
+    "DIR --format ... --backbone {name} --pretrained <the same weights> --out models/mine`), then run "
+    "`finesearch index reprepare --model models/mine` (nothing is re-encoded) and serve models/mine."
+)
+
 
 def default_model(explicit: str | Path | None) -> Path:
     """The model bundle a command uses when it names none (`explicit` is the flag or the variable)."""

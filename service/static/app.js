@@ -117,6 +117,9 @@ async function loadStats() {
     const notice = $("model-notice");
     notice.textContent = s.model.notice ? `Note: ${s.model.notice}` : "";
     notice.hidden = !s.model.notice;
+    if (s.model.rerank === false) {  // a stock backbone: there is no matcher to rerank with
+      $("rerank").checked = false; $("rerank").disabled = true; $("explain").disabled = true;
+    }
   } catch (e) { $("stats").textContent = `stats unavailable (${e.message})`; }
 }
 
@@ -140,8 +143,9 @@ async function searchImages(event) {
     const t = res.timing_ms;
     status.textContent = `${res.results.length} results in ${t.total.toFixed(1)} ms (encode ${t.encode.toFixed(1)}, ` +
       `recall ${t.recall.toFixed(1)}, gather ${t.gather.toFixed(1)}, rerank ${t.rerank.toFixed(1)}) · ` +
-      (body.rerank ? `reranked ${body.candidates} candidates` : "global ranking only");
-    list.dataset.state = body.rerank ? "reranked" : "global";
+      (res.notice ? "global ranking only: this model has no trained matcher"
+        : body.rerank ? `reranked ${body.candidates} candidates` : "global ranking only");
+    list.dataset.state = body.rerank && !res.notice ? "reranked" : "global";
   } catch (e) { status.textContent = `search failed: ${e.message}`; }
 }
 

@@ -75,7 +75,7 @@ def _validated(model: type[SearchParams], raw: bytes) -> Any:
 
 def _response(engine: Any, out: Any, raw_scores: bool = False) -> dict[str, Any]:
     return {"results": out.results, "timing_ms": out.timing_ms, "model": engine.bundle.id,
-            "scores": "raw" if raw_scores or engine.calibration is None else "probability"}
+            "scores": "raw" if raw_scores or engine.calibration is None else "probability", "notice": engine.notice}
 
 
 @router.post("/texts", response_model=SearchResponse, summary="Image → texts",
