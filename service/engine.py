@@ -33,7 +33,7 @@ from indexer.validation import PayloadLimits, id_problem
 from training.backbone import Backbone, pad_words
 from training.bundle import Bundle, load_bundle
 from training.defaults import TINY_MODEL
-from training.explain import explain_pairs, word_pieces
+from training.explain import explain_pairs
 from training.images import ImageRejected, load_for_model, probe_image
 from training.matcher import DIRECTIONS, KINDS, Matcher, PreparedImages
 from training.tokenbank import Fetched
@@ -444,9 +444,8 @@ class Engine:
     def _explain(self, direction: str, query: _Query, found: Fetched, page: list[int], results: list[dict[str, Any]],
                  text: str | None) -> list[dict[str, Any]]:
         m, dev = self.matcher, self.device
-        grid = tuple(self.backbone.model.visual.grid_size)
+        grid = self.backbone.grid
         idx = torch.tensor(page, device=found.tokens.device)
-        tokenizer = self.backbone.tokenizer
         zeros = torch.zeros(len(page), m.config.dim, device=dev)
         if direction == "t2i":
             n = query.tokens.shape[0]
@@ -454,7 +453,7 @@ class Engine:
             txt = m.prepare_texts(words.to(dev), mask.to(dev), query.globals[None].to(dev)).trimmed()
             txt = txt.take(torch.zeros(len(page), dtype=torch.long, device=dev))
             img = PreparedImages(found.tokens[idx].to(dev).float(), zeros)
-            pieces = [word_pieces(tokenizer, text or "", n)] * len(page)
+            pieces = [self.backbone.word_pieces(text or "", n)] * len(page)
         else:
             patches = query.tokens[None].to(dev).float()
             if not query.prepared:
@@ -463,7 +462,7 @@ class Engine:
             extras = found.extras[idx].to(dev) if found.extras is not None else None
             txt = m.texts_from_words(found.tokens[idx].to(dev), found.mask[idx].to(dev), None, extras)
             lengths = found.mask[idx].sum(1).tolist()
-            pieces = [word_pieces(tokenizer, r.get("text") or "", int(n)) for r, n in zip(results, lengths,
+            pieces = [self.backbone.word_pieces(r.get("text") or "", int(n)) for r, n in zip(results, lengths,
                                                                                          strict=True)]
         return explain_pairs(m, img, txt, grid, pieces)  # type: ignore[arg-type]
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from service.cli import main

@@ -190,7 +190,13 @@ class Backbone:
         No weights and no `from_scratch` is an error, never a silent random init.
         Tags are resolved from the local cache only unless downloads are allowed
         (FINESEARCH_ALLOW_DOWNLOAD=1), so an offline host fails fast and says what to copy where.
+        `hf:DIR` (or a recorded `hf:clip`/`hf:siglip` with the directory as `pretrained`) loads a Hugging Face
+        CLIP or SigLIP directory through transformers (training/hf_backbone.py).
         """
+        if name.startswith("hf:"):
+            from .hf_backbone import HFBackbone
+
+            return HFBackbone.load(name, pretrained, device=device, precision=precision)
         config = model_config(name)
         dev = pick_device(device)
         if pretrained is None:
@@ -246,6 +252,17 @@ class Backbone:
         precision: str = "auto",
     ) -> Backbone:
         """Rebuild from a config and weights stored elsewhere (a model bundle)."""
+        if name.startswith("hf:"):  # the architecture and tokenizer come from the recorded directory
+            from .hf_backbone import HFBackbone
+
+            backbone = HFBackbone.load(name, source.pretrained, device=device, precision=precision)
+            missing, unexpected = backbone.model.load_state_dict({k: v.float() for k, v in state.items()},
+                                                                 strict=False)
+            if missing or unexpected:
+                raise BackboneError(f"backbone weights do not fit {name}: missing {missing[:5]}, "
+                                    f"unexpected {unexpected[:5]}")
+            backbone.invalidate_fingerprint()
+            return backbone
         register_model_config(name, config)
         model = open_clip.create_model(name, pretrained=None)
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
@@ -254,6 +271,31 @@ class Backbone:
                 f"backbone weights do not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
         return cls(model, name, config, source, pick_device(device), precision)
+
+    # ------------------------------------------------------------- geometry
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Rows and columns of the image tower's patch grid."""
+        g = self.model.visual.grid_size
+        return int(g[0]), int(g[1])
+
+    @property
+    def max_words(self) -> int:
+        """Word positions a caption can fill: the context less its start and end tokens."""
+        return self.context_length - 2
+
+    def word_pieces(self, text: str, n: int) -> list[Any]:
+        """The caption's first `n` word tokens with their character spans (explanations)."""
+        from .explain import word_pieces
+
+        return word_pieces(self.tokenizer, text, n)
+
+    def unfreeze_parts(self, n: int) -> list[nn.Module | nn.Parameter]:
+        """The last `n` blocks of both towers with their output norms and projections (fine-tuning)."""
+        m = self.model
+        parts: list[nn.Module | nn.Parameter] = [*m.visual.transformer.resblocks[-n:], m.visual.ln_post,
+                                                 *m.transformer.resblocks[-n:], m.ln_final]
+        return parts + [p for p in (m.visual.proj, m.text_projection) if isinstance(p, nn.Module | nn.Parameter)]
 
     # ------------------------------------------------------------- identity
     @property

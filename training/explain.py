@@ -89,7 +89,7 @@ def explain_one(bundle: Any, pixels: Any, text: str) -> dict[str, Any]:
     txt = m.prepare_texts(words, mask, txt_f.globals.float()).trimmed()
     cosine = float((img_f.globals.float() * txt_f.globals.float()).sum())
     fused, _ = m.score_pairs(img, txt, torch.tensor([cosine]), "t2i")
-    ex = explain_pairs(m, img, txt, tuple(bb.model.visual.grid_size), [word_pieces(bb.tokenizer, text, n)])[0]
+    ex = explain_pairs(m, img, txt, bb.grid, [bb.word_pieces(text, n)])[0]
     out: dict[str, Any] = {"text": text, "cosine": round(cosine, 6), "fused_raw": round(float(fused[0]), 6), **ex}
     if bool(m.calibrated):
         out["score"] = round(float(m.calibrate(fused, "t2i", "fused")[0]), 6)

@@ -75,7 +75,7 @@ def extract(backbone: Backbone, items: Sequence[CaptionedImage], images_dir: Pat
     texts = [c for it in items for c in it.captions]
     txt_img = torch.tensor([i for i, it in enumerate(items) for _ in it.captions], dtype=torch.long)
     tg, tt, tm = [], [], []
-    width = backbone.context_length - 2
+    width = backbone.max_words
     for lo in progress_bar(range(0, len(texts), batch_size * 2), disable=not progress, desc="encode texts"):
         f = backbone.encode_texts(texts[lo:lo + batch_size * 2])
         tg.append(f.globals.cpu())
@@ -113,7 +113,7 @@ def cached_extract(backbone: Backbone, items: Sequence[CaptionedImage], images_d
         meta = json.loads((folder / "index.json").read_text())
         img_tok, _ = _bank(folder / "images", backbone).gather(g["img_rows"].numpy())
         txt_tok, txt_mask = _bank(folder / "texts", backbone).gather(g["txt_rows"].numpy())
-        txt_tok, txt_mask = pad_words(txt_tok, txt_mask, backbone.context_length - 2)
+        txt_tok, txt_mask = pad_words(txt_tok, txt_mask, backbone.max_words)
         return Features(meta["image_ids"], g["img_glob"], img_tok, g["txt_img"], g["txt_glob"], txt_tok,
                         txt_mask, meta["texts"])
     feats = extract(backbone, items, images_dir, **kw)  # type: ignore[arg-type]

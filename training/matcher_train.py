@@ -97,7 +97,7 @@ class Trunk:
     def features(self, chunk: int = 256) -> Features:
         was_training = self.backbone.model.training
         self.backbone.model.eval()
-        width = self.backbone.context_length - 2
+        width = self.backbone.max_words
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("it", "ig", "tt", "tm", "tg")}
         for lo in range(0, len(self.image_ids), chunk):
             idx = torch.arange(lo, min(lo + chunk, len(self.image_ids)))

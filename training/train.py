@@ -264,27 +264,20 @@ def trunk_features(backbone: Backbone, items: list[CaptionedImage], images_dir: 
 
 def unfreeze_last(backbone: Backbone, n: int) -> list[torch.nn.Parameter]:
     """Freeze the backbone except the last `n` blocks of both towers and their output norms/projections."""
-    m = backbone.model
     if not 0 < n <= backbone.depth:
         raise ValueError(f"unfreeze_blocks must be between 1 and {backbone.depth} for {backbone.name}")
-    for p in m.parameters():
+    for p in backbone.model.parameters():
         p.requires_grad_(False)
-    parts: list[Any] = [*m.visual.transformer.resblocks[-n:], m.visual.ln_post, *m.transformer.resblocks[-n:],
-                        m.ln_final]
-    params = [p for part in parts for p in part.parameters()]
-    for extra in (m.visual.proj, m.text_projection):
-        if isinstance(extra, torch.nn.Parameter):
-            params.append(extra)
-        elif isinstance(extra, torch.nn.Module):
-            params += list(extra.parameters())
+    params = [q for part in backbone.unfreeze_parts(n)
+              for q in ([part] if isinstance(part, torch.nn.Parameter) else part.parameters())]
     for p in params:
         p.requires_grad_(True)
     return params
 
 
 def matcher_config_for(backbone: Backbone, overrides: dict[str, Any]) -> MatcherConfig:
-    grid = backbone.model.visual.grid_size
-    base = MatcherConfig(dim=backbone.embed_dim, num_patches=grid[0] * grid[1], max_words=backbone.context_length - 2)
+    grid = backbone.grid
+    base = MatcherConfig(dim=backbone.embed_dim, num_patches=grid[0] * grid[1], max_words=backbone.max_words)
     return MatcherConfig.from_dict({**asdict(base), **overrides})
 
 
