@@ -77,6 +77,27 @@ def register(sub: Any) -> None:
     pr.set_defaults(func=cmd_reprepare)
 
 
+    snap = sub.add_parser("snapshot", help="back up an index to one file, or restore one (docs/operations.md)")
+    ssub = snap.add_subparsers(dest="snapshot_cmd", required=True)
+    sc = ssub.add_parser("create", help="write a consistent snapshot: points, token banks, blobs and job records "
+                                        "(the embedded store is locked meanwhile; stop writes to a Qdrant server)")
+    sc.add_argument("--out", type=Path, required=True, help="snapshot file to write (a tar)")
+    add_store_args(sc)
+    sc.set_defaults(func=cmd_snapshot_create)
+    sr = ssub.add_parser("restore", help="restore a snapshot into an empty data directory (or Qdrant prefix)")
+    sr.add_argument("file", type=Path, help="snapshot file")
+    add_store_args(sr)
+    sr.set_defaults(func=cmd_snapshot_restore)
+
+    mg = sub.add_parser("migrate", help="move an embedded index into a Qdrant server; rerun to resume")
+    mg.add_argument("--to", required=True, help="URL of the Qdrant server to move the points to")
+    mg.add_argument("--to-api-key", default=os.environ.get("FINESEARCH_QDRANT_API_KEY"),
+                    help="its API key (default: FINESEARCH_QDRANT_API_KEY)")
+    mg.add_argument("--to-prefix", default="finesearch_", help="collection name prefix on that server")
+    add_store_args(mg)
+    mg.set_defaults(func=cmd_migrate)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images or captions per encoder call")
     p.add_argument("--workers", type=int, default=min(8, (os.cpu_count() or 2) * 2), help="decode threads")
@@ -265,6 +286,57 @@ def cmd_reprepare(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(json.dumps(out, indent=2))
+    return 0
+
+
+def _open(args: argparse.Namespace) -> Any:
+    return open_store(args.data_dir, args.qdrant_url, args.qdrant_api_key, prefix=args.qdrant_prefix,
+                      features=args.features)
+
+
+def cmd_snapshot_create(args: argparse.Namespace) -> int:
+    from .transfer import create_snapshot
+
+    store = _open(args)
+    try:
+        manifest = create_snapshot(store, Path(args.data_dir), args.out, progress=print)
+    finally:
+        store.close()
+    print(json.dumps({"snapshot": str(args.out), "counts": manifest["counts"], "bytes": args.out.stat().st_size}))
+    return 0
+
+
+def cmd_snapshot_restore(args: argparse.Namespace) -> int:
+    from .transfer import read_manifest, restore_snapshot
+
+    read_manifest(args.file)  # a broken or foreign file is refused before anything is created
+    store = _open(args)
+    try:
+        manifest = restore_snapshot(store, Path(args.data_dir), args.file, progress=print)
+    finally:
+        store.close()
+    print(json.dumps({"restored": str(args.file), "counts": manifest["counts"]}))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .transfer import migrate
+
+    if args.qdrant_url:
+        raise SystemExit("finesearch: error: migrate moves an embedded index (--data-dir) into --to; the source "
+                         "is already a Qdrant server")
+    source = _open(args)
+    try:
+        target = open_store(args.data_dir, args.to, args.to_api_key, prefix=args.to_prefix)
+        try:
+            out = migrate(source, target, progress=print)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    print(json.dumps(out))
+    print(f"serve it with: finesearch serve --qdrant-url {args.to} --data-dir {args.data_dir} (the token bank and "
+          "blobs stay in the data directory)")
     return 0
 
 

@@ -73,6 +73,8 @@ class ServerStore(VectorStore):
                 self.client = client
             elif url == ":memory:":
                 self.client = QdrantClient(":memory:")
+            elif url.startswith("path:"):  # qdrant-client's local mode on disk: tests, one-process setups
+                self.client = QdrantClient(path=url[len("path:"):])
             else:
                 self.client = QdrantClient(url=url, api_key=api_key, prefer_grpc=prefer_grpc, timeout=timeout)
         except Exception as exc:
