@@ -333,7 +333,7 @@ class Indexer:
                 done = len(prep.ids) + len(prep.skipped) + len(prep.failures)
                 bar.update(done)
                 summary.elapsed = time.perf_counter() - start
-                bar.set_postfix(indexed=summary.indexed, skipped=summary.skipped, failed=summary.failed)
+                bar.set_postfix(indexed=summary.indexed, skipped=summary.skipped, failed=summary.failed, refresh=False)
                 if on_batch:
                     on_batch(summary)
         bar.close()

@@ -354,7 +354,9 @@ class Engine:
         item_id, p = (hit.id, hit.payload) if isinstance(hit, Hit) else hit
         if kind == IMAGES:
             url = f"/v1/images/{quote(item_id, safe='')}/content"  # ids may hold '?', '#', '%', spaces
-            return {"id": item_id, "uri": p.get("uri") or url, "content_url": url, "metadata": p.get("metadata") or {},
+            uri = p.get("uri")  # a path on the server's disk is nobody else's business: the content URL stands in
+            uri = uri if isinstance(uri, str) and uri.startswith(("http://", "https://")) else url
+            return {"id": item_id, "uri": uri, "content_url": url, "metadata": p.get("metadata") or {},
                     "width": p.get("width"), "height": p.get("height")}
         return {"id": item_id, "text": p.get("text"), "image_id": p.get("image_id"),
                 "metadata": p.get("metadata") or {}}

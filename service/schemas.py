@@ -68,12 +68,15 @@ class SearchResult(BaseModel):
                                                  "alone; null when not reranked")
     cosine: float = Field(description="the raw global cosine similarity from Qdrant")
     metadata: dict[str, Any] = {}
-    uri: str | None = None
-    content_url: str | None = None
-    width: int | None = None
-    height: int | None = None
-    text: str | None = None
-    image_id: str | None = None
+    uri: str | None = Field(None, description="images: the http(s) URL the image was indexed from, else its "
+                                              "content_url (a path on the server's disk is never shown); "
+                                              "null for captions")
+    content_url: str | None = Field(None, description="images: where GET returns the original; null for captions")
+    width: int | None = Field(None, description="images: pixels; null for captions")
+    height: int | None = Field(None, description="images: pixels; null for captions")
+    text: str | None = Field(None, description="captions: the text; null for images")
+    image_id: str | None = Field(None, description="captions: the image it was indexed with, if any; null for "
+                                                   "images")
     explanation: Explanation | None = Field(None, description="with `explain`: why this result matched (null when "
                                                               "not reranked, or for a top-K selector matcher)")
 
@@ -137,7 +140,7 @@ class TextsIn(BaseModel):
 
 class ImageOut(BaseModel):
     id: str
-    uri: str | None
+    uri: str | None = Field(description="the http(s) URL the image was indexed from, else its content_url")
     content_url: str
     metadata: dict[str, Any]
     width: int | None = None
