@@ -5,7 +5,8 @@ ranks its mined top-k images (t2i), and the image ranks its mined top-k captions
 Those candidate lists are the hard neighbours the service will rerank, so the losses
 (listwise softmax and MGAN's hardest-negative hinge, on the fused and on the patch score)
 train exactly that ordering. Positives are every candidate the caption (or an equivalent
-one) truly describes. Items are prepared once per step however many lists they appear in.
+one) truly describes; candidates the caption is only implied by are left out (mining.Truth.implied).
+Items are prepared once per step however many lists they appear in.
 """
 
 from __future__ import annotations
@@ -144,6 +145,8 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
     f_i2t, p_i2t = matcher.score_pairs(pi.take(img_pos.repeat_interleave(k)), pt.take(i2t_txt.flatten()))
     t2i_pos, i2t_pos = t2i_pos.to(dev), i2t_pos.to(dev)
     ones_t, ones_i = torch.ones_like(t2i_pos), torch.ones_like(i2t_pos)
+    if cfg.skip_implied:
+        ones_t, ones_i = ~t2i.unsure[captions].to(dev), ~i2t.unsure[images].to(dev)
     parts: dict[str, torch.Tensor] = {}
     for name, scores, pos, valid in (("t2i", f_t2i.view(q, c), t2i_pos, ones_t),
                                      ("i2t", f_i2t.view(len(images), k), i2t_pos, ones_i),
@@ -185,7 +188,9 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
     usable = torch.tensor([i for i, cs in enumerate(caps_of) if cs], dtype=torch.long)
     mined = {"candidates": cfg.candidates, "seconds": round(time.perf_counter() - t_mine, 1),
              "t2i_positives_per_query": round(float(t2i.positive.sum(1).float().mean()), 2),
-             "i2t_positives_per_query": round(float(i2t.positive.sum(1).float().mean()), 2)}
+             "i2t_positives_per_query": round(float(i2t.positive.sum(1).float().mean()), 2),
+             "t2i_unsure_per_query": round(float(t2i.unsure.sum(1).float().mean()), 2),
+             "i2t_unsure_per_query": round(float(i2t.unsure.sum(1).float().mean()), 2)}
 
     step, history = 0, []
     best: dict[str, Any] = {"rsum": -1.0, "step": 0, "state": None, "metrics": None}
@@ -214,7 +219,7 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
         step += 1
         window.append({"loss": float(out.total.detach()), **out.parts})
         bar.update(1)
-        bar.set_postfix(loss=f"{window[-1]['loss']:.3f}")
+        bar.set_postfix(loss=f"{window[-1]['loss']:.3f}", refresh=False)
         over = deadline is not None and time.perf_counter() > deadline
         if step % cfg.val_every == 0 or step == cfg.steps or over:
             entry: dict[str, Any] = {"step": step, **{k: round(float(np.mean([w[k] for w in window])), 4)

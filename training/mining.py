@@ -5,6 +5,11 @@ candidates are mined once from the frozen backbone's global vectors. A caption o
 fits several images (identical captions, or the same caption up to case, punctuation
 and articles); those images are positives, never negatives — hardest-negative mining
 would otherwise pick exactly them.
+
+A caption can also be true of an image without being equivalent to any of its captions:
+"a red circle" is true of every image described as "a red circle left of a blue square".
+Such pairs are left out of the losses (neither positive nor negative, `Candidates.unsure`):
+labelling them negatives teaches the matcher distinctions that are not there.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ import torch
 
 _ARTICLES = {"a", "an", "the"}
 _WORD = re.compile(r"\w+")
+_NEGATIONS = ("not", "no", "without", "never", "nor", "none", "nothing", "nobody", "neither")
+# between two kept words: at most one dropped word, never a negation, never across two captions ("|")
+_SKIP = " (?:(?!(?:" + "|".join(_NEGATIONS) + r") )[^\s|]+ )?"
+_NOT_NEGATED = "".join(f"(?<! {n})" for n in _NEGATIONS)  # "no red circle" does not imply "red circle"
 
 
 def normalise_caption(text: str) -> str:
@@ -37,10 +46,17 @@ class Truth:
 
     def __init__(self, txt_img: torch.Tensor, texts: Sequence[str]) -> None:
         self.txt_img = txt_img
-        self.groups = caption_groups(texts)
+        norm = [normalise_caption(t) for t in texts]
+        ids: dict[str, int] = {}
+        self.groups = torch.tensor([ids.setdefault(n, len(ids)) for n in norm], dtype=torch.long)
         self.n_groups = int(self.groups.max()) + 1 if len(self.groups) else 1
         # each image's caption groups as sorted keys image·G + group, for vectorised membership tests
         self.keys = torch.unique(txt_img * self.n_groups + self.groups)
+        self._phrase = [f" {n} " for n in norm]
+        described: dict[int, list[str]] = {}
+        for n, i in zip(norm, txt_img.tolist(), strict=True):
+            described.setdefault(i, []).append(f" {n} ")
+        self._described = {i: "|".join(ns) for i, ns in described.items()}
 
     def matches(self, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
         """Broadcasting image and caption indices → bool, True where the pair is a true match."""
@@ -50,6 +66,33 @@ class Truth:
         pos = torch.searchsorted(self.keys, probe.contiguous()).clamp(max=len(self.keys) - 1)
         return self.keys[pos] == probe
 
+    def implied(self, images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """Broadcasting image and caption indices → bool, True where the caption can be read out of one of the
+        image's own captions by dropping words: any before and after, and single words in between
+        (articles and punctuation aside).
+
+        Dropping a modifier or cutting out a phrase keeps a description true ("large red circle left of
+        small blue square" → "red circle left of blue square", "red circle"), and allowing only single
+        words in between keeps each word next to the words it binds to: "red square" cannot be read out of
+        "red circle left of blue square". Negations are never dropped, nor is a negated phrase read out. It
+        is a lower bound of what is true, from the captions alone, for any dataset whose captions describe
+        what is in the picture.
+        """
+        images, captions = torch.broadcast_tensors(images, captions)
+        pairs = torch.stack([images.flatten(), captions.flatten()], dim=1)
+        uniq, inv = torch.unique(pairs, dim=0, return_inverse=True)
+        patterns: dict[int, re.Pattern[str]] = {}
+        hit = torch.tensor([bool(self._pattern(t, patterns).search(self._described.get(i, "")))
+                            for i, t in uniq.tolist()], dtype=torch.bool)
+        return hit[inv].view(images.shape)
+
+    def _pattern(self, caption: int, cache: dict[int, re.Pattern[str]]) -> re.Pattern[str]:
+        g = int(self.groups[caption])
+        if g not in cache:
+            words = self._phrase[caption].split()
+            cache[g] = re.compile(_NOT_NEGATED + " " + _SKIP.join(re.escape(w) for w in words) + " ")
+        return cache[g]
+
 
 @dataclass
 class Candidates:
@@ -57,6 +100,7 @@ class Candidates:
 
     index: torch.Tensor  # long, candidate indices (images for caption queries, captions for image queries)
     positive: torch.Tensor  # bool
+    unsure: torch.Tensor  # bool: not a positive, yet the caption is implied by the image (Truth.implied)
 
     def __len__(self) -> int:
         return self.index.shape[0]
@@ -78,6 +122,7 @@ def mine(img_glob: torch.Tensor, txt_glob: torch.Tensor, truth: Truth, k: int) -
     missing = ~(t2i == txt_img[:, None]).any(dim=1)
     t2i[missing, -1] = txt_img[missing]
     t2i_pos = truth.matches(t2i, torch.arange(len(txt_img))[:, None])
+    t2i_unsure = truth.implied(t2i, torch.arange(len(txt_img))[:, None]) & ~t2i_pos
 
     i2t = _topk_chunked(img_glob.float(), txt_glob.float(), k)  # [Ni, k]
     own = txt_img[i2t] == torch.arange(n_img)[:, None]
@@ -86,7 +131,8 @@ def mine(img_glob: torch.Tensor, txt_glob: torch.Tensor, truth: Truth, k: int) -
     lacking = ~own.any(dim=1) & (first_caption >= 0)
     i2t[lacking, -1] = first_caption[lacking]
     i2t_pos = truth.matches(torch.arange(n_img)[:, None], i2t)
-    return Candidates(t2i, t2i_pos), Candidates(i2t, i2t_pos)
+    i2t_unsure = truth.implied(torch.arange(n_img)[:, None], i2t) & ~i2t_pos
+    return Candidates(t2i, t2i_pos, t2i_unsure), Candidates(i2t, i2t_pos, i2t_unsure)
 
 
 def bow_neighbours(captions: Sequence[Sequence[str]], k: int, chunk: int = 2048) -> torch.Tensor:
