@@ -54,7 +54,7 @@ def main() -> None:
     f = (cached_extract(b.backbone, items, args.data / "images", args.cache) if args.cache
          else extract(b.backbone, items, args.data / "images"))
     assert f.texts == caps, "the dataset's captions and the checker's are not in the same order"
-    t2i, i2t = mine(f.img_glob, f.txt_glob, Truth(f.txt_img, f.texts), args.candidates)
+    t2i, i2t = mine(f.img_glob, f.txt_glob, Truth(f.txt_img, f.texts), args.candidates, implied=True)
     fns = [check(c) for c in caps]  # only the mined pairs are checked: the whole table is N² parses
 
     def true_of(image: int, caption: int) -> bool:

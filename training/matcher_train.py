@@ -5,7 +5,8 @@ ranks its mined top-k images (t2i), and the image ranks its mined top-k captions
 Those candidate lists are the hard neighbours the service will rerank, so the losses
 (listwise softmax and MGAN's hardest-negative hinge, on the fused and on the patch score)
 train exactly that ordering. Positives are every candidate the caption (or an equivalent
-one) truly describes; candidates the caption is only implied by are left out (mining.Truth.implied).
+one) truly describes; with `skip_implied`, candidates the caption is only implied by are left out
+(mining.Truth.implied).
 Items are prepared once per step however many lists they appear in.
 """
 
@@ -144,14 +145,12 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
     k = i2t_txt.shape[1]
     f_i2t, p_i2t = matcher.score_pairs(pi.take(img_pos.repeat_interleave(k)), pt.take(i2t_txt.flatten()))
     t2i_pos, i2t_pos = t2i_pos.to(dev), i2t_pos.to(dev)
-    ones_t, ones_i = torch.ones_like(t2i_pos), torch.ones_like(i2t_pos)
-    if cfg.skip_implied:
-        ones_t, ones_i = ~t2i.unsure[captions].to(dev), ~i2t.unsure[images].to(dev)
+    valid_t, valid_i = ~t2i.unsure[captions].to(dev), ~i2t.unsure[images].to(dev)  # all True unless skip_implied
     parts: dict[str, torch.Tensor] = {}
-    for name, scores, pos, valid in (("t2i", f_t2i.view(q, c), t2i_pos, ones_t),
-                                     ("i2t", f_i2t.view(len(images), k), i2t_pos, ones_i),
-                                     ("t2i_patch", p_t2i.view(q, c), t2i_pos, ones_t),
-                                     ("i2t_patch", p_i2t.view(len(images), k), i2t_pos, ones_i)):
+    for name, scores, pos, valid in (("t2i", f_t2i.view(q, c), t2i_pos, valid_t),
+                                     ("i2t", f_i2t.view(len(images), k), i2t_pos, valid_i),
+                                     ("t2i_patch", p_t2i.view(q, c), t2i_pos, valid_t),
+                                     ("i2t_patch", p_i2t.view(len(images), k), i2t_pos, valid_i)):
         weight = cfg.patch_loss if name.endswith("_patch") else 1.0
         if weight <= 0:
             continue
@@ -181,16 +180,17 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
     t_mine = time.perf_counter()
     start_f = source.features()
     truth = Truth(source.txt_img, source.texts)
-    t2i, i2t = mine(start_f.img_glob, start_f.txt_glob, truth, cfg.candidates)
+    t2i, i2t = mine(start_f.img_glob, start_f.txt_glob, truth, cfg.candidates, implied=cfg.skip_implied)
     caps_of: list[list[int]] = [[] for _ in source.image_ids]
     for t, i in enumerate(source.txt_img.tolist()):
         caps_of[i].append(t)
     usable = torch.tensor([i for i, cs in enumerate(caps_of) if cs], dtype=torch.long)
     mined = {"candidates": cfg.candidates, "seconds": round(time.perf_counter() - t_mine, 1),
              "t2i_positives_per_query": round(float(t2i.positive.sum(1).float().mean()), 2),
-             "i2t_positives_per_query": round(float(i2t.positive.sum(1).float().mean()), 2),
-             "t2i_unsure_per_query": round(float(t2i.unsure.sum(1).float().mean()), 2),
-             "i2t_unsure_per_query": round(float(i2t.unsure.sum(1).float().mean()), 2)}
+             "i2t_positives_per_query": round(float(i2t.positive.sum(1).float().mean()), 2)}
+    if cfg.skip_implied:
+        mined |= {"t2i_unsure_per_query": round(float(t2i.unsure.sum(1).float().mean()), 2),
+                  "i2t_unsure_per_query": round(float(i2t.unsure.sum(1).float().mean()), 2)}
 
     step, history = 0, []
     best: dict[str, Any] = {"rsum": -1.0, "step": 0, "state": None, "metrics": None}

@@ -8,7 +8,7 @@ would otherwise pick exactly them.
 
 A caption can also be true of an image without being equivalent to any of its captions:
 "a red circle" is true of every image described as "a red circle left of a blue square".
-Such pairs are left out of the losses (neither positive nor negative, `Candidates.unsure`):
+With `--skip-implied` such pairs are left out of the losses (neither positive nor negative, `Candidates.unsure`):
 labelling them negatives teaches the matcher distinctions that are not there.
 """
 
@@ -35,19 +35,13 @@ def normalise_caption(text: str) -> str:
     return " ".join(w for w in words if w not in _ARTICLES)
 
 
-def caption_groups(texts: Sequence[str]) -> torch.Tensor:
-    """One group id per caption; equivalent captions share it."""
-    ids: dict[str, int] = {}
-    return torch.tensor([ids.setdefault(normalise_caption(t), len(ids)) for t in texts], dtype=torch.long)
-
-
 class Truth:
     """Which (image, caption) pairs are true: the caption, or an equivalent one, belongs to the image."""
 
     def __init__(self, txt_img: torch.Tensor, texts: Sequence[str]) -> None:
         self.txt_img = txt_img
         norm = [normalise_caption(t) for t in texts]
-        ids: dict[str, int] = {}
+        ids: dict[str, int] = {}  # one group per caption; equivalent captions share it
         self.groups = torch.tensor([ids.setdefault(n, len(ids)) for n in norm], dtype=torch.long)
         self.n_groups = int(self.groups.max()) + 1 if len(self.groups) else 1
         # each image's caption groups as sorted keys image·G + group, for vectorised membership tests
@@ -100,7 +94,8 @@ class Candidates:
 
     index: torch.Tensor  # long, candidate indices (images for caption queries, captions for image queries)
     positive: torch.Tensor  # bool
-    unsure: torch.Tensor  # bool: not a positive, yet the caption is implied by the image (Truth.implied)
+    unsure: torch.Tensor  # bool: not a positive, yet the caption is implied by the image (Truth.implied);
+    # all False unless mined with implied=True
 
     def __len__(self) -> int:
         return self.index.shape[0]
@@ -111,10 +106,13 @@ def _topk_chunked(q: torch.Tensor, c: torch.Tensor, k: int, chunk: int = 4096) -
     return torch.cat([(q[lo:lo + chunk] @ c.T).topk(k, dim=1).indices for lo in range(0, q.shape[0], chunk)])
 
 
-def mine(img_glob: torch.Tensor, txt_glob: torch.Tensor, truth: Truth, k: int) -> tuple[Candidates, Candidates]:
+def mine(img_glob: torch.Tensor, txt_glob: torch.Tensor, truth: Truth, k: int,
+         implied: bool = False) -> tuple[Candidates, Candidates]:
     """(caption → its top-k images, image → its top-k captions) by global cosine, the ground truth always included.
 
     The ground truth takes the last slot when the global top-k missed it, so every query has a positive.
+    `implied` marks the `unsure` candidates; it is off unless asked for because it matches a pattern per
+    mined pair (mining 50 000 captions × 16 candidates: 3 s without, 46 s with, on 2 CPU cores).
     """
     txt_img = truth.txt_img
     n_img = img_glob.shape[0]
@@ -122,7 +120,8 @@ def mine(img_glob: torch.Tensor, txt_glob: torch.Tensor, truth: Truth, k: int) -
     missing = ~(t2i == txt_img[:, None]).any(dim=1)
     t2i[missing, -1] = txt_img[missing]
     t2i_pos = truth.matches(t2i, torch.arange(len(txt_img))[:, None])
-    t2i_unsure = truth.implied(t2i, torch.arange(len(txt_img))[:, None]) & ~t2i_pos
+    t2i_unsure = (truth.implied(t2i, torch.arange(len(txt_img))[:, None]) & ~t2i_pos if implied
+                  else torch.zeros_like(t2i_pos))
 
     i2t = _topk_chunked(img_glob.float(), txt_glob.float(), k)  # [Ni, k]
     own = txt_img[i2t] == torch.arange(n_img)[:, None]
@@ -131,7 +130,8 @@ def mine(img_glob: torch.Tensor, txt_glob: torch.Tensor, truth: Truth, k: int) -
     lacking = ~own.any(dim=1) & (first_caption >= 0)
     i2t[lacking, -1] = first_caption[lacking]
     i2t_pos = truth.matches(torch.arange(n_img)[:, None], i2t)
-    i2t_unsure = truth.implied(torch.arange(n_img)[:, None], i2t) & ~i2t_pos
+    i2t_unsure = (truth.implied(torch.arange(n_img)[:, None], i2t) & ~i2t_pos if implied
+                  else torch.zeros_like(i2t_pos))
     return Candidates(t2i, t2i_pos, t2i_unsure), Candidates(i2t, i2t_pos, i2t_unsure)
 
 

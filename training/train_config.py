@@ -45,8 +45,8 @@ class TrainConfig:
     listwise_scale: float = opt(20.0, "logit scale of the listwise softmax")
     triplet: float = opt(1.0, "weight of MGAN's hardest-negative hinge among the candidates")
     patch_loss: float = opt(1.0, "the same losses on the word–patch score alone, whatever the fusion share")
-    skip_implied: bool = opt(False, "leave out of the losses the candidates a query caption is implied by (a run "
-                                   "of words of one of the image's captions) without being one of them")
+    skip_implied: bool = opt(False, "leave out of the losses the candidates a query caption is implied by (one of "
+                                   "the image's captions with words dropped) without being one of them")
     val_every: int = opt(250, "validate every N matcher steps and keep the best")
     val_candidates: int = opt(20, "candidates per query in those validations")
     tune_fusion: bool = opt(True, "fit the per-direction patch share and score calibration on validation")

@@ -51,7 +51,7 @@ def test_mine_labels_candidates_and_leaves_implied_ones_out() -> None:
     n_img, n_txt = 8, len(CAPTIONS)
     torch.manual_seed(0)
     img, txt = torch.randn(n_img, 8), torch.randn(n_txt, 8)
-    t2i, i2t = mine(img, txt, t, k=8)  # every image is a candidate of every caption
+    t2i, i2t = mine(img, txt, t, k=8, implied=True)  # every image is a candidate of every caption
     assert t2i.index.shape == (n_txt, 8) and i2t.index.shape == (n_img, 8)
     for q in range(n_txt):
         for slot, j in enumerate(t2i.index[q].tolist()):
