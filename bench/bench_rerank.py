@@ -30,6 +30,8 @@ VARIANTS = {  # changes from MatcherConfig's defaults
     "default: word context, positions": {},
     "default + patch adapter": {"patch_adapter": True},
     "default + patch context": {"patch_context": True},
+    "default + UARDA relevance": {"relevance": "uarda"},
+    "default + 4 region views": {"views": 4},
 }
 
 

@@ -46,14 +46,18 @@ class WordExplanation(BaseModel):
     weight: float = Field(description="its weight in the word side of the fine score (LDA)")
     contribution: float = Field(description="weight · score / 2: its share of fine_raw")
     patches: list[list[float]] = Field(description="its attention over the image's patch grid (rows × columns, "
-                                                   "summing to 1): where in the image the word was matched")
+                                                   "summing to 1, or less where a matcher with a relevance "
+                                                   "threshold found patches irrelevant to the word): where in the "
+                                                   "image the word was matched")
 
 
 class Explanation(BaseModel):
     grid: list[int] = Field(description="[rows, columns] of the image's patch grid")
-    fine_raw: float = Field(description="the matcher's raw word–patch score (fine_score before calibration)")
-    patch_side: float = Field(description="the patch side's half of fine_raw (eqs. 7–8); fine_raw = patch_side + "
-                                          "the words' contributions")
+    fine_raw: float = Field(description="the matcher's raw fine score (fine_score before calibration)")
+    patch_side: float = Field(description="the patch side's half of the word–patch score (eqs. 7–8); fine_raw = "
+                                          "patch_side + the words' contributions + region")
+    region: float = Field(0.0, description="ρ · S_region, the region level's share of fine_raw (matchers with "
+                                           "views: the caption against its best-fitting view); 0 without views")
     words: list[WordExplanation]
 
 

@@ -5,7 +5,8 @@ the interaction produces), and a caption ranking images needs a different mix th
 image ranking captions. Both are chosen here on validation, never on test:
 
 * the patch share w of S = (1−w)·global + w·patch, per direction, by the two-stage
-  recall of that direction over each query's global top-k;
+  recall of that direction over each query's global top-k (with views, jointly with
+  ρ of patch + ρ·region: the trained ρ, multiples of it, or 0);
 * a logistic calibration (scale, bias) per direction of the fused, the global and the
   fine score: each becomes the probability, among a query's top candidates, that the
   pair is a true match. That is what the API returns as `score`, `global_score` and
@@ -52,18 +53,34 @@ def tune(matcher: Matcher, val: Features, candidates: int, device: torch.device 
     p = prepare(matcher, val, device)
     cs = candidate_scores(matcher, p, candidates)
     g_i2t, g_t2i = ranks_from_scores((p.img.globals @ p.txt.globals.T).cpu(), val.txt_img)
-    trials = []
-    for w in np.linspace(0.0, 1.0, grid).tolist():
-        r = recall(*two_stage_ranks_from(cs, val.txt_img, g_i2t, g_t2i, w, w))
-        trials.append({"share": round(w, 4), "t2i": sum(r["t2i"].values()), "i2t": sum(r["i2t"].values())})
-    best = {d: max(trials, key=lambda t, d=d: (round(t[d], 2), -t["share"]))["share"] for d in DIRECTIONS}
+    # ρ of fine = patch + ρ·region (views): the trained value and multiples of it, or none at all
+    trained = float(matcher.region_mix.detach()) if matcher.region_mix is not None else None
+    rhos = [0.0] if trained is None else sorted({0.0, *(round(trained * f, 4) for f in (0.25, 0.5, 1, 2, 4))})
+    trials_by_rho: dict[float, list[dict[str, float]]] = {}
+    for rho in rhos:
+        trials = []
+        for w in np.linspace(0.0, 1.0, grid).tolist():
+            r = recall(*two_stage_ranks_from(cs, val.txt_img, g_i2t, g_t2i, w, w, rho))
+            trials.append({"share": round(w, 4), "t2i": sum(r["t2i"].values()), "i2t": sum(r["i2t"].values())})
+        trials_by_rho[rho] = trials
+
+    def best_of(trials: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+        return {d: max(trials, key=lambda t, d=d: (round(t[d], 2), -t["share"])) for d in DIRECTIONS}
+
+    rho = max(rhos, key=lambda r: (round(sum(t[d] for d, t in best_of(trials_by_rho[r]).items()), 2),
+                                   r == trained, -r))
+    trials = trials_by_rho[rho]
+    best = {d: t["share"] for d, t in best_of(trials).items()}
     matcher.set_shares(best["t2i"], best["i2t"])
+    if matcher.region_mix is not None:
+        with torch.no_grad():
+            matcher.region_mix.fill_(rho)
 
     truth = Truth(val.txt_img, val.texts)
     n_txt, n_img = len(val.texts), len(val.image_ids)
     labels = {"t2i": truth.matches(cs.t2i_top.cpu(), torch.arange(n_txt)[:, None]),
               "i2t": truth.matches(torch.arange(n_img)[:, None], cs.i2t_top.cpu())}
-    scores = {"t2i": (cs.t2i_global.cpu(), cs.t2i_patch.cpu()), "i2t": (cs.i2t_global.cpu(), cs.i2t_patch.cpu())}
+    scores = {d: (getattr(cs, f"{d}_global").cpu(), cs.fine(d, rho).cpu()) for d in DIRECTIONS}
     calib = torch.zeros(len(DIRECTIONS), len(KINDS), 2)
     for di, d in enumerate(DIRECTIONS):
         g, s = scores[d]
@@ -72,8 +89,9 @@ def tune(matcher: Matcher, val: Features, candidates: int, device: torch.device 
             calib[di, ki] = torch.tensor(fit_logistic(x, labels[d].float()))
     matcher.calibration.copy_(calib.to(matcher.calibration.device))
     matcher.calibrated.fill_(True)
-    final = recall(*two_stage_ranks_from(cs, val.txt_img, g_i2t, g_t2i, best["t2i"], best["i2t"]))
-    return {"shares": best, "candidates": candidates, "val_two_stage": final,
+    final = recall(*two_stage_ranks_from(cs, val.txt_img, g_i2t, g_t2i, best["t2i"], best["i2t"], rho))
+    region = {"region_weight": rho} if trained is not None else {}
+    return {"shares": best, **region, "candidates": candidates, "val_two_stage": final,
             "val_global": recall(g_i2t, g_t2i),
             "calibration": {d: {k: [round(v, 4) for v in calib[di, ki].tolist()] for ki, k in enumerate(KINDS)}
                             for di, d in enumerate(DIRECTIONS)},

@@ -55,8 +55,9 @@ def prepare(matcher: Matcher, f: Features, device: torch.device | str = "cpu", b
     for lo in range(0, len(f.texts), batch):
         txts.append(matcher.prepare_texts(f.txt_tok[lo:lo + batch].to(device), f.txt_mask[lo:lo + batch].to(device),
                                           f.txt_glob[lo:lo + batch].to(device)))
+    views = torch.cat([p.views for p in imgs]) if imgs and imgs[0].views is not None else None
     return PreparedSet(
-        PreparedImages(torch.cat([p.patches for p in imgs]), torch.cat([p.globals for p in imgs])),
+        PreparedImages(torch.cat([p.patches for p in imgs]), torch.cat([p.globals for p in imgs]), views),
         PreparedTexts(*(torch.cat([getattr(p, k) for p in txts]) for k in ("words", "mask", "globals", "lda",
                                                                            "importance"))).trimmed(),
     )
@@ -66,7 +67,8 @@ def prepare(matcher: Matcher, f: Features, device: torch.device | str = "cpu", b
 class CandidateScores:
     """Each query's global top-k and the global and patch scores of those k pairs, both directions.
 
-    Fusion is a mix of the two, so once these are known, any fusion share costs a recombination only.
+    Fusion is a mix of the two, so once these are known, any fusion share costs a recombination only. With
+    views, the region scores are kept apart too, so that their weight ρ (fine = patch + ρ·region) is as cheap.
     """
 
     t2i_top: torch.Tensor  # [Nt, k] image indices
@@ -75,6 +77,13 @@ class CandidateScores:
     i2t_top: torch.Tensor  # [Ni, k] caption indices
     i2t_global: torch.Tensor
     i2t_patch: torch.Tensor
+    t2i_region: torch.Tensor | None = None  # [Nt, k] S_region (matchers with views)
+    i2t_region: torch.Tensor | None = None
+
+    def fine(self, direction: str, region_weight: float) -> torch.Tensor:
+        patch, region = ((self.t2i_patch, self.t2i_region) if direction == "t2i" else
+                         (self.i2t_patch, self.i2t_region))
+        return patch if region is None else patch + region_weight * region
 
 
 @torch.inference_mode()
@@ -109,28 +118,35 @@ def candidate_scores(matcher: Matcher, p: PreparedSet, candidates: int, pairs_pe
         n = max(1, int(lengths[top].max()))
         sim = torch.einsum("qkd,qnld->qnlk", p.img.patches[q], p.txt.words[top, :n])
         i2t_p[q] = matcher.interact(sim, p.txt.mask[top, :n], p.txt.lda[top], p.txt.importance[top, :n]).patch
-    return CandidateScores(t2i_top, t2i_g, t2i_p, i2t_top, i2t_g, i2t_p)
+    t2i_r = i2t_r = None
+    if matcher.view_attn is not None:  # S_region of the same pairs: one dot product per view
+        views, vecs = matcher.views_of(p.img), matcher.text_vectors(p.txt.words, p.txt.mask)
+        t2i_r = torch.einsum("qnvd,qd->qnv", views[t2i_top], vecs).max(dim=-1).values
+        i2t_r = torch.einsum("qvd,qnd->qnv", views, vecs[i2t_top]).max(dim=-1).values
+    return CandidateScores(t2i_top, t2i_g, t2i_p, i2t_top, i2t_g, i2t_p, t2i_r, i2t_r)
 
 
 def two_stage_ranks_from(cs: CandidateScores, txt_img: torch.Tensor, g_i2t: torch.Tensor, g_t2i: torch.Tensor,
-                         share_t2i: float, share_i2t: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ranks after reranking each query's top-k by (1−w)·global + w·patch; items beyond k keep their global
+                         share_t2i: float, share_i2t: float, region_weight: float = 0.0
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks after reranking each query's top-k by (1−w)·global + w·fine; items beyond k keep their global
     order below them (so a ground truth outside the top-k keeps its global rank)."""
     txt_img = txt_img.to(cs.t2i_top.device)
-    fine = (1 - share_t2i) * cs.t2i_global + share_t2i * cs.t2i_patch
+    fine = (1 - share_t2i) * cs.t2i_global + share_t2i * cs.fine("t2i", region_weight)
     gt_in = cs.t2i_top == txt_img[:, None]
     gt_fine = fine.masked_fill(~gt_in, float("-inf")).max(dim=1).values
     t2i = torch.where(gt_in.any(dim=1), (fine > gt_fine[:, None]).sum(dim=1), g_t2i.to(fine.device))
-    fine = (1 - share_i2t) * cs.i2t_global + share_i2t * cs.i2t_patch
+    fine = (1 - share_i2t) * cs.i2t_global + share_i2t * cs.fine("i2t", region_weight)
     gt_in = txt_img[cs.i2t_top] == torch.arange(cs.i2t_top.shape[0], device=fine.device)[:, None]
     gt_fine = fine.masked_fill(~gt_in, float("-inf")).max(dim=1).values
     i2t = torch.where(gt_in.any(dim=1), (fine > gt_fine[:, None]).sum(dim=1), g_i2t.to(fine.device))
     return i2t.cpu(), t2i.cpu()
 
 
-def shares(matcher: Matcher) -> tuple[float, float]:
-    """The matcher's fusion share per direction (t2i, i2t)."""
-    return float(matcher.share[0]), float(matcher.share[1])
+def shares(matcher: Matcher) -> tuple[float, float, float]:
+    """The matcher's fusion share per direction (t2i, i2t) and the region weight ρ (0 without views)."""
+    rho = float(matcher.region_mix.detach()) if matcher.region_mix is not None else 0.0
+    return float(matcher.share[0]), float(matcher.share[1]), rho
 
 
 @torch.inference_mode()
@@ -150,7 +166,7 @@ def exhaustive_ranks(matcher: Matcher, p: PreparedSet, txt_img: torch.Tensor, bl
     gs, ps = zip(*[matcher.score_matrices(p.img.take(torch.arange(lo, min(lo + block, ni))), p.txt)
                    for lo in range(0, ni, block)], strict=True)
     g, s = torch.cat(gs).cpu(), torch.cat(ps).cpu()
-    w_t2i, w_i2t = shares(matcher)
+    w_t2i, w_i2t, _ = shares(matcher)  # the fine matrix has ρ·region in it
     i2t, _ = ranks_from_scores((1 - w_i2t) * g + w_i2t * s, txt_img)
     _, t2i = ranks_from_scores((1 - w_t2i) * g + w_t2i * s, txt_img)
     return i2t, t2i

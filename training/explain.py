@@ -3,9 +3,10 @@
 The numbers are the interaction's own (Matcher.interact): α′ of eq. 9 (a word's weights over the patches),
 the word's score s_w, and its LDA weight in the word side of the fine score, so that
 
-    fine (raw) = (patch_side + Σ_words weight · score) / 2
+    fine (raw) = (patch_side + Σ_words weight · score) / 2 + region
 
-holds exactly for what is returned. Nothing here is a separate saliency method.
+holds exactly for what is returned (`region`, ρ·S_region, is 0 for a matcher without views). Nothing here
+is a separate saliency method.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def explain_pairs(matcher: Matcher, img: PreparedImages, txt: PreparedTexts, gri
     One interaction call over the pairs given (the returned page, not every candidate)."""
     sim = torch.einsum("nkd,nld->nlk", img.patches, txt.words)
     inter = matcher.interact(sim, txt.mask, txt.lda, txt.importance)
+    fine, region = inter.patch, torch.zeros_like(inter.patch)
+    if matcher.view_attn is not None:
+        fine = matcher.fine(inter.patch, matcher.region_scores(matcher.views_of(img),
+                                                               matcher.text_vectors(txt.words, txt.mask)))
+        region = fine - inter.patch
     gh, gw = grid
     out = []
     for i, words in enumerate(pieces):
@@ -60,8 +66,9 @@ def explain_pairs(matcher: Matcher, img: PreparedImages, txt: PreparedTexts, gri
         scores, weights = inter.word_scores[i, :n].float().cpu(), inter.word_weights[i, :n].float().cpu()
         out.append({
             "grid": [gh, gw],
-            "fine_raw": round(float(inter.patch[i]), 6),
+            "fine_raw": round(float(fine[i]), 6),
             "patch_side": round(float(inter.patch_side[i]) / 2, 6),
+            "region": round(float(region[i]), 6),
             "words": [{"text": w.text, "span": list(w.span) if w.span else None, "score": round(float(scores[k]), 6),
                        "weight": round(float(weights[k]), 6),
                        "contribution": round(float(weights[k] * scores[k]) / 2, 6),

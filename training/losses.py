@@ -3,6 +3,8 @@
 * `triplet_loss` — MGAN eq. 14 (VSE++ hardest negative, margin 0.2), on an in-batch score matrix;
 * `list_triplet_loss` — the same hinge where each query's "batch" is its mined global top-k;
 * `listwise_loss` — softmax cross-entropy over each query's candidates: what the service's rerank orders;
+* `relevance_loss` — UARDA's relevance-distinguishable term: word evidence of true pairs above the learned
+  boundary, the weakest word of false pairs below it;
 * `filip_loss` — token-wise late-interaction contrastive loss that trains a backbone's tokens (FILIP).
 """
 
@@ -56,6 +58,29 @@ def list_triplet_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch
     best_pos = scores.masked_fill(~pos, neg_inf).max(dim=1).values
     hardest = scores.masked_fill(~neg, neg_inf).max(dim=1).values
     return ((margin - best_pos + hardest).clamp(min=0) * keep).sum()
+
+
+def relevance_loss(evidence: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor,
+                   boundary: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    """Separates relevant from irrelevant word–patch similarities around the boundary b (UARDA).
+
+    `evidence` [N, L]: each word's best cosine over its pair's patches (Matcher.word_evidence), `mask` its real
+    words, `positive`/`valid` [N] the pairs' labels. A true pair has a relevant patch for every word, so each
+    word's evidence should clear b + margin. A false pair has at least one word the image does not support — a
+    missing object, colour or (in context) relation — so its weakest word should stay below b − margin. The two
+    hinges are averaged over their pairs; both pull b towards the gap between the distributions and push the
+    features apart.
+    """
+    mask = mask.bool()
+    real = mask.any(dim=1) & valid
+    pos, neg = positive & real, ~positive & real
+    zero = evidence.sum() * 0
+    m = mask.to(evidence.dtype)
+    per_word = (boundary + margin - evidence).clamp(min=0) * m
+    pos_term = (per_word.sum(1) / m.sum(1).clamp(min=1))[pos].mean() if bool(pos.any()) else zero
+    weakest = evidence.masked_fill(~mask, float("inf")).min(dim=1).values
+    neg_term = (weakest - boundary + margin).clamp(min=0)[neg].mean() if bool(neg.any()) else zero
+    return pos_term + neg_term
 
 
 def _ce_rows(logits: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:

@@ -23,6 +23,8 @@ What differs from a literal reading of MGAN, and why (each measured on validatio
 * LDA projects up (hidden ≥ d) and mixes two length-invariant aggregations of the
   word scores: the mean, and a sum weighted by learned word importances that sum
   to one. A plain sum makes the score grow with the caption's length.
+* MGAN's region level (`views`) has no detector here: its views pool the prepared
+  patch tokens, not bottom-up regions (see `image_views`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,19 @@ class MatcherConfig:
     # image only if each of its parts is, so one unmatched word ("purple" where the triangle is red) should
     # weigh more than its 1/L share of a mean
     softmin: bool = False
+    # UARDA's adaptive relevance threshold: a learned boundary b on the word–patch cosines, applied before the
+    # eq. 7–9 attention as a gate σ(κ·(sim − b)), so a pair below b gets no weight and a word with no patch above
+    # it contributes ~0 (a missing object or colour lowers the score instead of borrowing its nearest patch).
+    # b starts at 0, the fixed threshold of a ReLU (SCAN), and is learned with the features; training adds a
+    # term that pushes true pairs' word evidence above b and false pairs' weakest word below it
+    relevance: str = "none"  # or "uarda"
+    relevance_sharpness: float = 20.0  # κ: how soft the gate is around the boundary (fixed: a learned κ can flatten it)
+    # MGAN's region level with multi-view summarisation (eqs. 3–4, after CAMERA): `views` learned attentions each
+    # pool the image's prepared patches into one vector (no detector: views over patches), and the caption's mean
+    # word vector matches its best view. S_region joins the fine score as patch + ρ·region (ρ trained, then
+    # tuned on validation); a diversity term keeps the views apart. 0: off
+    views: int = 0
+    view_hidden: int = 128
     # fusion with the global score: S = (1−w)·global + w·patch, w learned in training, then tuned per direction
     fusion: str = "learned"  # or "fixed"
     fusion_share: float = 0.25  # MGAN's β=0.6, λ=0.2 as a share
@@ -87,6 +102,15 @@ class MatcherConfig:
     def __post_init__(self) -> None:
         if self.aggregation not in ("weighted", "sum"):
             raise ValueError(f"aggregation must be 'weighted' or 'sum', not {self.aggregation!r}")
+        if self.relevance not in ("none", "uarda"):
+            raise ValueError(f"relevance must be 'none' or 'uarda', not {self.relevance!r}")
+        if self.relevance == "uarda" and self.slot_linear:
+            raise ValueError("relevance 'uarda' gates the order-free interaction; it cannot be combined with "
+                             "slot_linear")
+        if self.views < 0:
+            raise ValueError("views must be 0 (off) or a number of views")
+        if self.relevance_sharpness <= 0:
+            raise ValueError("relevance_sharpness must be positive")
         if self.fusion not in ("learned", "fixed"):
             raise ValueError(f"fusion must be 'learned' or 'fixed', not {self.fusion!r}")
         if not 0 < self.fusion_share < 1:
@@ -221,9 +245,12 @@ class PreparedImages:
 
     patches: torch.Tensor  # [B, K, d] selected, adapted, normalised
     globals: torch.Tensor  # [B, d]
+    # [B, V, d] the region level's view vectors, normalised (matchers with views); None: computed from `patches`
+    # when needed (the service keeps only the patches: views cost V·K·d per candidate, less than the interaction)
+    views: torch.Tensor | None = None
 
     def take(self, idx: torch.Tensor) -> PreparedImages:
-        return PreparedImages(self.patches[idx], self.globals[idx])
+        return PreparedImages(self.patches[idx], self.globals[idx], None if self.views is None else self.views[idx])
 
 
 @dataclass
@@ -287,6 +314,13 @@ class Matcher(nn.Module):
             nn.init.zeros_(self.importance.bias)
         self.lda = LDA(c.dim, c.lda_hidden, c.max_words, 3 if c.softmin else 2)
         self.log_min_temp = nn.Parameter(torch.tensor(math.log(c.temperature))) if c.softmin else None
+        self.relevance_boundary = nn.Parameter(torch.zeros(())) if c.relevance == "uarda" else None
+        self.view_attn: nn.Sequential | None = None
+        self.region_mix: nn.Parameter | None = None
+        if c.views:  # ρ of fine = patch + ρ·region: trained, then set on validation (calibrate.tune)
+            self.view_attn = nn.Sequential(nn.Linear(c.dim, c.view_hidden), nn.Tanh(),
+                                           nn.Linear(c.view_hidden, c.views))
+            self.region_mix = nn.Parameter(torch.tensor(1.0))
         self.fusion_mix = nn.Parameter(torch.tensor(math.log(c.fusion_share / (1 - c.fusion_share))),
                                        requires_grad=c.fusion == "learned")
         # set on validation after training (see training/calibrate.py): per direction, the patch share and
@@ -324,7 +358,36 @@ class Matcher(nn.Module):
             patches = self.patch_refiner(patches)
         sel = self.select(patches, globals_.float())
         sel = self.patch_adapter(sel) if self.patch_adapter is not None else F.normalize(sel, dim=-1)
-        return PreparedImages(sel, globals_.float())
+        views = self.image_views(sel)[0] if self.view_attn is not None else None
+        return PreparedImages(sel, globals_.float(), views)
+
+    def image_views(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prepared patches [B, K, d] → (view vectors [B, V, d] normalised, their attention over the patches
+        [B, V, K]): MGAN's multi-view summarisation F_mvs (eq. 3) as CAMERA builds it, each view a softmax over
+        the image's tokens of a small MLP's score."""
+        assert self.view_attn is not None
+        att = torch.softmax(self.view_attn(patches).transpose(-1, -2), dim=-1)
+        return F.normalize(att @ patches, dim=-1), att
+
+    def views_of(self, img: PreparedImages) -> torch.Tensor:
+        return img.views if img.views is not None else self.image_views(img.patches)[0]
+
+    @staticmethod
+    def text_vectors(words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The region level's caption vector t̃: the mean of its (contextualised, adapted) words, normalised."""
+        m = mask.to(words.dtype)[..., None]
+        return F.normalize((words * m).sum(-2), dim=-1)
+
+    def region_scores(self, views: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        """S_region = max_v cos(ṽ_v, t̃) (MGAN eq. 4) for aligned pairs: views [N, V, d] (or [1, V, d]),
+        caption vectors [N, d] (or [1, d]) → [N]."""
+        return torch.einsum("nvd,nd->nv", views, texts).max(dim=-1).values
+
+    def fine(self, s_patch: torch.Tensor, s_region: torch.Tensor | None) -> torch.Tensor:
+        """The fine score: S_patch, plus ρ·S_region with views."""
+        if s_region is None or self.region_mix is None:
+            return s_patch
+        return s_patch + self.region_mix * s_region
 
     def prepare_texts(self, words: torch.Tensor, mask: torch.Tensor, globals_: torch.Tensor) -> PreparedTexts:
         words, mask = pad_words(words.float(), mask.bool(), self.config.max_words)
@@ -405,13 +468,32 @@ class Matcher(nn.Module):
         m = txt_mask.to(sim.dtype)[..., None]  # [..., L, 1]
         bias = (m - 1) * 1e4
         k = sim.shape[-1]
+        gate = self.relevance_gate(sim)
         # eq. 7: each patch's attention over the caption's words; eq. 8: attention over the patch scores
-        s_p = (self._sharpen(sim, 0, -2, bias, m.sum(-2, keepdim=True)) * sim).sum(-2)  # [..., K]
+        row = self._sharpen(sim, 0, -2, bias, m.sum(-2, keepdim=True))
+        s_p = ((row if gate is None else row * gate) * sim).sum(-2)  # [..., K]
         s_w2p = (self._sharpen(s_p, 1, -1, None, k) * s_p).sum(-1)
-        # eq. 9: each word's attention over the patches
+        # eq. 9: each word's attention over the patches (UARDA: only over the relevant ones)
         att = self._sharpen(sim, 2, -1, None, k)
+        if gate is not None:
+            att = att * gate
         s_w = (att * sim).sum(-1) * txt_mask  # [..., L]
         return self._aggregate(s_w2p, s_w, att, txt_mask, lda, importance)
+
+    def relevance_gate(self, sim: torch.Tensor) -> torch.Tensor | None:
+        """UARDA's relevance of each word–patch pair, σ(κ·(sim − b)) in [0, 1]; None without the option.
+
+        Soft, so the boundary b is learned by the ranking losses and `relevance_loss`; at κ = 20 a pair 0.15
+        below b already has a weight under 0.05."""
+        if self.relevance_boundary is None:
+            return None
+        return torch.sigmoid(self.config.relevance_sharpness * (sim - self.relevance_boundary))
+
+    def word_evidence(self, img: PreparedImages, txt: PreparedTexts) -> torch.Tensor:
+        """Aligned pairs → each word's best cosine over the image's patches [N, L] (zero on padding): the
+        similarity UARDA's boundary has to separate (is there any patch this word is about?)."""
+        sim = torch.einsum("nkd,nld->nlk", img.patches, txt.words)
+        return sim.max(dim=-1).values * txt.mask
 
     def _interact_slots(self, sim: torch.Tensor, txt_mask: torch.Tensor, lda: torch.Tensor,
                         importance: torch.Tensor) -> Interaction:
@@ -466,21 +548,28 @@ class Matcher(nn.Module):
             sim = torch.einsum("nkd,nld->nlk", img.patches, txt.words)
         sim = sim.contiguous()  # the interaction's reductions assume words × patches in memory order
         s_patch = self.interact(sim, txt.mask, txt.lda, txt.importance).patch
+        if self.view_attn is not None:
+            s_patch = self.fine(s_patch, self.region_scores(self.views_of(img), self.text_vectors(txt.words, txt.mask)))
         if s_global is None:
             s_global = (img.globals * txt.globals).sum(-1)
         return self.mix(s_global.to(s_patch.dtype), s_patch, direction), s_patch
 
     def score_matrices(self, img: PreparedImages, txt: PreparedTexts, chunk: int = 65536
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All pairs → (global, patch) score matrices [B_images, B_texts], chunked over texts to bound memory."""
+        """All pairs → (global, fine) score matrices [B_images, B_texts], chunked over texts to bound memory."""
         bi, bt = img.patches.shape[0], txt.words.shape[0]
+        views = self.views_of(img) if self.view_attn is not None else None
         step = max(1, chunk // max(bi, 1))
         patches = []
         for lo in range(0, bt, step):
             t = txt.take(torch.arange(lo, min(lo + step, bt), device=txt.words.device))
             sim = torch.einsum("ikd,tld->itlk", img.patches, t.words)
             e = lambda x: x[None].expand(bi, *x.shape)  # noqa: E731
-            patches.append(self.interact(sim, e(t.mask), e(t.lda), e(t.importance)).patch)
+            patch = self.interact(sim, e(t.mask), e(t.lda), e(t.importance)).patch
+            if views is not None:
+                region = torch.einsum("ivd,td->itv", views, self.text_vectors(t.words, t.mask)).max(dim=-1).values
+                patch = self.fine(patch, region)
+            patches.append(patch)
         if not patches:
             return img.globals.new_zeros(bi, 0), img.globals.new_zeros(bi, 0)
         return img.globals @ txt.globals.T, torch.cat(patches, dim=1)

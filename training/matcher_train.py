@@ -26,7 +26,7 @@ from .backbone import Backbone, pad_words
 from .calibrate import tune
 from .evaluate import evaluate
 from .features import Features
-from .losses import list_triplet_loss, listwise_loss
+from .losses import list_triplet_loss, listwise_loss, relevance_loss
 from .matcher import Matcher
 from .mining import Candidates, Truth, mine
 from .progress import progress_bar
@@ -158,6 +158,16 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
             parts[f"listwise_{name}"] = weight * cfg.listwise * listwise_loss(scores, pos, valid, cfg.listwise_scale)
         if cfg.triplet > 0:
             parts[f"triplet_{name}"] = weight * cfg.triplet * list_triplet_loss(scores, pos, valid, cfg.margin) / q
+    if matcher.relevance_boundary is not None and cfg.relevance_loss > 0:
+        pairs = ((pi.take(t2i_img.flatten()), pt.take(cap_pos.repeat_interleave(c)), t2i_pos, valid_t),
+                 (pi.take(img_pos.repeat_interleave(k)), pt.take(i2t_txt.flatten()), i2t_pos, valid_i))
+        parts["relevance"] = cfg.relevance_loss * sum(
+            relevance_loss(matcher.word_evidence(im, tx), tx.mask, pos.flatten(), valid.flatten(),
+                           matcher.relevance_boundary, cfg.relevance_margin) for im, tx, pos, valid in pairs) / 2
+    if matcher.view_attn is not None and cfg.view_diversity > 0:  # CAMERA's ‖AAᵀ − I‖²: views that differ
+        att = matcher.image_views(pi.patches)[1]
+        eye = torch.eye(att.shape[1], device=att.device, dtype=att.dtype)
+        parts["view_diversity"] = cfg.view_diversity * ((att @ att.transpose(1, 2) - eye) ** 2).sum((1, 2)).mean()
     total = torch.stack(list(parts.values())).sum()
     return StepLosses(total, {k: float(v.detach()) for k, v in parts.items()})
 

@@ -45,6 +45,11 @@ class TrainConfig:
     listwise_scale: float = opt(20.0, "logit scale of the listwise softmax")
     triplet: float = opt(1.0, "weight of MGAN's hardest-negative hinge among the candidates")
     patch_loss: float = opt(1.0, "the same losses on the word–patch score alone, whatever the fusion share")
+    relevance_loss: float = opt(1.0, "weight of UARDA's relevance-distinguishable term (matchers with "
+                                     "relevance 'uarda' only)")
+    relevance_margin: float = opt(0.1, "its margin on each side of the learned relevance boundary")
+    view_diversity: float = opt(0.1, "weight of the region level's view-diversity term ‖AAᵀ − I‖² (matchers with "
+                                     "views only)")
     skip_implied: bool = opt(False, "leave out of the losses the candidates a query caption is implied by (one of "
                                    "the image's captions with words dropped) without being one of them")
     val_every: int = opt(250, "validate every N matcher steps and keep the best")

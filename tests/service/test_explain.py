@@ -64,7 +64,8 @@ def test_colour_words_light_up_their_own_object(client: httpx.Client,
             # the word side of the fine score, recomputed from the explanation's own numbers
             for w in ex["words"]:
                 assert abs(w["contribution"] - w["weight"] * w["score"] / 2) < 1e-5
-            assert abs(ex["patch_side"] + sum(w["contribution"] for w in ex["words"]) - ex["fine_raw"]) < 1e-4
+            parts = ex["patch_side"] + sum(w["contribution"] for w in ex["words"]) + ex["region"]
+            assert abs(parts - ex["fine_raw"]) < 1e-4
     assert words_seen >= 40, f"only {words_seen} colour words in two-colour captions found their image"
     binding = np.mean([o > x for o, x in zip(own, others, strict=True)])
     # measured on this data with models/demo: 83 % of colour words put more attention on their own object
@@ -102,7 +103,8 @@ def test_image_to_text_explains_each_returned_caption(client: httpx.Client,
         spans = [w["span"] for w in ex["words"]]
         assert all(s is not None for s in spans)
         assert [res["text"].lower()[a:b] for a, b in spans] == [w["text"] for w in ex["words"]]
-        assert abs(ex["patch_side"] + sum(w["contribution"] for w in ex["words"]) - ex["fine_raw"]) < 1e-4
+        parts = ex["patch_side"] + sum(w["contribution"] for w in ex["words"]) + ex["region"]
+        assert abs(parts - ex["fine_raw"]) < 1e-4
     by_id = client.post("/v1/search/texts", json={"image_id": items[5].image_id, "limit": 3, "explain": True})
     # the indexed image's prepared patches (stored in fp16) explain like the uploaded copy
     assert [x["explanation"]["fine_raw"] for x in by_id.json()["results"]] == pytest.approx(

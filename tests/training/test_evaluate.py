@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.training.test_matcher import OPTIONS, _trained_like
-from training.evaluate import candidate_scores, evaluate, prepare, ranks_from_scores, recall, two_stage_ranks
+from training.evaluate import candidate_scores, evaluate, prepare, ranks_from_scores, recall, shares, two_stage_ranks
 from training.features import Features
 from training.matcher import Matcher, MatcherConfig
 
@@ -77,5 +77,6 @@ def test_dense_candidate_blocks_score_each_pair_like_the_full_matrix(option: str
     with torch.inference_mode():
         full = matcher.score_matrices(p.img, p.txt)[1]  # [Ni, Nt]
     cs = candidate_scores(matcher, p, candidates=5, pairs_per_call=37)  # blocks of 7 queries, a ragged last one
-    torch.testing.assert_close(cs.t2i_patch, full.T.gather(1, cs.t2i_top), atol=1e-5, rtol=0)
-    torch.testing.assert_close(cs.i2t_patch, full.gather(1, cs.i2t_top), atol=1e-5, rtol=0)
+    rho = shares(matcher)[2]  # the fine score: patch + ρ·region with views
+    torch.testing.assert_close(cs.fine("t2i", rho), full.T.gather(1, cs.t2i_top), atol=1e-5, rtol=0)
+    torch.testing.assert_close(cs.fine("i2t", rho), full.gather(1, cs.i2t_top), atol=1e-5, rtol=0)

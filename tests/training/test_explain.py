@@ -25,7 +25,7 @@ def test_explain_writes_one_map_per_word(tmp_path: Path) -> None:
                  "--text", text, "--out", str(out), "--json", str(js)]) == 0
     ex = json.loads(js.read_text())
     assert [text.lower()[a:b] for a, b in (w["span"] for w in ex["words"])] == [w["text"] for w in ex["words"]]
-    assert abs(ex["patch_side"] + sum(w["contribution"] for w in ex["words"]) - ex["fine_raw"]) < 1e-4
+    assert abs(ex["patch_side"] + sum(w["contribution"] for w in ex["words"]) + ex["region"] - ex["fine_raw"]) < 1e-4
     png = Image.open(out)
     assert png.size == (8 + 168 * (len(ex["words"]) + 1), 40 + 160 + 28 + 8)  # the image, then a map per word
     assert "score" in ex and 0 <= ex["score"] <= 1  # the demo model is calibrated

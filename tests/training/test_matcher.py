@@ -28,6 +28,8 @@ OPTIONS = {
     "patch_position": replace(CFG, patch_position=True),
     "patch_context": replace(CFG, patch_context=True),
     "softmin": replace(CFG, softmin=True),
+    "uarda": replace(CFG, relevance="uarda"),
+    "views": replace(CFG, views=3),
     "words_only_adapter": replace(CFG, patch_adapter=False, patch_position=True),
     "all_context": replace(CFG, top_k=0, word_context=True, patch_position=True, patch_context=True),
 }
@@ -186,6 +188,8 @@ def test_whole_matcher_gets_gradients_from_the_loss(option: str) -> None:
     names += ["patch_refiner.attn.in_proj_weight", "patch_refiner.mlp.0.weight"] if cfg.patch_context else []
     names += ["patch_pos"] if cfg.patch_position else []
     names += ["log_min_temp"] if cfg.softmin else []
+    names += ["relevance_boundary"] if cfg.relevance == "uarda" else []
+    names += ["view_attn.0.weight", "view_attn.2.weight", "region_mix"] if cfg.views else []
     names += ["fusion_mix"] if cfg.fusion == "learned" else []
     params = dict(m.named_parameters())
     for name in names:
@@ -294,6 +298,12 @@ def test_config_rejects_bad_options() -> None:
         replace(CFG, aggregation="max")
     with pytest.raises(ValueError, match="top_k"):
         replace(CFG, top_k=13)
+    with pytest.raises(ValueError, match="relevance"):
+        replace(CFG, relevance="relu")
+    with pytest.raises(ValueError, match="views"):
+        replace(CFG, views=-1)
+    with pytest.raises(ValueError, match="slot_linear"):
+        replace(CFG, relevance="uarda", slot_linear=True)
     with pytest.raises(ValueError, match="unknown matcher options"):
         MatcherConfig.from_dict({**CFG.to_dict(), "fusion_global": 0.6})
 

@@ -87,18 +87,21 @@ def mean_pooling(img: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> 
     return float((img @ words[mask].T).mean())
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Matcher:
+@pytest.fixture(scope="module", params=[{}, {"relevance": "uarda"}, {"views": 4}], ids=["default", "uarda", "views"])
+def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Matcher:
+    """The default matcher, with UARDA's relevance threshold (its boundary and loss trained too) and with MGAN's
+    region level (views and their diversity term trained too)."""
     torch.manual_seed(0)
     tmp_path = tmp_path_factory.mktemp("cases")
     cfg = types.SimpleNamespace(steps=150, minutes=None, queries=16, candidates=8, lr=3e-3, weight_decay=1e-4,
                                 schedule="cosine", grad_clip=2.0, margin=0.2, listwise=1.0, triplet=1.0,
                                 patch_loss=1.0, listwise_scale=20.0, val_every=50, val_candidates=8,
-                                backbone_lr_scale=0.1, skip_implied=True)
+                                backbone_lr_scale=0.1, skip_implied=True, relevance_loss=1.0, relevance_margin=0.1,
+                                view_diversity=0.1)
     # the patch adapter on: this world's patch and word tokens are built from different parts, so the image
     # side needs a map of its own (the default leaves it off for speed; real tokens share one space)
     m = Matcher(MatcherConfig(dim=DIM, num_patches=PATCHES, max_words=WORDS, adapter_hidden=32, lda_hidden=32,
-                              patch_adapter=True))
+                              patch_adapter=True, **request.param))
     dev = torch.device("cpu")
     train_matcher(m, Frozen(world(200, 1), dev), Frozen(world(60, 2), dev), cfg, tmp_path / "m.ckpt", False, dev,
                   progress=False, log=lambda *_: None, schedule=_schedule, save=_save_checkpoint,
