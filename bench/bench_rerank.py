@@ -1,6 +1,6 @@
 """The service's rerank stage alone: one query against 100 candidates, per matcher configuration.
 
-    python bench/bench_rerank.py [--candidates 100] [--repeats 200] [--threads 2]
+    python bench/bench_rerank.py [--candidates 100] [--repeats 200] [--threads 2] [--match "UARDA,views"]
 
 This is what `engine._rerank` runs for one request, without HTTP, recall or the token gather, so
 configurations can be compared in one run on the same machine: "prepared" is the service's path (the query
@@ -77,11 +77,15 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=12)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backbones", default="tiny,ViT-B-32")
+    ap.add_argument("--match", default="", help="only the matchers whose label contains one of these "
+                                                "(comma-separated), e.g. \"positions,UARDA,views\"")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     rows = []
     for name in a.backbones.split(","):
         for label, opts in VARIANTS.items():
+            if a.match and not any(m.strip() in label for m in a.match.split(",")):
+                continue
             torch.manual_seed(0)
             m = Matcher(replace(BACKBONES[name], **opts)).eval()
             for direction in ("t2i", "i2t"):

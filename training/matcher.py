@@ -94,7 +94,6 @@ class MatcherConfig:
     # word vector matches its best view. S_region joins the fine score as patch + ρ·region (ρ trained, then
     # tuned on validation); a diversity term keeps the views apart. 0: off
     views: int = 0
-    view_hidden: int = 128
     # fusion with the global score: S = (1−w)·global + w·patch, w learned in training, then tuned per direction
     fusion: str = "learned"  # or "fixed"
     fusion_share: float = 0.25  # MGAN's β=0.6, λ=0.2 as a share
@@ -315,11 +314,11 @@ class Matcher(nn.Module):
         self.lda = LDA(c.dim, c.lda_hidden, c.max_words, 3 if c.softmin else 2)
         self.log_min_temp = nn.Parameter(torch.tensor(math.log(c.temperature))) if c.softmin else None
         self.relevance_boundary = nn.Parameter(torch.zeros(())) if c.relevance == "uarda" else None
-        self.view_attn: nn.Sequential | None = None
+        self.view_attn: nn.Linear | None = None
         self.region_mix: nn.Parameter | None = None
         if c.views:  # ρ of fine = patch + ρ·region: trained, then set on validation (calibrate.tune)
-            self.view_attn = nn.Sequential(nn.Linear(c.dim, c.view_hidden), nn.Tanh(),
-                                           nn.Linear(c.view_hidden, c.views))
+            # one learned query per view (a hidden layer here would cost more per candidate than the interaction)
+            self.view_attn = nn.Linear(c.dim, c.views)
             self.region_mix = nn.Parameter(torch.tensor(1.0))
         self.fusion_mix = nn.Parameter(torch.tensor(math.log(c.fusion_share / (1 - c.fusion_share))),
                                        requires_grad=c.fusion == "learned")
@@ -363,8 +362,8 @@ class Matcher(nn.Module):
 
     def image_views(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prepared patches [B, K, d] → (view vectors [B, V, d] normalised, their attention over the patches
-        [B, V, K]): MGAN's multi-view summarisation F_mvs (eq. 3) as CAMERA builds it, each view a softmax over
-        the image's tokens of a small MLP's score."""
+        [B, V, K]): MGAN's multi-view summarisation F_mvs (eq. 3), each view an attention pooling of the image's
+        tokens with its own learned query, as in CAMERA (V·K·d per image: cheap enough to run per candidate)."""
         assert self.view_attn is not None
         att = torch.softmax(self.view_attn(patches).transpose(-1, -2), dim=-1)
         return F.normalize(att @ patches, dim=-1), att
