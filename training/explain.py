@@ -53,11 +53,10 @@ def explain_pairs(matcher: Matcher, img: PreparedImages, txt: PreparedTexts, gri
     One interaction call over the pairs given (the returned page, not every candidate)."""
     sim = torch.einsum("nkd,nld->nlk", img.patches, txt.words)
     inter = matcher.interact(sim, txt.mask, txt.lda, txt.importance)
-    fine, region = inter.patch, torch.zeros_like(inter.patch)
-    if matcher.view_attn is not None:
-        fine = matcher.fine(inter.patch, matcher.region_scores(matcher.views_of(img),
-                                                               matcher.text_vectors(txt.words, txt.mask)))
-        region = fine - inter.patch
+    region = matcher.region_term(img, txt)
+    if region is None:
+        region = torch.zeros_like(inter.patch)
+    fine = inter.patch + region
     gh, gw = grid
     out = []
     for i, words in enumerate(pieces):

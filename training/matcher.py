@@ -382,11 +382,12 @@ class Matcher(nn.Module):
         caption vectors [N, d] (or [1, d]) → [N]."""
         return torch.einsum("nvd,nd->nv", views, texts).max(dim=-1).values
 
-    def fine(self, s_patch: torch.Tensor, s_region: torch.Tensor | None) -> torch.Tensor:
-        """The fine score: S_patch, plus ρ·S_region with views."""
-        if s_region is None or self.region_mix is None:
-            return s_patch
-        return s_patch + self.region_mix * s_region
+    def region_term(self, img: PreparedImages, txt: PreparedTexts) -> torch.Tensor | None:
+        """ρ·S_region of aligned pairs (a side with one item is paired with every item of the other), the part
+        of the fine score (patch + ρ·region) that the views add; None without views."""
+        if self.region_mix is None:
+            return None
+        return self.region_mix * self.region_scores(self.views_of(img), self.text_vectors(txt.words, txt.mask))
 
     def prepare_texts(self, words: torch.Tensor, mask: torch.Tensor, globals_: torch.Tensor) -> PreparedTexts:
         words, mask = pad_words(words.float(), mask.bool(), self.config.max_words)
@@ -547,8 +548,9 @@ class Matcher(nn.Module):
             sim = torch.einsum("nkd,nld->nlk", img.patches, txt.words)
         sim = sim.contiguous()  # the interaction's reductions assume words × patches in memory order
         s_patch = self.interact(sim, txt.mask, txt.lda, txt.importance).patch
-        if self.view_attn is not None:
-            s_patch = self.fine(s_patch, self.region_scores(self.views_of(img), self.text_vectors(txt.words, txt.mask)))
+        region = self.region_term(img, txt)
+        if region is not None:
+            s_patch = s_patch + region
         if s_global is None:
             s_global = (img.globals * txt.globals).sum(-1)
         return self.mix(s_global.to(s_patch.dtype), s_patch, direction), s_patch
@@ -557,7 +559,7 @@ class Matcher(nn.Module):
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """All pairs → (global, fine) score matrices [B_images, B_texts], chunked over texts to bound memory."""
         bi, bt = img.patches.shape[0], txt.words.shape[0]
-        views = self.views_of(img) if self.view_attn is not None else None
+        views = self.views_of(img) if self.region_mix is not None else None
         step = max(1, chunk // max(bi, 1))
         patches = []
         for lo in range(0, bt, step):
@@ -567,7 +569,7 @@ class Matcher(nn.Module):
             patch = self.interact(sim, e(t.mask), e(t.lda), e(t.importance)).patch
             if views is not None:
                 region = torch.einsum("ivd,td->itv", views, self.text_vectors(t.words, t.mask)).max(dim=-1).values
-                patch = self.fine(patch, region)
+                patch = patch + self.region_mix * region
             patches.append(patch)
         if not patches:
             return img.globals.new_zeros(bi, 0), img.globals.new_zeros(bi, 0)
