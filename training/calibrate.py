@@ -4,6 +4,8 @@ The global cosine and the patch score live on different scales (0.4…0.9 agains
 the interaction produces), and a caption ranking images needs a different mix than an
 image ranking captions. Both are chosen here on validation, never on test:
 
+* for a CAMP matcher first, a logistic calibration of its logit per direction (the fit below), so that
+  its fine score is a probability, not a logit of any scale, when it is mixed with the cosine;
 * the patch share w of S = (1−w)·global + w·patch, per direction, by the two-stage
   recall of that direction over each query's global top-k (with views, jointly with
   ρ of patch + ρ·region: the trained ρ, multiples of it, or 0);
@@ -53,6 +55,16 @@ def tune(matcher: Matcher, val: Features, candidates: int, device: torch.device 
     p = prepare(matcher, val, device)
     cs = candidate_scores(matcher, p, candidates)
     g_i2t, g_t2i = ranks_from_scores((p.img.globals @ p.txt.globals.T).cpu(), val.txt_img)
+    truth = Truth(val.txt_img, val.texts)
+    n_txt, n_img = len(val.texts), len(val.image_ids)
+    labels = {"t2i": truth.matches(cs.t2i_top.cpu(), torch.arange(n_txt)[:, None]),
+              "i2t": truth.matches(torch.arange(n_img)[:, None], cs.i2t_top.cpu())}
+    camp: dict[str, Any] = {}
+    if matcher.camp is not None:  # CAMP's logit → a probability, before any share is tried
+        fitted = torch.tensor([fit_logistic(getattr(cs, f"{d}_patch").cpu(), labels[d].float()) for d in DIRECTIONS])
+        matcher.camp_calibration.copy_(fitted.to(matcher.camp_calibration.device))
+        cs.calibration = fitted
+        camp = {"camp_calibration": {d: [round(v, 4) for v in fitted[i].tolist()] for i, d in enumerate(DIRECTIONS)}}
     # ρ of fine = patch + ρ·region (views): the trained value and multiples of it, or none at all
     trained = float(matcher.region_mix.detach()) if matcher.region_mix is not None else None
     rhos = [0.0] if trained is None else sorted({0.0, *(round(trained * f, 4) for f in (0.25, 0.5, 1, 2, 4))})
@@ -76,10 +88,6 @@ def tune(matcher: Matcher, val: Features, candidates: int, device: torch.device 
         with torch.no_grad():
             matcher.region_mix.fill_(rho)
 
-    truth = Truth(val.txt_img, val.texts)
-    n_txt, n_img = len(val.texts), len(val.image_ids)
-    labels = {"t2i": truth.matches(cs.t2i_top.cpu(), torch.arange(n_txt)[:, None]),
-              "i2t": truth.matches(torch.arange(n_img)[:, None], cs.i2t_top.cpu())}
     scores = {d: (getattr(cs, f"{d}_global").cpu(), cs.fine(d, rho).cpu()) for d in DIRECTIONS}
     calib = torch.zeros(len(DIRECTIONS), len(KINDS), 2)
     for di, d in enumerate(DIRECTIONS):
@@ -91,7 +99,7 @@ def tune(matcher: Matcher, val: Features, candidates: int, device: torch.device 
     matcher.calibrated.fill_(True)
     final = recall(*two_stage_ranks_from(cs, val.txt_img, g_i2t, g_t2i, best["t2i"], best["i2t"], rho))
     region = {"region_weight": rho} if trained is not None else {}
-    return {"shares": best, **region, "candidates": candidates, "val_two_stage": final,
+    return {"shares": best, **region, **camp, "candidates": candidates, "val_two_stage": final,
             "val_global": recall(g_i2t, g_t2i),
             "calibration": {d: {k: [round(v, 4) for v in calib[di, ki].tolist()] for ki, k in enumerate(KINDS)}
                             for di, d in enumerate(DIRECTIONS)},

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .features import Features
-from .matcher import Matcher, PreparedImages, PreparedTexts
+from .matcher import DIRECTIONS, Matcher, PreparedImages, PreparedTexts
 
 KS = (1, 5, 10)
 
@@ -79,10 +79,15 @@ class CandidateScores:
     i2t_patch: torch.Tensor
     t2i_region: torch.Tensor | None = None  # [Nt, k] S_region (matchers with views)
     i2t_region: torch.Tensor | None = None
+    # CAMP: the patch scores are logits, and this [direction, (scale, bias)] maps them to the fused fine score
+    calibration: torch.Tensor | None = None
 
     def fine(self, direction: str, region_weight: float) -> torch.Tensor:
         patch, region = ((self.t2i_patch, self.t2i_region) if direction == "t2i" else
                          (self.i2t_patch, self.i2t_region))
+        if self.calibration is not None:
+            a, b = self.calibration[DIRECTIONS.index(direction)].tolist()
+            patch = torch.sigmoid(a * patch + b)
         return patch if region is None else patch + region_weight * region
 
 
@@ -108,7 +113,8 @@ def candidate_scores(matcher: Matcher, p: PreparedSet, candidates: int, pairs_pe
         words, mask = p.txt.words[q, :n], p.txt.mask[q, :n]
         cand = p.img.patches[t2i_top[q]]  # [Q, k, K, d]
         sim = torch.einsum("qld,qnkd->qnlk", words, cand)
-        t2i_p[q] = matcher.interact(sim, mask[:, None], p.txt.lda[q][:, None], p.txt.importance[q, :n][:, None]).patch
+        t2i_p[q] = matcher.pair_interaction(sim, cand, words[:, None], mask[:, None], p.txt.lda[q][:, None],
+                                            p.txt.importance[q, :n][:, None]).patch
     k = i2t_top.shape[1]
     i2t_p = torch.empty(ni, k, device=g.device)
     step = max(1, pairs_per_call // max(k, 1))
@@ -116,14 +122,17 @@ def candidate_scores(matcher: Matcher, p: PreparedSet, candidates: int, pairs_pe
         q = torch.arange(lo, min(lo + step, ni), device=g.device)
         top = i2t_top[q]
         n = max(1, int(lengths[top].max()))
-        sim = torch.einsum("qkd,qnld->qnlk", p.img.patches[q], p.txt.words[top, :n])
-        i2t_p[q] = matcher.interact(sim, p.txt.mask[top, :n], p.txt.lda[top], p.txt.importance[top, :n]).patch
+        words = p.txt.words[top, :n]  # [Q, k, L, d]
+        sim = torch.einsum("qkd,qnld->qnlk", p.img.patches[q], words)
+        i2t_p[q] = matcher.pair_interaction(sim, p.img.patches[q][:, None], words, p.txt.mask[top, :n],
+                                            p.txt.lda[top], p.txt.importance[top, :n]).patch
     t2i_r = i2t_r = None
     if matcher.view_attn is not None:  # S_region of the same pairs: one dot product per view
         views, vecs = matcher.views_of(p.img), matcher.text_vectors(p.txt.words, p.txt.mask)
         t2i_r = torch.einsum("qnvd,qd->qnv", views[t2i_top], vecs).max(dim=-1).values
         i2t_r = torch.einsum("qvd,qnd->qnv", views, vecs[i2t_top]).max(dim=-1).values
-    return CandidateScores(t2i_top, t2i_g, t2i_p, i2t_top, i2t_g, i2t_p, t2i_r, i2t_r)
+    calibration = matcher.camp_calibration.detach().cpu().clone() if matcher.camp is not None else None
+    return CandidateScores(t2i_top, t2i_g, t2i_p, i2t_top, i2t_g, i2t_p, t2i_r, i2t_r, calibration)
 
 
 def two_stage_ranks_from(cs: CandidateScores, txt_img: torch.Tensor, g_i2t: torch.Tensor, g_t2i: torch.Tensor,
@@ -165,10 +174,10 @@ def exhaustive_ranks(matcher: Matcher, p: PreparedSet, txt_img: torch.Tensor, bl
     ni = p.img.patches.shape[0]
     gs, ps = zip(*[matcher.score_matrices(p.img.take(torch.arange(lo, min(lo + block, ni))), p.txt)
                    for lo in range(0, ni, block)], strict=True)
-    g, s = torch.cat(gs).cpu(), torch.cat(ps).cpu()
+    g, s = torch.cat(gs).cpu(), torch.cat(ps)
     w_t2i, w_i2t, _ = shares(matcher)  # the fine matrix has ρ·region in it
-    i2t, _ = ranks_from_scores((1 - w_i2t) * g + w_i2t * s, txt_img)
-    _, t2i = ranks_from_scores((1 - w_t2i) * g + w_t2i * s, txt_img)
+    i2t, _ = ranks_from_scores((1 - w_i2t) * g + w_i2t * matcher.fine_of(s, "i2t").cpu(), txt_img)
+    _, t2i = ranks_from_scores((1 - w_t2i) * g + w_t2i * matcher.fine_of(s, "t2i").cpu(), txt_img)
     return i2t, t2i
 
 

@@ -7,6 +7,10 @@ the word's score s_w, and its LDA weight in the word side of the fine score, so 
 
 holds exactly for what is returned (`region`, ρ·S_region, is 0 for a matcher without views). Nothing here
 is a separate saliency method.
+
+A CAMP matcher (`interaction: "camp"`) has no such sum: its fine score is an MLP's logit. Its words carry
+their message attention over the patches, their gate as `score` and their pooling weight as `weight`, and
+`fine_raw` is the logit; `contribution` (weight · score / 2) then ranks the words, it does not add up.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def explain_pairs(matcher: Matcher, img: PreparedImages, txt: PreparedTexts, gri
 
     One interaction call over the pairs given (the returned page, not every candidate)."""
     sim = torch.einsum("nkd,nld->nlk", img.patches, txt.words)
-    inter = matcher.interact(sim, txt.mask, txt.lda, txt.importance)
+    inter = matcher.pair_interaction(sim, img.patches, txt.words, txt.mask, txt.lda, txt.importance)
     region = matcher.region_term(img, txt)
     if region is None:
         region = torch.zeros_like(inter.patch)

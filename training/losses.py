@@ -5,6 +5,7 @@
 * `listwise_loss` — softmax cross-entropy over each query's candidates: what the service's rerank orders;
 * `relevance_loss` — UARDA's relevance-distinguishable term: word evidence of true pairs above the learned
   boundary, the weakest word of false pairs below it;
+* `hardest_bce_loss` — CAMP's binary cross-entropy on each query's positives and its hardest negative;
 * `filip_loss` — token-wise late-interaction contrastive loss that trains a backbone's tokens (FILIP).
 """
 
@@ -58,6 +59,23 @@ def list_triplet_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch
     best_pos = scores.masked_fill(~pos, neg_inf).max(dim=1).values
     hardest = scores.masked_fill(~neg, neg_inf).max(dim=1).values
     return ((margin - best_pos + hardest).clamp(min=0) * keep).sum()
+
+
+def hardest_bce_loss(logits: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """CAMP's objective on each query's candidate list [Q, C] of matching logits: binary cross-entropy of its
+    positives (label 1, averaged per query) and of its hardest negative (label 0), the candidate it most
+    wrongly believes. Candidates are the mined global top-k, so the hardest negatives are the ones the service
+    has to reorder. Queries without a valid positive or negative among their candidates are skipped."""
+    neg_inf = torch.finfo(logits.dtype).min
+    pos, neg = positive & valid, ~positive & valid
+    keep = pos.any(dim=1) & neg.any(dim=1)
+    if not bool(keep.any()):
+        return logits.sum() * 0
+    lg, pos, neg = logits[keep], pos[keep], neg[keep]
+    p = pos.to(lg.dtype)
+    on_pos = (F.softplus(-lg) * p).sum(1) / p.sum(1)  # −log σ(z) of the positives
+    hardest = lg.masked_fill(~neg, neg_inf).max(dim=1).values
+    return (on_pos + F.softplus(hardest)).mean()  # −log(1 − σ(z)) of the hardest negative
 
 
 def relevance_loss(evidence: torch.Tensor, mask: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor,

@@ -25,6 +25,8 @@ What differs from a literal reading of MGAN, and why (each measured on validatio
   to one. A plain sum makes the score grow with the caption's length.
 * MGAN's region level (`views`) has no detector here: its views pool the prepared
   patch tokens, not bottom-up regions (see `image_views`).
+* `interaction: "camp"` replaces eqs. 7–10 with CAMP's gated message passing
+  (training/camp.py); its logit is calibrated on validation before it is fused.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import pad_words
+from .camp import CrossModalGate
 from .losses import centre_tokens
 
 DIRECTIONS = ("t2i", "i2t")  # t2i: a caption ranks images; i2t: an image ranks captions
@@ -94,6 +97,11 @@ class MatcherConfig:
     # word vector matches its best view. S_region joins the fine score as patch + ρ·region (ρ trained, then
     # tuned on validation); a diversity term keeps the views apart. 0: off
     views: int = 0
+    # the similarity interaction: "mgan" (eqs. 7–9 with LDA, above) or "camp": CAMP's cross-modal gated message
+    # passing, attention pooling and an MLP logit (training/camp.py), trained with binary cross-entropy on each
+    # query's positives and its hardest mined negative, its logit calibrated on validation before fusion
+    interaction: str = "mgan"
+    camp_hidden: int = 256
     # fusion with the global score: S = (1−w)·global + w·patch, w learned in training, then tuned per direction
     fusion: str = "learned"  # or "fixed"
     fusion_share: float = 0.25  # MGAN's β=0.6, λ=0.2 as a share
@@ -106,6 +114,11 @@ class MatcherConfig:
         if self.relevance == "uarda" and self.slot_linear:
             raise ValueError("relevance 'uarda' gates the order-free interaction; it cannot be combined with "
                              "slot_linear")
+        if self.interaction not in ("mgan", "camp"):
+            raise ValueError(f"interaction must be 'mgan' or 'camp', not {self.interaction!r}")
+        if self.interaction == "camp" and (self.slot_linear or self.relevance != "none" or self.views):
+            raise ValueError("interaction 'camp' replaces the eq. 7–10 interaction: it cannot be combined with "
+                             "slot_linear, relevance 'uarda' or views")
         if self.views < 0:
             raise ValueError("views must be 0 (off) or a number of views")
         if self.relevance_sharpness <= 0:
@@ -320,6 +333,9 @@ class Matcher(nn.Module):
             # one learned query per view (a hidden layer here would cost more per candidate than the interaction)
             self.view_attn = nn.Linear(c.dim, c.views)
             self.region_mix = nn.Parameter(torch.tensor(1.0))
+        self.camp = CrossModalGate(c.dim, c.camp_hidden, c.temperature) if c.interaction == "camp" else None
+        if self.camp is not None:  # the logit's logistic calibration per direction, fitted on validation
+            self.register_buffer("camp_calibration", torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
         self.fusion_mix = nn.Parameter(torch.tensor(math.log(c.fusion_share / (1 - c.fusion_share))),
                                        requires_grad=c.fusion == "learned")
         # set on validation after training (see training/calibrate.py): per direction, the patch share and
@@ -480,6 +496,29 @@ class Matcher(nn.Module):
         s_w = (att * sim).sum(-1) * txt_mask  # [..., L]
         return self._aggregate(s_w2p, s_w, att, txt_mask, lda, importance)
 
+    def pair_interaction(self, sim: torch.Tensor, patches: torch.Tensor, words: torch.Tensor, txt_mask: torch.Tensor,
+                         lda: torch.Tensor, importance: torch.Tensor) -> Interaction:
+        """The configured interaction over pairs: sim [..., L, K] of patches [..., K, d] and words [..., L, d]
+        (leading dims broadcast). Its `patch` is the raw fine score: S_patch, or CAMP's logit (see `fine_of`).
+
+        For CAMP, `word_scores` are the words' gates (how much of its message each word took in) and
+        `word_weights` their pooling weights: the explanation's shares, not additive parts of the logit."""
+        if self.camp is None:
+            return self.interact(sim, txt_mask, lda, importance)
+        out = self.camp(patches, words, txt_mask, sim)
+        return Interaction(out.logit, out.word_gate, out.word_attention, out.word_pool, torch.zeros_like(out.logit))
+
+    def fine_of(self, raw: torch.Tensor, direction: str | None = None) -> torch.Tensor:
+        """The interaction's raw score → the fine score that is fused with the global cosine: S_patch as it is;
+        CAMP's logit through its logistic calibration for `direction` (σ(logit) without one, as in training), a
+        probability on the cosine's scale instead of a logit of any scale."""
+        if self.camp is None:
+            return raw
+        if direction is None:
+            return torch.sigmoid(raw)
+        a, b = self.camp_calibration[DIRECTIONS.index(direction)]
+        return torch.sigmoid(a * raw + b)
+
     def relevance_gate(self, sim: torch.Tensor) -> torch.Tensor | None:
         """UARDA's relevance of each word–patch pair, σ(κ·(sim − b)) in [0, 1]; None without the option.
 
@@ -532,13 +571,19 @@ class Matcher(nn.Module):
 
     def score_pairs(self, img: PreparedImages, txt: PreparedTexts, s_global: torch.Tensor | None = None,
                     direction: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Aligned pairs (image i, text i) → (fused score [N], patch score [N]).
+        """Aligned pairs (image i, text i) → (fused score [N], fine score [N]).
 
         `s_global` lets a caller that already has the global cosines (Qdrant's scores) pass them in.
         The fused score is the uncalibrated mix; ranking by it equals ranking by its calibrated probability.
         A side with one item is paired with every item of the other (one query against its candidates):
         one matrix product, no copies of the query.
         """
+        fused, fine, _ = self.pair_scores(img, txt, s_global, direction)
+        return fused, fine
+
+    def pair_scores(self, img: PreparedImages, txt: PreparedTexts, s_global: torch.Tensor | None = None,
+                    direction: str | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`score_pairs` and the interaction's raw score (what CAMP's cross-entropy is computed on)."""
         ni, nt = img.patches.shape[0], txt.words.shape[0]
         if ni == 1 and nt > 1:
             sim = torch.einsum("kd,nld->nlk", img.patches[0], txt.words)
@@ -547,26 +592,31 @@ class Matcher(nn.Module):
         else:
             sim = torch.einsum("nkd,nld->nlk", img.patches, txt.words)
         sim = sim.contiguous()  # the interaction's reductions assume words × patches in memory order
-        s_patch = self.interact(sim, txt.mask, txt.lda, txt.importance).patch
+        raw = self.pair_interaction(sim, img.patches, txt.words, txt.mask, txt.lda, txt.importance).patch
+        fine = self.fine_of(raw, direction)
         region = self.region_term(img, txt)
         if region is not None:
-            s_patch = s_patch + region
+            fine = fine + region
         if s_global is None:
             s_global = (img.globals * txt.globals).sum(-1)
-        return self.mix(s_global.to(s_patch.dtype), s_patch, direction), s_patch
+        return self.mix(s_global.to(fine.dtype), fine, direction), fine, raw
 
     def score_matrices(self, img: PreparedImages, txt: PreparedTexts, chunk: int = 65536
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All pairs → (global, fine) score matrices [B_images, B_texts], chunked over texts to bound memory."""
+        """All pairs → (global, raw fine) score matrices [B_images, B_texts], chunked over texts to bound memory
+        (`fine_of` maps the raw scores of a CAMP matcher for a direction)."""
         bi, bt = img.patches.shape[0], txt.words.shape[0]
         views = self.views_of(img) if self.region_mix is not None else None
+        if self.camp is not None:
+            chunk = max(1, chunk // 16)  # CAMP's per-pair intermediates are several L×K blocks
         step = max(1, chunk // max(bi, 1))
         patches = []
         for lo in range(0, bt, step):
             t = txt.take(torch.arange(lo, min(lo + step, bt), device=txt.words.device))
             sim = torch.einsum("ikd,tld->itlk", img.patches, t.words)
             e = lambda x: x[None].expand(bi, *x.shape)  # noqa: E731
-            patch = self.interact(sim, e(t.mask), e(t.lda), e(t.importance)).patch
+            patch = self.pair_interaction(sim, img.patches[:, None], t.words[None], e(t.mask), e(t.lda),
+                                          e(t.importance)).patch
             if views is not None:
                 region = torch.einsum("ivd,td->itv", views, self.text_vectors(t.words, t.mask)).max(dim=-1).values
                 patch = patch + self.region_mix * region
@@ -579,7 +629,7 @@ class Matcher(nn.Module):
                      chunk: int = 65536) -> torch.Tensor:
         """All pairs → fused scores [B_images, B_texts] (the share of `direction`, or the trained one)."""
         g, p = self.score_matrices(img, txt, chunk)
-        return self.mix(g, p, direction)
+        return self.mix(g, self.fine_of(p, direction), direction)
 
     def set_shares(self, t2i: float, i2t: float) -> None:
         """The patch share w per direction, e.g. as tuned on validation."""

@@ -26,7 +26,7 @@ from .backbone import Backbone, pad_words
 from .calibrate import tune
 from .evaluate import evaluate
 from .features import Features
-from .losses import list_triplet_loss, listwise_loss, relevance_loss
+from .losses import hardest_bce_loss, list_triplet_loss, listwise_loss, relevance_loss
 from .matcher import Matcher
 from .mining import Candidates, Truth, mine
 from .progress import progress_bar
@@ -139,11 +139,11 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
     # t2i pairs: query caption j (position j in txt_u order) with each candidate image
     cap_pos = txt_inv[:q].to(dev)
     t2i_img = img_inv[len(images):].view(q, c).to(dev)
-    f_t2i, p_t2i = matcher.score_pairs(pi.take(t2i_img.flatten()), pt.take(cap_pos.repeat_interleave(c)))
+    f_t2i, p_t2i, r_t2i = matcher.pair_scores(pi.take(t2i_img.flatten()), pt.take(cap_pos.repeat_interleave(c)))
     img_pos = img_inv[:len(images)].to(dev)
     i2t_txt = txt_inv[q:].view(len(images), -1).to(dev)
     k = i2t_txt.shape[1]
-    f_i2t, p_i2t = matcher.score_pairs(pi.take(img_pos.repeat_interleave(k)), pt.take(i2t_txt.flatten()))
+    f_i2t, p_i2t, r_i2t = matcher.pair_scores(pi.take(img_pos.repeat_interleave(k)), pt.take(i2t_txt.flatten()))
     t2i_pos, i2t_pos = t2i_pos.to(dev), i2t_pos.to(dev)
     valid_t, valid_i = ~t2i.unsure[captions].to(dev), ~i2t.unsure[images].to(dev)  # all True unless skip_implied
     parts: dict[str, torch.Tensor] = {}
@@ -153,6 +153,10 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
                                      ("i2t_patch", p_i2t.view(len(images), k), i2t_pos, valid_i)):
         weight = cfg.patch_loss if name.endswith("_patch") else 1.0
         if weight <= 0:
+            continue
+        if name.endswith("_patch") and matcher.camp is not None:  # CAMP's own objective on its logits
+            raw = (r_t2i if name.startswith("t2i") else r_i2t).view_as(scores)
+            parts[f"bce_{name[:3]}"] = weight * hardest_bce_loss(raw, pos, valid)
             continue
         if cfg.listwise > 0:
             parts[f"listwise_{name}"] = weight * cfg.listwise * listwise_loss(scores, pos, valid, cfg.listwise_scale)

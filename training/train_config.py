@@ -44,7 +44,8 @@ class TrainConfig:
     listwise: float = opt(1.0, "weight of the softmax cross-entropy over each query's candidates")
     listwise_scale: float = opt(20.0, "logit scale of the listwise softmax")
     triplet: float = opt(1.0, "weight of MGAN's hardest-negative hinge among the candidates")
-    patch_loss: float = opt(1.0, "the same losses on the word–patch score alone, whatever the fusion share")
+    patch_loss: float = opt(1.0, "the same losses on the word–patch score alone, whatever the fusion share (for "
+                                 "interaction 'camp': the weight of its binary cross-entropy on the logits)")
     relevance_loss: float = opt(1.0, "weight of UARDA's relevance-distinguishable term (matchers with "
                                      "relevance 'uarda' only)")
     relevance_margin: float = opt(0.1, "its margin on each side of the learned relevance boundary")

@@ -23,7 +23,8 @@ from training.matcher import Matcher
 
 from .conftest import LIMITS, index_synth, start_server
 
-VARIANTS: dict[str, dict[str, Any]] = {"uarda": {"relevance": "uarda"}, "views": {"views": 4}}
+VARIANTS: dict[str, dict[str, Any]] = {"uarda": {"relevance": "uarda"}, "views": {"views": 4},
+                                       "camp": {"interaction": "camp"}}
 
 
 def _variant_bundle(demo: Path, out: Path, option: str) -> Matcher:
@@ -87,6 +88,10 @@ def test_the_service_reranks_with_each_matcher_variant(option: str, model_dir: P
     assert shared and any(abs(fine[i] - plain[i]) > 1e-3 for i in shared)  # the variant's maths is applied
     for x in res:
         ex = x["explanation"]
+        if option == "camp":  # a logit: the words' pooling weights and message attentions are distributions
+            assert abs(sum(w["weight"] for w in ex["words"]) - 1) < 1e-3
+            assert all(abs(sum(map(sum, w["patches"])) - 1) < 1e-3 and 0 <= w["score"] <= 1 for w in ex["words"])
+            continue
         parts = ex["patch_side"] + sum(w["contribution"] for w in ex["words"]) + ex["region"]
         assert abs(parts - ex["fine_raw"]) < 1e-4
         assert (ex["region"] != 0.0) == (option == "views")

@@ -78,5 +78,6 @@ def test_dense_candidate_blocks_score_each_pair_like_the_full_matrix(option: str
         full = matcher.score_matrices(p.img, p.txt)[1]  # [Ni, Nt]
     cs = candidate_scores(matcher, p, candidates=5, pairs_per_call=37)  # blocks of 7 queries, a ragged last one
     rho = shares(matcher)[2]  # the fine score: patch + ρ·region with views
-    torch.testing.assert_close(cs.fine("t2i", rho), full.T.gather(1, cs.t2i_top), atol=1e-5, rtol=0)
-    torch.testing.assert_close(cs.fine("i2t", rho), full.gather(1, cs.i2t_top), atol=1e-5, rtol=0)
+    t2i, i2t = matcher.fine_of(full, "t2i"), matcher.fine_of(full, "i2t")  # CAMP: each direction's calibration
+    torch.testing.assert_close(cs.fine("t2i", rho), t2i.T.gather(1, cs.t2i_top), atol=1e-5, rtol=0)
+    torch.testing.assert_close(cs.fine("i2t", rho), i2t.gather(1, cs.i2t_top), atol=1e-5, rtol=0)

@@ -30,6 +30,7 @@ OPTIONS = {
     "softmin": replace(CFG, softmin=True),
     "uarda": replace(CFG, relevance="uarda"),
     "views": replace(CFG, views=3),
+    "camp": replace(CFG, interaction="camp"),
     "words_only_adapter": replace(CFG, patch_adapter=False, patch_position=True),
     "all_context": replace(CFG, top_k=0, word_context=True, patch_position=True, patch_context=True),
 }
@@ -177,13 +178,16 @@ def test_whole_matcher_gets_gradients_from_the_loss(option: str) -> None:
     g, s = m.score_matrices(m.prepare_images(p, v), m.prepare_texts(w, mask, t))
     loss = triplet_loss(m.mix(g, s), hardest=False) + triplet_loss(s, hardest=False)
     loss.backward()
-    names = ["lda.head.weight", "lda.up.weight"]
-    names += ["importance.weight"] if cfg.aggregation == "weighted" else []
+    camp = cfg.interaction == "camp"  # replaces eqs. 7–10: LDA, importances and their temperatures are unused
+    names = [] if camp else ["lda.head.weight", "lda.up.weight"]
+    names += ["importance.weight"] if cfg.aggregation == "weighted" and not camp else []
+    names += [f"camp.{n}" for n in ("log_temp", "gate_scale", "gate_centre", "word_query", "patch_query",
+                                    "head.0.weight", "head.2.weight", "scale")] if camp else []  # not offset: a shift
     names += ["sel_patch.weight"] if cfg.top_k else []
     names += ["word_adapter.down.weight"] if cfg.adapters else []
     names += ["patch_adapter.down.weight"] if cfg.adapters and cfg.patch_adapter else []
     names += ["lin1.weight", "lin2.weight", "lin3.weight"] if cfg.slot_linear else []
-    names += ["log_temp"] if cfg.learn_temperature else []
+    names += ["log_temp"] if cfg.learn_temperature and not camp else []
     names += ["word_refiner.attn.in_proj_weight", "word_refiner.mlp.0.weight"] if cfg.word_context else []
     names += ["patch_refiner.attn.in_proj_weight", "patch_refiner.mlp.0.weight"] if cfg.patch_context else []
     names += ["patch_pos"] if cfg.patch_position else []
@@ -304,6 +308,10 @@ def test_config_rejects_bad_options() -> None:
         replace(CFG, views=-1)
     with pytest.raises(ValueError, match="slot_linear"):
         replace(CFG, relevance="uarda", slot_linear=True)
+    with pytest.raises(ValueError, match="interaction"):
+        replace(CFG, interaction="scan")
+    with pytest.raises(ValueError, match="camp"):
+        replace(CFG, interaction="camp", views=2)
     with pytest.raises(ValueError, match="unknown matcher options"):
         MatcherConfig.from_dict({**CFG.to_dict(), "fusion_global": 0.6})
 
