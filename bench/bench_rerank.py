@@ -1,6 +1,6 @@
 """The service's rerank stage alone: one query against 100 candidates, per matcher configuration.
 
-    python bench/bench_rerank.py [--candidates 100] [--repeats 200] [--threads 2] [--match "UARDA,views"]
+    python bench/bench_rerank.py [--candidates 100] [--repeats 200] [--threads 2] [--match "UARDA,views,CAMP"]
 
 This is what `engine._rerank` runs for one request, without HTTP, recall or the token gather, so
 configurations can be compared in one run on the same machine: "prepared" is the service's path (the query
@@ -32,6 +32,7 @@ VARIANTS = {  # changes from MatcherConfig's defaults
     "default + patch context": {"patch_context": True},
     "default + UARDA relevance": {"relevance": "uarda"},
     "default + 4 region views": {"views": 4},
+    "default + CAMP interaction": {"interaction": "camp"},
 }
 
 
