@@ -14,7 +14,7 @@ from training.datasets import FORMATS
 from training.images import IMAGE_SUFFIXES
 
 from .stores import FEATURE_HOMES, open_store
-from .validation import path_id
+from .validation import PayloadLimits, path_id
 
 if TYPE_CHECKING:  # torch comes with these: imported when a command runs, so `--help` answers at once
     from .pipeline import Indexer, Summary
@@ -24,17 +24,20 @@ LIST_SUFFIXES = frozenset({".txt", ".lst"})
 
 def add_store_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("storage")
-    g.add_argument("--data-dir", default=os.environ.get("FINESEARCH_DATA_DIR", "./data"),
+    g.add_argument("--data-dir", type=Path, default=None,
                    help="embedded store, token bank and blobs (default: FINESEARCH_DATA_DIR, else ./data)")
-    g.add_argument("--qdrant-url", default=os.environ.get("FINESEARCH_QDRANT_URL"),
-                   help="use a Qdrant server instead of the embedded engine (token bank stays in --data-dir)")
-    g.add_argument("--qdrant-api-key", default=os.environ.get("FINESEARCH_QDRANT_API_KEY"),
+    g.add_argument("--qdrant-url", default=None,
+                   help="use a Qdrant server instead of the embedded engine (default: FINESEARCH_QDRANT_URL; the "
+                        "token bank stays in --data-dir)")
+    g.add_argument("--qdrant-api-key", default=None,
                    help="API key of the Qdrant server (default: FINESEARCH_QDRANT_API_KEY)")
-    g.add_argument("--qdrant-prefix", default=os.environ.get("FINESEARCH_QDRANT_PREFIX", "finesearch_"),
-                   help="collection name prefix on a shared Qdrant server")
-    g.add_argument("--features", choices=FEATURE_HOMES, default=os.environ.get("FINESEARCH_FEATURES", "bank"),
-                   help="where the prepared matcher features go: the token bank in --data-dir (default), or each "
-                        "Qdrant point (server mode; what API replicas without a shared volume need)")
+    g.add_argument("--qdrant-prefix", default=None,
+                   help="collection name prefix on a shared Qdrant server (default: FINESEARCH_QDRANT_PREFIX, else "
+                        "finesearch_)")
+    g.add_argument("--features", choices=FEATURE_HOMES, default=None,
+                   help="where the prepared matcher features go: the token bank in --data-dir, or each Qdrant point "
+                        "(server mode; what API replicas without a shared volume need) (default: "
+                        "FINESEARCH_FEATURES, else bank)")
 
 
 def register(sub: Any) -> None:
@@ -91,8 +94,7 @@ def register(sub: Any) -> None:
 
     mg = sub.add_parser("migrate", help="move an embedded index into a Qdrant server; rerun to resume")
     mg.add_argument("--to", required=True, help="URL of the Qdrant server to move the points to")
-    mg.add_argument("--to-api-key", default=os.environ.get("FINESEARCH_QDRANT_API_KEY"),
-                    help="its API key (default: FINESEARCH_QDRANT_API_KEY)")
+    mg.add_argument("--to-api-key", default=None, help="its API key (default: FINESEARCH_QDRANT_API_KEY)")
     mg.add_argument("--to-prefix", default="finesearch_", help="collection name prefix on that server")
     add_store_args(mg)
     mg.set_defaults(func=cmd_migrate)
@@ -105,8 +107,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", type=Path, help="write the summary (with every failure) as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 when any item failed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--keep-raw-tokens", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep each item's raw tokens beside its prepared matcher features (default), so a new "
+    p.add_argument("--keep-raw-tokens", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep each item's raw tokens beside its prepared matcher features (default: "
+                        "FINESEARCH_KEEP_RAW_TOKENS, else on), so a new "
                         "matcher needs `index reprepare` instead of re-encoding; --no-keep-raw-tokens halves the "
                         "token bytes (needs --model)")
     add_store_args(p)
@@ -123,7 +126,8 @@ def make_indexer(args: argparse.Namespace) -> Indexer:
     if resolve_model(args):
         from training.bundle import load_bundle
 
-        bundle = load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir)
+        bundle = load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
+                             allow_download=bool(args.allow_download))
         backbone, matcher = bundle.backbone, bundle.matcher
     else:
         if not keep_raw:
@@ -132,9 +136,11 @@ def make_indexer(args: argparse.Namespace) -> Indexer:
         backbone = backbone_from_args(args)
     store = open_store(args.data_dir, args.qdrant_url, args.qdrant_api_key, prefix=args.qdrant_prefix,
                        features=args.features)
+    settings = args.settings  # the limits the service enforces bind the CLI too (one definition, FINESEARCH_MAX_*)
     try:
         return Indexer(backbone, store, args.data_dir, batch_size=getattr(args, "batch_size", 64),
-                       workers=getattr(args, "workers", 4), matcher=matcher, keep_raw_tokens=keep_raw)
+                       workers=getattr(args, "workers", 4), matcher=matcher, keep_raw_tokens=keep_raw,
+                       max_pixels=settings.max_image_pixels, limits=PayloadLimits.from_settings(settings))
     except BaseException:
         store.close()
         raise
@@ -278,7 +284,8 @@ def cmd_reprepare(args: argparse.Namespace) -> int:
 
     from .preparation import reprepare_index
 
-    bundle = load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir)
+    bundle = load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
+                         allow_download=bool(args.allow_download))
     store = open_store(args.data_dir, args.qdrant_url, args.qdrant_api_key, prefix=args.qdrant_prefix,
                        features=args.features)
     try:

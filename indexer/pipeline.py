@@ -342,8 +342,9 @@ class Indexer:
 
     # ---------------------------------------------------------------- texts
     def index_texts(self, items: Iterable[TextItem], *, skip_existing: bool = True, progress: bool = False,
-                    batch_size: int = 256, collection: str = TEXTS, max_chars: int = MAX_TEXT_CHARS) -> Summary:
+                    batch_size: int = 256, collection: str = TEXTS, max_chars: int | None = None) -> Summary:
         self.collection(collection, "texts")
+        max_chars = self.limits.max_text_chars if max_chars is None else max_chars
         summary = Summary()
         start = time.perf_counter()
         items = list(items)

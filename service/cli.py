@@ -10,11 +10,15 @@ import argparse
 import logging
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from indexer import cli as indexer_cli
 from training import cli as training_cli
 
 from . import serve
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -37,6 +41,21 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from training.tokenbank import TokenBankError
 
     return BackboneError, BundleError, StoreError, TokenBankError, DatasetError, FileNotFoundError, ValueError
+
+
+def load_settings() -> Settings:
+    """The one configuration source, read once the command is known (not for `--help`: pydantic-settings and
+    the .env file are not needed to print it). A malformed FINESEARCH_* value is the user's to fix."""
+    from pydantic import ValidationError
+
+    from .config import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"FINESEARCH_{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']}"
+                             for e in exc.errors())
+        raise ValueError(f"invalid setting ({problems})") from None
 
 
 def version() -> str:
@@ -82,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # open_clip logs a warning for every deliberate random init
         logging.getLogger().setLevel(logging.ERROR)
     try:
+        load_settings().fill_args(args)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("finesearch: interrupted; re-run the same command to resume", file=sys.stderr)

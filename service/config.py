@@ -1,7 +1,15 @@
-"""All service settings in one place: environment (FINESEARCH_*), .env, or `finesearch serve` flags."""
+"""Every setting of every command in one place: flags, then FINESEARCH_* variables, then .env, then defaults.
+
+Modelled on the FastAPI full-stack template's `core/config.py`: one pydantic-settings class. The subcommands
+defined in `training` and `indexer` (which may not import this package) leave such options at None, and the
+console script fills them from here after parsing (`fill_args`), so a .env file configures `index` exactly as
+it configures `serve`. Nothing else in the three packages reads or writes the process environment.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -10,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.validation import PayloadLimits
 from training.defaults import DEMO_BUNDLE, default_model
+from training.images import DEFAULT_MAX_PIXELS
 
 DEMO_MODEL = DEMO_BUNDLE  # the one rule every command resolves the model by: training/defaults.py
 
@@ -24,6 +33,8 @@ class Settings(BaseSettings):
     pretrained: str | None = Field(None, description="its weights: a pretrained tag from the local cache, or a "
                                    "checkpoint file")
     cache_dir: str | None = Field(None, description="where pretrained tags are looked up")
+    allow_download: bool = Field(False, description="let a pretrained tag missing from the local cache be "
+                                 "downloaded (off: an offline host fails fast and says what to copy where)")
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
     qdrant_prefix: str = "finesearch_"
@@ -33,7 +44,9 @@ class Settings(BaseSettings):
     blob_dir: Path | None = Field(None, description="uploaded originals (GET /v1/images/{id}/content); default "
                                   "data_dir/blobs")
     device: str = "auto"
-    precision: str = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    host: str = Field("127.0.0.1", description="address `serve` and `demo` listen on")
+    port: int = Field(8000, ge=1, le=65535, description="port `serve` and `demo` listen on")
     bank_on_device: bool = Field(False, description="keep token banks resident on the device (GPU)")
     torch_threads: int | None = Field(None, ge=1, description="CPU threads of each model call (default: half the "
                                       "cores, at least 1; measured in docs/benchmarks.md)")
@@ -46,14 +59,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024 * 1024
     max_files: int = 32
     max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="decoded pixels of one image (decompression "
+                                  "bombs are refused from the header, before decoding)")
     max_text_chars: int = Field(PayloadLimits.max_text_chars, ge=1, description="characters of one caption or "
                                                                                 "text query")
     max_texts_per_request: int = 1000
     max_limit: int = 100
     max_candidates: int = 1000
     max_offset: int = 1000
-    default_candidates: int = 100
     max_archive_bytes: int = 2 * 1024 * 1024 * 1024
     max_archive_files: int = 100_000
     max_concurrent_jobs: int = Field(2, ge=1, description="bulk jobs indexed at the same time")
@@ -82,3 +95,23 @@ class Settings(BaseSettings):
 
     def resolved_model(self) -> Path:
         return default_model(self.model)
+
+    def fill_args(self, args: argparse.Namespace) -> None:
+        """Give every option left at None whose name is a setting this setting's value; attach `args.settings`.
+
+        A flag given on the command line is never None, so flags win; `--to-api-key` (migrate's target) is the
+        one option named otherwise.
+        """
+        for name, value in vars(args).copy().items():
+            setting = "qdrant_api_key" if name == "to_api_key" else name
+            if value is None and setting in type(self).model_fields:
+                setattr(args, name, getattr(self, setting))
+        args.settings = self
+
+    def export_environment(self, names: list[str]) -> None:
+        """Write these settings as FINESEARCH_* variables, for uvicorn's worker processes: they are started
+        with an import string, so the environment is the only channel into their own `Settings()`."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None:
+                os.environ[f"FINESEARCH_{name.upper()}"] = str(value)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training.cli_args import add_device_arg
 from training.datasets import read_dataset
 from training.defaults import DEMO_BUNDLE
 
@@ -49,23 +49,20 @@ def _server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", default=None,
                    help="the stock backbone's weights: a cached pretrained tag or a checkpoint file (default: "
                         "FINESEARCH_PRETRAINED)")
-    p.add_argument("--host", default=os.environ.get("FINESEARCH_HOST", "127.0.0.1"),
-                   help="address to listen on (FINESEARCH_HOST)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("FINESEARCH_PORT", "8000")),
-                   help="port to listen on (FINESEARCH_PORT)")
-    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 (default: FINESEARCH_DEVICE, else auto)")
+    p.add_argument("--host", default=None, help="address to listen on (default: FINESEARCH_HOST, else 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default: FINESEARCH_PORT, else 8000)")
+    add_device_arg(p)
     p.add_argument("--log-level", default="info", help="uvicorn's log level")
 
 
+SERVER_FLAGS = ("model", "data_dir", "qdrant_url", "features", "device", "backbone", "pretrained")
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
-    """Flags override FINESEARCH_* variables; exported so that worker processes see the same."""
-    for flag, env in (("model", "MODEL"), ("data_dir", "DATA_DIR"), ("qdrant_url", "QDRANT_URL"),
-                      ("features", "FEATURES"), ("device", "DEVICE"), ("backbone", "BACKBONE"),
-                      ("pretrained", "PRETRAINED")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            os.environ[f"FINESEARCH_{env}"] = str(value)
-    return Settings()
+    """The settings with this command's flags applied (the console script filled the unset flags from them)."""
+    base: Settings = getattr(args, "settings", None) or Settings()
+    flags = {name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name, None) is not None}
+    return Settings.model_validate(base.model_dump() | flags)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -79,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not settings.qdrant_url:
             raise ValueError("--workers > 1 needs a Qdrant server (--qdrant-url): the embedded store is "
                              "single-process")
+        settings.export_environment(list(SERVER_FLAGS))
         uvicorn.run("service.app:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                     log_level=args.log_level)
         return 0
@@ -140,8 +138,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .app import create_app
     from .engine import Engine
 
-    if args.data_dir is None and "FINESEARCH_DATA_DIR" not in os.environ:
-        args.data_dir = Path("./data")
     settings = settings_from(args)
     engine = Engine(settings)
     wins, hard = prepare_demo(engine, args.synth_dir or settings.data_dir / "synth")

@@ -182,14 +182,14 @@ class Backbone:
         device: str | None = None,
         precision: str = "auto",
         cache_dir: str | None = None,
-        allow_download: bool | None = None,
+        allow_download: bool = False,
         seed: int = 0,
     ) -> Backbone:
         """Build from an open_clip name and a pretrained tag or a local checkpoint file.
 
         No weights and no `from_scratch` is an error, never a silent random init.
-        Tags are resolved from the local cache only unless downloads are allowed
-        (FINESEARCH_ALLOW_DOWNLOAD=1), so an offline host fails fast and says what to copy where.
+        Tags are resolved from the local cache only unless `allow_download` (setting allow_download:
+        FINESEARCH_ALLOW_DOWNLOAD=1 or --allow-download), so an offline host fails fast and says what to copy where.
         `hf:DIR` (or a recorded `hf:clip`/`hf:siglip` with the directory as `pretrained`) loads a Hugging Face
         CLIP or SigLIP directory through transformers (training/hf_backbone.py).
         """
@@ -225,19 +225,19 @@ class Backbone:
                 f"unknown pretrained tag {pretrained!r} for {name}; known tags: {', '.join(tags) or 'none'}; "
                 "or pass a local checkpoint file"
             )
-        if allow_download is None:
-            allow_download = os.environ.get("FINESEARCH_ALLOW_DOWNLOAD", "") == "1"
         try:
             with _offline(not allow_download):
                 model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir)
         except Exception as exc:
-            where = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+            import huggingface_hub.constants as hf_constants
+
+            where = cache_dir or hf_constants.HF_HUB_CACHE
             raise BackboneError(
                 f"pretrained weights {name}/{pretrained} are not available locally ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0] if str(exc) else ''}). Either copy the open_clip checkpoint into the "
                 f"Hugging Face cache at {where} (or --cache-dir), pass the checkpoint file itself as "
-                "--pretrained /path/to/open_clip_model.safetensors, or set FINESEARCH_ALLOW_DOWNLOAD=1 on a "
-                "host with network access"
+                "--pretrained /path/to/open_clip_model.safetensors, or allow downloads (--allow-download, "
+                "FINESEARCH_ALLOW_DOWNLOAD=1) on a host with network access"
             ) from exc
         return cls(model, name, config, BackboneSource(name, pretrained), dev, precision)
 
@@ -449,15 +449,9 @@ def _offline(enabled: bool) -> Iterator[None]:
         return
     import huggingface_hub.constants as hf_constants
 
-    old_env = os.environ.get("HF_HUB_OFFLINE")
-    old = hf_constants.HF_HUB_OFFLINE
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    old = hf_constants.HF_HUB_OFFLINE  # read at call time by huggingface_hub (is_offline_mode), not at import
     hf_constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
         hf_constants.HF_HUB_OFFLINE = old
-        if old_env is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old_env

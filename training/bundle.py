@@ -120,7 +120,7 @@ def read_bundle_config(path: str | Path) -> dict[str, Any]:
 
 
 def load_backbone(path: str | Path, device: str | None = None, precision: str = "auto",
-                  cache_dir: str | None = None) -> Backbone:
+                  cache_dir: str | None = None, allow_download: bool = False) -> Backbone:
     """A bundle's backbone alone (e.g. to train a new matcher on it); its fingerprint must match the record."""
     path = Path(path)
     config = read_bundle_config(path)
@@ -140,7 +140,7 @@ def load_backbone(path: str | Path, device: str | None = None, precision: str = 
         if not b.get("pretrained"):
             raise BundleError(f"{path}: the bundle names no backbone weights and no pretrained source")
         backbone = Backbone.load(b["name"], b["pretrained"], device=device, precision=precision,
-                                 cache_dir=cache_dir)
+                                 cache_dir=cache_dir, allow_download=allow_download)
     if backbone.fingerprint != b["fingerprint"]:
         raise BundleError(
             f"{path}: backbone {b['name']} / {b.get('pretrained')} loaded with fingerprint {backbone.fingerprint}, "
@@ -150,7 +150,7 @@ def load_backbone(path: str | Path, device: str | None = None, precision: str = 
 
 
 def load_bundle(path: str | Path, device: str | None = None, precision: str = "auto",
-                cache_dir: str | None = None) -> Bundle:
+                cache_dir: str | None = None, allow_download: bool = False) -> Bundle:
     """Ready encoders + matcher. The backbone's fingerprint must equal the one recorded at training."""
     path = Path(path)
     config = read_bundle_config(path)
@@ -160,7 +160,7 @@ def load_bundle(path: str | Path, device: str | None = None, precision: str = "a
             f"{config.get('finesearch_version')}), which this finesearch no longer serves. Its backbone is still "
             f"usable: retrain the matcher with `finesearch train ... --backbone-from {path}`"
         )
-    backbone = load_backbone(path, device, precision, cache_dir)
+    backbone = load_backbone(path, device, precision, cache_dir, allow_download)
     mfile = path / "matcher.safetensors"
     if not mfile.is_file():
         raise BundleError(f"{path}: matcher.safetensors is missing")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .cli_args import add_backbone_args, backbone_from_args
+from .cli_args import add_backbone_args, add_device_arg, backbone_from_args
 from .datasets import FORMATS, read_dataset
 from .defaults import DEMO_BUNDLE, TINY_MODEL, default_model
 from .train_config import TrainConfig
@@ -47,7 +46,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="R@K of global, two-stage and exhaustive rankers on a dataset split")
-    e.add_argument("--model", type=Path, default=os.environ.get("FINESEARCH_MODEL"),
+    e.add_argument("--model", type=Path, default=None,
                    help=f"model bundle directory (default: FINESEARCH_MODEL, else the demo bundle "
                         f"{DEMO_BUNDLE.parent.name}/{DEMO_BUNDLE.name})")
     e.add_argument("--data", type=Path, required=True, help="dataset file")
@@ -60,19 +59,19 @@ def register(sub: Any) -> None:
     e.add_argument("--rankers", default="global,two_stage,exhaustive", help="comma-separated rankers to run")
     e.add_argument("--json", type=Path, help="write the results here")
     e.add_argument("--cache", type=Path, default=None, help="feature cache directory (reused across runs)")
-    e.add_argument("--device", default=os.environ.get("FINESEARCH_DEVICE", "auto"), help="auto, cpu, cuda, cuda:1")
+    add_device_arg(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("explain", help="why an image and a caption match: one map per word over the image (PNG)")
-    x.add_argument("--model", type=Path, default=os.environ.get("FINESEARCH_MODEL"),
+    x.add_argument("--model", type=Path, default=None,
                    help=f"model bundle directory (default: FINESEARCH_MODEL, else the demo bundle "
                         f"{DEMO_BUNDLE.parent.name}/{DEMO_BUNDLE.name})")
     x.add_argument("--image", type=Path, required=True, help="image file")
     x.add_argument("--text", required=True, help="caption to explain against the image")
     x.add_argument("--out", type=Path, required=True, help="PNG to write")
     x.add_argument("--json", type=Path, default=None, help="also write the explanation as JSON")
-    x.add_argument("--device", default=os.environ.get("FINESEARCH_DEVICE", "auto"), help="auto, cpu, cuda, cuda:1")
+    add_device_arg(x)
     x.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("synth", help="generate the synthetic compositional dataset (Karpathy format)")

@@ -1,12 +1,14 @@
 """Command-line options that choose a model or a backbone, shared by every subcommand that encodes.
 
 Heavy modules (torch, open_clip) are imported only when a command runs, so that `--help` answers at once.
+Options that are also settings default to None here: `finesearch`'s entry point fills them from the service's
+one `Settings` (FINESEARCH_* variables, then .env) after parsing, so every command reads configuration the
+same way and this package reads no environment itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,23 +20,33 @@ if TYPE_CHECKING:
 
 def add_backbone_args(parser: argparse.ArgumentParser, with_model: bool = True) -> None:
     if with_model:
-        parser.add_argument("--model", type=Path, default=os.environ.get("FINESEARCH_MODEL"),
+        parser.add_argument("--model", type=Path, default=None,
                             help="model bundle directory: its backbone encodes and its matcher prepares, so the index "
                                  "matches the served model (default: FINESEARCH_MODEL, else the demo bundle "
                                  f"{DEMO_BUNDLE.parent.name}/{DEMO_BUNDLE.name}, unless a backbone option is given)")
     g = parser.add_argument_group("backbone (instead of a model bundle; experts)")
-    g.add_argument("--backbone", default=os.environ.get("FINESEARCH_BACKBONE"),
-                   help=f"open_clip architecture, e.g. ViT-B-32 (default {TINY_MODEL} when --pretrained or "
-                        "--from-scratch is given)")
-    g.add_argument("--pretrained", default=os.environ.get("FINESEARCH_PRETRAINED"),
-                   help="pretrained tag (e.g. laion2b_s34b_b79k, resolved from the local cache) or checkpoint file")
+    g.add_argument("--backbone", default=None,
+                   help=f"open_clip architecture, e.g. ViT-B-32 (default: FINESEARCH_BACKBONE, else {TINY_MODEL} "
+                        "when --pretrained or --from-scratch is given)")
+    g.add_argument("--pretrained", default=None,
+                   help="pretrained tag (e.g. laion2b_s34b_b79k, resolved from the local cache) or checkpoint file "
+                        "(default: FINESEARCH_PRETRAINED)")
     g.add_argument("--from-scratch", action="store_true",
                    help="random initial weights (tests, benchmarks, training a tiny backbone)")
     g.add_argument("--seed", type=int, default=0, help="seed of the random init with --from-scratch")
-    g.add_argument("--cache-dir", default=None, help="where pretrained tags are looked up (default: open_clip's)")
-    g.add_argument("--device", default=os.environ.get("FINESEARCH_DEVICE", "auto"), help="auto, cpu, cuda, cuda:1")
-    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="auto: fp16 on GPU, fp32 on CPU")
+    g.add_argument("--cache-dir", default=None,
+                   help="where pretrained tags are looked up (default: FINESEARCH_CACHE_DIR, else open_clip's)")
+    g.add_argument("--allow-download", action="store_const", const=True, default=None,
+                   help="let a pretrained tag missing from the cache be downloaded (default: "
+                        "FINESEARCH_ALLOW_DOWNLOAD, else off: offline hosts fail fast)")
+    add_device_arg(g)
+    g.add_argument("--precision", default=None, choices=["auto", "fp32", "fp16", "bf16"],
+                   help="auto: fp16 on GPU, fp32 on CPU (default: FINESEARCH_PRECISION, else auto)")
+
+
+def add_device_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--device", default=None,
+                        help="auto, cpu, cuda, cuda:1 (default: FINESEARCH_DEVICE, else auto)")
 
 
 def explicit_backbone(args: argparse.Namespace) -> bool:
@@ -55,6 +67,8 @@ def backbone_from_args(args: argparse.Namespace) -> Backbone:
     if "model" in vars(args) and resolve_model(args) is not None:
         from .bundle import load_bundle
 
-        return load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir).backbone
+        return load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
+                           allow_download=bool(args.allow_download)).backbone
     return Backbone.load(args.backbone or TINY_MODEL, args.pretrained, from_scratch=args.from_scratch,
-                         device=args.device, precision=args.precision, cache_dir=args.cache_dir, seed=args.seed)
+                         device=args.device, precision=args.precision, cache_dir=args.cache_dir, seed=args.seed,
+                         allow_download=bool(args.allow_download))
