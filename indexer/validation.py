@@ -22,10 +22,10 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 class PayloadRejected(ValueError):
     """A payload or id that must not be stored; the message names the problem and the limit."""
 
-    def __init__(self, message: str, code: str = "invalid_metadata", status: int = 422) -> None:
+    def __init__(self, message: str, code: str = "invalid_metadata", too_large: bool = False) -> None:
         super().__init__(message)
         self.code = code
-        self.status = status
+        self.too_large = too_large  # over a size or count limit, rather than malformed
 
 
 @dataclass(frozen=True)
@@ -136,11 +136,11 @@ def check_metadata(meta: Any, limits: PayloadLimits = PayloadLimits(), where: st
     _, keys = check_value(meta, where, limits.max_metadata_depth)
     if keys > limits.max_metadata_keys:
         raise PayloadRejected(f"{where} has {keys} keys; the limit is {limits.max_metadata_keys} "
-                              "(max_metadata_keys)", "metadata_too_large", 413)
+                              "(max_metadata_keys)", "metadata_too_large", too_large=True)
     size = len(json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode())
     if size > limits.max_metadata_bytes:
         raise PayloadRejected(f"{where} is {size} bytes as JSON; the limit is {limits.max_metadata_bytes} "
-                              "(max_metadata_bytes)", "metadata_too_large", 413)
+                              "(max_metadata_bytes)", "metadata_too_large", too_large=True)
     return meta
 
 

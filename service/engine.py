@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -40,11 +39,21 @@ from training.tokenbank import Fetched
 
 from .batching import MicroBatcher, OutOfMemory
 from .config import Settings
-from .errors import ApiError
+from .exceptions import (
+    BadInput,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ServiceError,
+    TooLarge,
+    Unavailable,
+    UnsupportedMedia,
+)
 from .metrics import CANDIDATES, INDEX_SIZE, STAGE_LATENCY
 
 log = logging.getLogger("finesearch.engine")
-IMAGE_STATUS = {"image_too_large": 413, "unsupported_media_type": 415}
+IMAGE_REFUSALS: dict[str, type[ServiceError]] = {"image_too_large": TooLarge,
+                                                 "unsupported_media_type": UnsupportedMedia}
 
 
 def _without_paths(info: dict[str, Any]) -> dict[str, Any]:
@@ -245,16 +254,16 @@ class Engine:
     def _check(self, opts: SearchOptions) -> None:
         s = self.settings
         if not 1 <= opts.limit <= s.max_limit:
-            raise ApiError(422, f"limit must be between 1 and {s.max_limit} (max_limit)", "invalid_request")
+            raise InvalidRequest(f"limit must be between 1 and {s.max_limit} (max_limit)", "invalid_request")
         if not 1 <= opts.candidates <= s.max_candidates:
-            raise ApiError(422, f"candidates must be between 1 and {s.max_candidates} (max_candidates)",
+            raise InvalidRequest(f"candidates must be between 1 and {s.max_candidates} (max_candidates)",
                            "invalid_request")
         if not 0 <= opts.offset <= s.max_offset:
-            raise ApiError(422, f"offset must be between 0 and {s.max_offset} (max_offset)", "invalid_request")
+            raise InvalidRequest(f"offset must be between 0 and {s.max_offset} (max_offset)", "invalid_request")
         try:
             normalise_filter(opts.filter)
         except ValueError as exc:
-            raise ApiError(422, f"filter: {exc}", "invalid_request") from exc
+            raise InvalidRequest(f"filter: {exc}", "invalid_request") from exc
 
     async def _candidates(self, collection: str, query: _Query, opts: SearchOptions, timer: Timer
                           ) -> tuple[list[tuple[Hit, float | None, float | None]], Fetched | None]:
@@ -297,14 +306,14 @@ class Engine:
             fused, patch = await self.reranker.submit(_RerankJob(direction, query, found.tokens, found.mask,
                                                                  found.extras, scores))
         except OutOfMemory as exc:
-            raise ApiError(503, str(exc), "out_of_memory") from exc
+            raise Unavailable(str(exc), "out_of_memory") from exc
         timer.lap("rerank")
         return list(zip(hits, fused.tolist(), patch.tolist(), strict=True)), found
 
     @staticmethod
     def _gather(bank: Any, hits: list[Hit]) -> tuple[list[Hit], Fetched]:
         """The candidates' features in one consistent step (under the bank's lock); a candidate whose row a
-        concurrent replace or delete tombstoned after recall is dropped from this answer, not a 500."""
+        concurrent replace or delete tombstoned after recall is dropped from this answer, not an internal error."""
         hits = [h for h in hits if isinstance(h.payload.get("row"), int)]
         found = bank.fetch([h.payload["row"] for h in hits])
         if len(found.kept) < len(hits):
@@ -352,11 +361,10 @@ class Engine:
 
     def describe(self, hit: Hit | tuple[str, dict[str, Any]], kind: str) -> dict[str, Any]:
         item_id, p = (hit.id, hit.payload) if isinstance(hit, Hit) else hit
-        if kind == IMAGES:
-            url = f"/v1/images/{quote(item_id, safe='')}/content"  # ids may hold '?', '#', '%', spaces
-            uri = p.get("uri")  # a path on the server's disk is nobody else's business: the content URL stands in
-            uri = uri if isinstance(uri, str) and uri.startswith(("http://", "https://")) else url
-            return {"id": item_id, "uri": uri, "content_url": url, "metadata": p.get("metadata") or {},
+        if kind == IMAGES:  # the routes add the links (service/api/links.py); a server path is never shown
+            uri = p.get("uri")
+            uri = uri if isinstance(uri, str) and uri.startswith(("http://", "https://")) else None
+            return {"id": item_id, "uri": uri, "metadata": p.get("metadata") or {},
                     "width": p.get("width"), "height": p.get("height")}
         return {"id": item_id, "text": p.get("text"), "image_id": p.get("image_id"),
                 "metadata": p.get("metadata") or {}}
@@ -366,7 +374,7 @@ class Engine:
         try:
             text = check_text(text, self.settings.max_text_chars)
         except ValueError as exc:
-            raise ApiError(422, f"text: {exc}", "invalid_text") from exc
+            raise InvalidRequest(f"text: {exc}", "invalid_text") from exc
         timer = Timer()
         query = await self.text_encoder.submit(text)
         timer.lap("encode")
@@ -388,13 +396,13 @@ class Engine:
         elif image_id is not None:
             problem = id_problem(image_id, self.settings.max_id_chars)
             if problem:
-                raise ApiError(422, f"image_id: {problem}", "invalid_id")
+                raise InvalidRequest(f"image_id: {problem}", "invalid_id")
             found = await asyncio.to_thread(self.store.retrieve, IMAGES, [image_id], True)
             if image_id not in found or found[image_id][1] is None:
-                raise ApiError(404, f"no image with id {image_id!r}", "not_found")
+                raise NotFound(f"no image with id {image_id!r}", "not_found")
             vec = torch.from_numpy(found[image_id][1])
         else:
-            raise ApiError(422, "send a text, an image file or an image_id", "invalid_request")
+            raise InvalidRequest("send a text, an image file or an image_id", "invalid_request")
         timer.lap("encode")
         plain = SearchOptions(opts.limit + (image_id is not None), opts.candidates, False, None, opts.offset,
                               opts.filter)
@@ -418,7 +426,7 @@ class Engine:
         elif image_id is not None:
             query = await asyncio.to_thread(self._indexed_image_query, image_id)
         else:
-            raise ApiError(422, "send an image file or an image_id", "invalid_request")
+            raise InvalidRequest("send an image file or an image_id", "invalid_request")
         timer.lap("encode")
         scored, found = await self._candidates(TEXTS, query, opts, timer)
         results, page = self._page(scored, opts, TEXTS)
@@ -470,31 +478,31 @@ class Engine:
 
     def decode_upload(self, data: bytes) -> np.ndarray:
         if len(data) > self.settings.max_image_bytes:
-            raise ApiError(413, f"image is {len(data)} bytes, above the limit of {self.settings.max_image_bytes} "
+            raise TooLarge(f"image is {len(data)} bytes, above the limit of {self.settings.max_image_bytes} "
                            "(max_image_bytes)", "image_too_large")
         try:
             return load_for_model(data, self.backbone.image_size, self.settings.max_image_pixels)
         except ImageRejected as exc:
-            raise ApiError(IMAGE_STATUS.get(exc.code, 400), str(exc), exc.code) from exc
+            raise IMAGE_REFUSALS.get(exc.code, BadInput)(str(exc), exc.code) from exc
 
     def _indexed_image_query(self, image_id: str) -> _Query:
         problem = id_problem(image_id, self.settings.max_id_chars)
         if problem:
-            raise ApiError(422, f"image_id: {problem}", "invalid_id")
+            raise InvalidRequest(f"image_id: {problem}", "invalid_id")
         if self.indexer.features_in_store:
             got = self.store.retrieve_features(IMAGES, [image_id])
             vec = self.store.retrieve(IMAGES, [image_id], with_vectors=True).get(image_id)
             fp = self.indexer.preparer.fingerprint  # type: ignore[union-attr]
             if image_id in got and got[image_id][0].get(FEATURES_FP) != fp:
-                raise ApiError(409, f"image {image_id!r} was indexed with another matcher's features: run "
+                raise Conflict(f"image {image_id!r} was indexed with another matcher's features: run "
                                "`finesearch index reprepare`, or send the image itself", "features_stale")
             if vec is not None and image_id not in got:
-                raise ApiError(409, f"image {image_id!r} has no matcher features (indexed without the model): "
+                raise Conflict(f"image {image_id!r} has no matcher features (indexed without the model): "
                                "run `finesearch index reprepare`, or send the image itself", "features_stale")
             if image_id in got and vec is not None:
                 return _Query(torch.from_numpy(vec[1]).to(self.device),
                               torch.from_numpy(got[image_id][1]).to(self.device), prepared=True)
-            raise ApiError(404, f"no image with id {image_id!r}", "not_found")
+            raise NotFound(f"no image with id {image_id!r}", "not_found")
         for _ in range(3):  # a concurrent replace may tombstone the row between retrieve and gather: look again
             found = self.store.retrieve(IMAGES, [image_id], with_vectors=True)
             if image_id not in found:
@@ -503,7 +511,7 @@ class Engine:
             tokens, _, kept = self.indexer.serving_bank(IMAGES).gather_live([payload.get("row", -1)])
             if len(kept):  # its prepared patches: the matcher already did its per-image work at indexing
                 return _Query(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device), prepared=True)
-        raise ApiError(404, f"no image with id {image_id!r}", "not_found")
+        raise NotFound(f"no image with id {image_id!r}", "not_found")
 
     # ---------------------------------------------------------------- writes
     def add_images(self, files: list[tuple[str, str | None, bytes]], ids: list[str | None],
@@ -557,21 +565,21 @@ class Engine:
     def get(self, collection: str, item_id: str) -> dict[str, Any]:
         found = self.store.retrieve(collection, [item_id])
         if item_id not in found:
-            raise ApiError(404, f"no {collection[:-1]} with id {item_id!r}", "not_found")
+            raise NotFound(f"no {collection[:-1]} with id {item_id!r}", "not_found")
         payload = found[item_id][0]
         extra = {k: payload.get(k) for k in ("content_type", "filename", "bytes", "sha256", "format") if k in payload}
         return self.describe((item_id, payload), collection) | extra
 
     def delete(self, collection: str, item_id: str) -> None:
         if self.indexer.delete(collection, [item_id]) == 0:
-            raise ApiError(404, f"no {collection[:-1]} with id {item_id!r}", "not_found")
+            raise NotFound(f"no {collection[:-1]} with id {item_id!r}", "not_found")
         self.refresh_gauges()
 
     def content(self, item_id: str) -> tuple[str, str]:
         """(file path, media type) of an image's stored bytes."""
         found = self.store.retrieve(IMAGES, [item_id])
         if item_id not in found:
-            raise ApiError(404, f"no image with id {item_id!r}", "not_found")
+            raise NotFound(f"no image with id {item_id!r}", "not_found")
         p = found[item_id][0]
         if p.get("blob") and self.blobs.exists(p["blob"]):
             return str(self.blobs.path(p["blob"])), p.get("content_type") or "application/octet-stream"
@@ -580,7 +588,7 @@ class Engine:
             path = Path(uri)
             if path.is_file():
                 return str(path), Image.MIME.get(p.get("format", ""), "application/octet-stream")
-        raise ApiError(404, f"the original bytes of image {item_id!r} are not available on this server", "not_found")
+        raise NotFound(f"the original bytes of image {item_id!r} are not available on this server", "not_found")
 
     # ------------------------------------------------------------- operations
     def refresh_gauges(self) -> dict[str, int]:

@@ -1,4 +1,7 @@
-"""One error shape for every failure: {"error": {"code", "message"}}, never a stack trace."""
+"""One error shape for every failure: {"error": {"code", "message"}}, never a stack trace.
+
+The only place where the service's refusals (`service/exceptions.py`) become HTTP statuses.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer.stores.base import StoreError
 
+from .exceptions import (
+    BadInput,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    ServiceError,
+    TooLarge,
+    Unavailable,
+    UnsupportedMedia,
+)
 from .metrics import ERRORS
 
 log = logging.getLogger("finesearch.service")
@@ -20,7 +33,21 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
           429: "too_many_requests", 503: "not_ready"}
 
 
+STATUS: dict[type[ServiceError], int] = {InvalidRequest: 422, BadInput: 400, NotFound: 404, Conflict: 409,
+                                         TooLarge: 413, UnsupportedMedia: 415, Unavailable: 503}
+
+
+def status_of(exc: ServiceError) -> int:
+    """The HTTP status of a refusal: its class's, or the nearest base class's that has one."""
+    for kind in type(exc).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 400
+
+
 class ApiError(Exception):
+    """An HTTP-level refusal raised by the routes and their dependencies (auth, content types, multipart)."""
+
     def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -47,6 +74,10 @@ def install(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return error_response(exc.status, exc.code, exc.message, headers)
 
+    @app.exception_handler(ServiceError)
+    async def _refused(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(status_of(exc), exc.code, exc.message)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(422, "invalid_request", _validation_message(exc))
@@ -61,5 +92,5 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODES.get(exc.status_code, "error")
         return error_response(exc.status_code, code, str(exc.detail))
-    # Unexpected exceptions are answered by the pure-ASGI `guards.CatchAll`, not by an `Exception` handler here:
+    # Unexpected exceptions are answered by the pure-ASGI `api/middleware.CatchAll`, not by an `Exception` handler here:
     # Starlette re-raises after such a handler responds, and uvicorn then drops the connection.

@@ -33,7 +33,7 @@ from indexer.pipeline import ImageItem, Summary, TextItem, metadata_entry
 from indexer.stores import IMAGES, TEXTS
 from training.images import IMAGE_SUFFIXES, ImageRejected, probe_image
 
-from .errors import ApiError
+from .exceptions import ServiceError
 from .validation import strict_loads
 
 log = logging.getLogger("finesearch.jobs")
@@ -169,7 +169,7 @@ def _read_jsonl(path: Path, errors: list[dict[str, str]], settings: Any) -> list
             if not isinstance(row, dict):
                 raise ValueError("not an object")
             rows.append(row)
-        except ApiError as exc:
+        except ServiceError as exc:
             errors.append({"item": f"{path.name}:{n}", "reason": exc.message})
         except ValueError as exc:
             errors.append({"item": f"{path.name}:{n}", "reason": f"invalid JSON line: {exc}"})

@@ -34,7 +34,7 @@ from indexer.validation import (
 )
 
 from .config import Settings
-from .errors import ApiError
+from .exceptions import InvalidRequest, ServiceError, TooLarge
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -122,17 +122,17 @@ FILTER_RULES = tuple(CountRule(r.level - 1, r.limit_name, r.code, r.message) for
 def check_shape(data: bytes, settings: Settings, rules: tuple[CountRule, ...] = (), what: str = "JSON body") -> None:
     shape = prescan(data)
     if shape.depth > settings.max_json_depth:
-        raise ApiError(422, f"{what} is nested {shape.depth} levels deep; the limit is {settings.max_json_depth} "
-                            "(max_json_depth)", "too_deep")
+        raise InvalidRequest(f"{what} is nested {shape.depth} levels deep; the limit is {settings.max_json_depth} "
+                             "(max_json_depth)", "too_deep")
     ruled = {r.level for r in rules}
     for rule in rules:
         n, limit = shape.items.get(rule.level, 0), getattr(settings, rule.limit_name)
         if n > limit:
-            raise ApiError(413, rule.message.format(n=n, limit=limit), rule.code)
+            raise TooLarge(rule.message.format(n=n, limit=limit), rule.code)
     for lvl, n in shape.items.items():
         if lvl not in ruled and n > settings.max_json_items:
-            raise ApiError(413, f"a JSON array or object in the {what} holds {n} elements; the limit is "
-                                f"{settings.max_json_items} (max_json_items)", "too_many_items")
+            raise TooLarge(f"a JSON array or object in the {what} holds {n} elements; the limit is "
+                           f"{settings.max_json_items} (max_json_items)", "too_many_items")
 
 
 def _constant(name: str) -> Any:
@@ -157,22 +157,27 @@ def _int(text: str) -> int:
 
 
 def strict_loads(data: bytes, settings: Settings, rules: tuple[CountRule, ...] = (), what: str = "JSON body") -> Any:
-    """Parse `data` or raise ApiError (413 over a count, 422 otherwise); the shape is checked first."""
+    """Parse `data` or raise TooLarge (over a count) or InvalidRequest; the shape is checked first."""
     check_shape(data, settings, rules, what)
     try:
         value = json.loads(data, parse_constant=_constant, parse_float=_float, parse_int=_int)
     except PayloadRejected as exc:
-        raise ApiError(exc.status, f"{what}: {exc}", exc.code) from exc
-    except RecursionError as exc:  # unreachable after the depth check; kept so it can never become a 500
-        raise ApiError(422, f"{what} is nested too deeply", "too_deep") from exc
+        raise refusal(exc, f"{what}: {exc}") from exc
+    except RecursionError as exc:  # unreachable after the depth check; kept so it can never become an internal error
+        raise InvalidRequest(f"{what} is nested too deeply", "too_deep") from exc
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError (bytes that are not UTF-8)
-        raise ApiError(422, f"{what} is not valid JSON: {exc}", "invalid_request") from exc
+        raise InvalidRequest(f"{what} is not valid JSON: {exc}") from exc
     if _SURROGATE_ESCAPE.search(data):
         try:
             check_value(value, what, settings.max_json_depth)
         except PayloadRejected as exc:
-            raise ApiError(exc.status, str(exc), exc.code) from exc
+            raise refusal(exc) from exc
     return value
+
+
+def refusal(exc: PayloadRejected, message: str | None = None) -> ServiceError:
+    """The indexer's rejection of a payload, as the service's refusal."""
+    return (TooLarge if exc.too_large else InvalidRequest)(message or str(exc), exc.code)
 
 
 def payload_limits(settings: Settings) -> PayloadLimits:
@@ -183,14 +188,14 @@ def valid_metadata(meta: Any, settings: Settings, where: str) -> dict[str, Any]:
     try:
         return check_metadata(meta, payload_limits(settings), where)
     except PayloadRejected as exc:
-        raise ApiError(exc.status, str(exc), exc.code) from exc
+        raise refusal(exc) from exc
 
 
 def valid_id(item_id: Any, settings: Settings, where: str = "id") -> str:
     try:
         return check_id(item_id, settings.max_id_chars)
     except PayloadRejected as exc:
-        raise ApiError(422, f"{where}: {exc}", exc.code) from exc
+        raise InvalidRequest(f"{where}: {exc}", exc.code) from exc
 
 
 def valid_filter(spec: Any, settings: Settings) -> None:
@@ -198,9 +203,9 @@ def valid_filter(spec: Any, settings: Settings) -> None:
     if spec is None:
         return
     if len(spec) > settings.max_filter_fields:
-        raise ApiError(413, f"the filter has {len(spec)} fields; the limit is {settings.max_filter_fields} "
-                            "(max_filter_fields)", "too_many_values")
+        raise TooLarge(f"the filter has {len(spec)} fields; the limit is {settings.max_filter_fields} "
+                       "(max_filter_fields)", "too_many_values")
     for value in spec.values():
         if isinstance(value, list) and len(value) > settings.max_filter_values:
-            raise ApiError(413, f"a filter field lists {len(value)} values; the limit is "
-                                f"{settings.max_filter_values} (max_filter_values)", "too_many_values")
+            raise TooLarge(f"a filter field lists {len(value)} values; the limit is "
+                           f"{settings.max_filter_values} (max_filter_values)", "too_many_values")

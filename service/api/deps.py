@@ -47,8 +47,13 @@ def require_read(request: Request) -> None:
         _check_key(request)
 
 
+def media_type(request: Request) -> str:
+    """The request's media type without parameters, lower-cased ('' when there is none): one rule for all."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
 def require_json(request: Request) -> None:
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype != "application/json":
         raise ApiError(415, f"send JSON (Content-Type: application/json), not {ctype or 'no content type'}",
                        "unsupported_media_type")

@@ -1,4 +1,5 @@
-"""Pure-ASGI guards: no request may 500 the connection away, and no JSON body reaches a parser unchecked.
+"""Pure-ASGI middleware: no request may 500 the connection away, no body is read past its limit, and no JSON
+body reaches a parser unchecked.
 
 `CatchAll` replaces Starlette's `Exception` handler, which answers and then re-raises, so that uvicorn
 drops the connection and a keep-alive client's next request fails too. Here an unexpected exception
@@ -7,19 +8,24 @@ becomes a 500 in the error shape and the connection stays usable.
 `JsonGuard` reads a JSON body (bounded by `max_json_bytes`, by Content-Length or while streaming),
 checks its shape and values (service/validation.py) and only then replays it to FastAPI, whose own
 `json.loads` would accept NaN, recurse without bound and hand a million items to pydantic.
+
+`BodyLimit` answers 413 by Content-Length or while streaming; `Timing` records latency per route and status.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .config import Settings
-from .errors import ApiError
-from .metrics import ERRORS
-from .validation import ROUTE_RULES, strict_loads
+from ..config import Settings
+from ..errors import status_of
+from ..exceptions import ServiceError
+from ..metrics import ERRORS, REQUEST_LATENCY
+from ..validation import ROUTE_RULES, strict_loads
 
 log = logging.getLogger("finesearch.service")
 
@@ -99,8 +105,8 @@ class JsonGuard:
         if body:
             try:
                 strict_loads(body, self.settings, ROUTE_RULES.get(scope["path"], ()))
-            except ApiError as exc:
-                await send_error(send, exc.status, exc.code, exc.message)
+            except ServiceError as exc:
+                await send_error(send, status_of(exc), exc.code, exc.message)
                 return
         replayed = False
 
@@ -112,3 +118,86 @@ class JsonGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class _TooLarge(StarletteHTTPException):
+    """Raised from inside body reads, so FastAPI's and Starlette's parsers pass it on as a 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is larger than the limit of {limit} bytes (max_body_bytes)")
+
+
+class BodyLimit:
+    """413 for bodies over the limit, by Content-Length or while streaming (chunked uploads)."""
+
+    def __init__(self, app: ASGIApp, default: int, per_path: dict[str, int]) -> None:
+        self.app, self.default, self.per_path = app, default, per_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.per_path.get(scope["path"], self.default)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._reject(send, limit)
+            return
+        seen = 0
+        started = False
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge(limit)
+            return msg
+
+        async def tracking(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited, tracking)
+        except _TooLarge:
+            if not started:
+                await self._reject(send, limit)
+
+    @staticmethod
+    async def _reject(send: Send, limit: int) -> None:
+        message = f"request body is larger than the limit of {limit} bytes (max_body_bytes)"
+        body = json.dumps({"error": {"code": "too_large", "message": message}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class Timing:
+    """Request latency per route template and status (pure ASGI: no body buffering, no task groups)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def capture(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            REQUEST_LATENCY.labels(route=route, method=scope["method"], status=str(status)).observe(
+                time.perf_counter() - t0)

@@ -8,7 +8,8 @@ import pytest
 
 from indexer.validation import PayloadLimits, PayloadRejected, check_metadata, id_problem, path_id
 from service.config import Settings
-from service.errors import ApiError
+from service.errors import status_of
+from service.exceptions import ServiceError
 from service.validation import ROUTE_RULES, prescan, strict_loads
 
 S = Settings.model_construct()
@@ -42,14 +43,14 @@ def test_prescan_measures_depth_and_counts_without_parsing(doc: str, depth: int,
     (b"[" + b"1," * 1500 + b"1]", 413, "too_many_items", "max_json_items"),
 ])
 def test_strict_loads_refuses_with_the_limit_named(body: bytes, status: int, code: str, says: str) -> None:
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(ServiceError) as err:
         strict_loads(body, S)
-    assert (err.value.status, err.value.code) == (status, code) and says in err.value.message
+    assert (status_of(err.value), err.value.code) == (status, code) and says in err.value.message
 
 
 def test_route_rules_come_before_the_generic_count() -> None:
     body = b'{"items": [' + b",".join([b'{"text": "x"}'] * 1001) + b"]}"
-    with pytest.raises(ApiError, match=r"1001 texts in one request; the limit is 1000 \(max_texts_per_request\)"):
+    with pytest.raises(ServiceError, match=r"1001 texts in one request; the limit is 1000 \(max_texts_per_request\)"):
         strict_loads(body, S, ROUTE_RULES["/v1/texts"])
     assert strict_loads(b'{"v": [9223372036854775807, -9223372036854775808, 1.5, "\\u00e9"]}', S) == {
         "v": [2**63 - 1, -(2**63), 1.5, "é"]}

@@ -12,7 +12,8 @@ from indexer.stores import IMAGES, TEXTS
 from ...errors import ApiError
 from ...schemas import ErrorResponse, ImageOut, TextOut, TextsIn, UploadResponse
 from ...validation import strict_loads, valid_id, valid_metadata
-from ..deps import EngineDep, JsonBody, Read, Write
+from ..deps import EngineDep, JsonBody, Read, Write, media_type
+from ..links import linked
 
 router = APIRouter(prefix="/v1", tags=["items"], responses={c: {"model": ErrorResponse} for c in (401, 404, 413,
                                                                                                 415, 422, 503)})
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/v1", tags=["items"], responses={c: {"model": ErrorRe
 async def upload_images(request: Request, engine: EngineDep) -> dict[str, Any]:
     """One entry per file: its id, or why it was rejected; a bad file never fails the others.
     Re-sending an existing id replaces that item."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype != "multipart/form-data":
         raise ApiError(415, "upload images as multipart/form-data (field 'files')", "unsupported_media_type")
     s = engine.settings
@@ -95,7 +96,7 @@ async def add_texts(body: TextsIn, engine: EngineDep) -> dict[str, Any]:
 
 @router.get("/images/{item_id}", response_model=ImageOut, dependencies=[Read])
 async def get_image(item_id: str, engine: EngineDep) -> dict[str, Any]:
-    return await asyncio.to_thread(engine.get, IMAGES, item_id)
+    return linked(await asyncio.to_thread(engine.get, IMAGES, item_id))
 
 
 @router.get("/images/{item_id}/content", dependencies=[Read], response_class=FileResponse,

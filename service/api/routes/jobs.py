@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 
 from ...errors import ApiError
 from ...schemas import ErrorResponse, JobList, JobOut
-from ..deps import EngineDep, JobsDep, Read, Write
+from ..deps import EngineDep, JobsDep, Read, Write, media_type
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={c: {"model": ErrorResponse} for c in (401, 404, 413,
                                                                                                     415, 422, 503)})
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={c: {"model": Err
 async def create_job(request: Request, engine: EngineDep, jobs: JobsDep) -> dict[str, Any]:
     """Images anywhere in the archive; optional `metadata.jsonl` ({"file", "id"?, "metadata"}) and
     `captions.jsonl` ({"image", "caption"}) files. Poll `GET /v1/jobs/{id}` for progress."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype != "multipart/form-data":
         raise ApiError(415, "upload the archive as multipart/form-data (field 'archive')", "unsupported_media_type")
     form = await request.form(max_files=1, max_fields=5)

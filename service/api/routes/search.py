@@ -10,7 +10,8 @@ from ...engine import SearchOptions
 from ...errors import ApiError
 from ...schemas import ErrorResponse, ImageIdSearch, SearchParams, SearchResponse, TextSearch
 from ...validation import FILTER_RULES, strict_loads, valid_filter
-from ..deps import EngineDep, Read
+from ..deps import EngineDep, Read, media_type
+from ..links import linked
 
 router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[Read],
                    responses={c: {"model": ErrorResponse} for c in (400, 401, 409, 413, 415, 422, 503)})
@@ -45,7 +46,7 @@ async def search_images(request: Request, engine: EngineDep) -> dict[str, Any]:
     """JSON `{"text": ...}` finds the images a caption describes, reranked by the matcher. JSON
     `{"image_id": ...}` or a multipart `image` finds similar images by the global cosine alone (the matcher
     compares words with patches: an image query has no words), scores raw, the query image left out."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype == "application/json":
         raw = await request.body()
         doc = strict_loads(raw, engine.settings)
@@ -73,8 +74,9 @@ def _validated(model: type[SearchParams], raw: bytes) -> Any:
         raise RequestValidationError(exc.errors()) from exc
 
 
-def _response(engine: Any, out: Any, raw_scores: bool = False) -> dict[str, Any]:
-    return {"results": out.results, "timing_ms": out.timing_ms, "model": engine.bundle.id,
+def _response(engine: Any, out: Any, raw_scores: bool = False, images: bool = True) -> dict[str, Any]:
+    results = [linked(r) for r in out.results] if images else out.results
+    return {"results": results, "timing_ms": out.timing_ms, "model": engine.bundle.id,
             "scores": "raw" if raw_scores or engine.calibration is None else "probability", "notice": engine.notice}
 
 
@@ -86,7 +88,7 @@ def _response(engine: Any, out: Any, raw_scores: bool = False) -> dict[str, Any]
 async def search_texts(request: Request, engine: EngineDep) -> dict[str, Any]:
     """Query with an uploaded image (multipart field `image` plus the options as form fields)
     or with an indexed image (JSON `{"image_id": ...}`)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request)
     if ctype == "application/json":
         body = _validated(ImageIdSearch, await request.body())
         valid_filter(body.filter, engine.settings)
@@ -97,7 +99,7 @@ async def search_texts(request: Request, engine: EngineDep) -> dict[str, Any]:
     else:
         raise ApiError(415, "send multipart/form-data with an 'image' file, or JSON with an 'image_id'",
                        "unsupported_media_type")
-    return _response(engine, out)
+    return _response(engine, out, images=False)
 
 
 async def _image_form(request: Request, engine: Any) -> tuple[SearchOptions, bytes]:
