@@ -36,7 +36,17 @@ class _QuietDeliberateInit(logging.Filter):
         return not str(record.msg).startswith("No pretrained weights loaded")
 
 
-logging.getLogger().addFilter(_QuietDeliberateInit())
+def _random_init(name: str) -> nn.Module:
+    """An open_clip model with random weights, asked for on purpose: its warning is filtered from the root
+    logger (where open_clip writes it) for this call only, so importing the package changes no logging."""
+    quiet = _QuietDeliberateInit()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        return open_clip.create_model(name, pretrained=None)
+    finally:
+        root.removeFilter(quiet)
+
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 open_clip.add_model_config(CONFIG_DIR)
 
@@ -207,7 +217,7 @@ class Backbone:
                     "or a local checkpoint file, or ask for random weights explicitly (--from-scratch)"
                 )
             torch.manual_seed(seed)
-            model = open_clip.create_model(name, pretrained=None)
+            model = _random_init(name)
             return cls(model, name, config, BackboneSource(name, None, {"init": "scratch", "seed": seed}), dev,
                        precision)
         if _looks_like_path(pretrained) or Path(pretrained).exists():
@@ -264,7 +274,7 @@ class Backbone:
             backbone.invalidate_fingerprint()
             return backbone
         register_model_config(name, config)
-        model = open_clip.create_model(name, pretrained=None)
+        model = _random_init(name)
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         if missing or unexpected:
             raise BackboneError(

@@ -122,3 +122,16 @@ def test_device_and_precision_selection() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(BackboneError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+def test_a_deliberate_random_init_is_quiet_and_leaves_logging_as_it_was(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    before = list(logging.getLogger().filters)
+    with caplog.at_level(logging.WARNING):
+        Backbone.load(TINY_MODEL, None, from_scratch=True, device="cpu")
+    assert not [r for r in caplog.records if "No pretrained weights" in r.getMessage()]
+    assert logging.getLogger().filters == before  # importing or loading installs no filter for good
+    with caplog.at_level(logging.WARNING):  # anyone else's warning still shows
+        logging.warning("No pretrained weights loaded for model 'x'.")
+    assert any("No pretrained weights" in r.getMessage() for r in caplog.records)

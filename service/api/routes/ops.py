@@ -23,8 +23,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> dict[str, str]:
     engine = getattr(request.app.state, "engine", None)
     if engine is None:
-        raise ApiError(503, getattr(request.app.state, "startup_error", None) or "the model is still loading",
-                       "not_ready")
+        raise ApiError(503, "the model is still loading", "not_ready")
     if not await asyncio.to_thread(engine.ready):
         raise ApiError(503, "the vector store does not answer", "not_ready")
     return {"status": "ready", "model": engine.bundle.id}
