@@ -31,7 +31,14 @@ from training.progress import progress_bar
 from training.tokenbank import TokenBank
 
 from .blobs import BlobStore
-from .preparation import PreparationMismatch, Prepared, Preparer, check_store_features, open_prepared, prepared_root
+from .preparation import (
+    PreparationMismatch,
+    PreparedFeatures,
+    Preparer,
+    check_store_features,
+    open_prepared,
+    prepared_root,
+)
 from .stores import IMAGES, TEXTS, VectorStore
 from .stores.base import FEATURES_EXTRAS, FEATURES_FP
 from .validation import PayloadLimits, PayloadRejected, check_id, check_metadata
@@ -128,7 +135,7 @@ def check_text(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:
 
 
 @dataclass
-class _Prepared:
+class _DecodedBatch:
     ids: list[str]
     pixels: np.ndarray | None  # [B, S, S, 3] uint8
     payloads: list[dict[str, Any]]
@@ -215,7 +222,7 @@ class Indexer:
         prepared = self.prepared.get(name)
         return prepared if prepared is not None else self.banks[name]
 
-    def _prepare_features(self, kind: str, tokens: Any, lengths: np.ndarray, globals_: Any) -> Prepared | None:
+    def _prepare_features(self, kind: str, tokens: Any, lengths: np.ndarray, globals_: Any) -> PreparedFeatures | None:
         return self.preparer.prepare(kind, tokens, lengths, globals_) if self.preparer is not None else None
 
     # --------------------------------------------------------------- images
@@ -236,7 +243,7 @@ class Indexer:
         check_metadata(item.metadata, self.limits)
 
     def _prepare(self, pool: ThreadPoolExecutor, batch: Sequence[tuple[int, ImageItem]], skip_existing: bool,
-                 seen: dict[str, int], hashes: dict[str, str], collection: str) -> _Prepared:
+                 seen: dict[str, int], hashes: dict[str, str], collection: str) -> _DecodedBatch:
         """Read, check and decode one batch. With `skip_existing`, a photo already indexed under another id
         (same content hash: `index images` after `index dataset`, a bulk job over the same photos) is not
         stored again: it is skipped under the id it already has, so captions link to that one item."""
@@ -294,7 +301,7 @@ class Indexer:
                 "sha256": digest, "bytes": len(data), **info,
                 "metadata": dict(item.metadata), **item.extra,
             })
-        return _Prepared(out_ids, np.stack(pixels) if pixels else None, payloads, positions, skipped, failures)
+        return _DecodedBatch(out_ids, np.stack(pixels) if pixels else None, payloads, positions, skipped, failures)
 
     def index_images(self, items: Iterable[ImageItem], *, skip_existing: bool = True, progress: bool = False,
                      total: int | None = None, on_batch: Callable[[Summary], None] | None = None,
@@ -398,7 +405,7 @@ class Indexer:
 
     # ---------------------------------------------------------------- writes
     def _write(self, collection: str, ids: list[str], globals_: Any, tokens: Any, lengths: np.ndarray,
-               payloads: list[dict[str, Any]], prepared: Prepared | None = None) -> dict[int, str]:
+               payloads: list[dict[str, Any]], prepared: PreparedFeatures | None = None) -> dict[int, str]:
         """Features first (durable), then Qdrant, then tombstone the rows of replaced items.
 
         Returns {batch index: why the store refused it}. A refused batch is rolled back (its fresh rows
@@ -415,7 +422,7 @@ class Indexer:
             refused: dict[int, str] = {}
             for k in range(len(ids)):
                 try:
-                    one = None if prepared is None else Prepared(
+                    one = None if prepared is None else PreparedFeatures(
                         prepared.tokens[k:k + 1], prepared.lengths[k:k + 1],
                         None if prepared.extras is None else prepared.extras[k:k + 1])
                     self._write_batch(collection, ids[k:k + 1], globals_[k:k + 1], tokens[k:k + 1],
@@ -425,7 +432,7 @@ class Indexer:
             return refused
 
     def _write_batch(self, collection: str, ids: list[str], globals_: Any, tokens: Any, lengths: np.ndarray,
-                     payloads: list[dict[str, Any]], prepared: Prepared | None) -> None:
+                     payloads: list[dict[str, Any]], prepared: PreparedFeatures | None) -> None:
         bank = self.banks[collection]
         previous = self.store.retrieve(collection, ids)
         rows = bank.reserve(len(ids))
@@ -504,7 +511,7 @@ class Indexer:
         self.store.close()
 
 
-def _prefetch(gen: Iterator[_Prepared] | Iterable[_Prepared], depth: int) -> Iterator[_Prepared]:
+def _prefetch(gen: Iterator[_DecodedBatch] | Iterable[_DecodedBatch], depth: int) -> Iterator[_DecodedBatch]:
     """Run a generator on a background thread, `depth` items ahead of the consumer."""
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     sentinel = object()

@@ -42,7 +42,7 @@ def reprepare_hint(data_dir: Path) -> str:
 
 
 @dataclass
-class Prepared:
+class PreparedFeatures:
     tokens: torch.Tensor  # [B, L, d]
     lengths: np.ndarray  # [B]
     extras: torch.Tensor | None  # [B, e] (captions: the LDA weights)
@@ -60,18 +60,18 @@ class Preparer:
 
     @torch.inference_mode()
     def prepare(self, kind: str, tokens: torch.Tensor, lengths: np.ndarray, globals_: torch.Tensor | None
-                ) -> Prepared:
+                ) -> PreparedFeatures:
         m = self.matcher
         dev = next(m.parameters()).device
         tokens = tokens.to(dev)
         if kind == "images":
             g = globals_.to(dev) if globals_ is not None else tokens.new_zeros(tokens.shape[0], tokens.shape[2])
             img = m.prepare_images(tokens, g)
-            return Prepared(img.patches, np.full(len(lengths), img.patches.shape[1]), None)
+            return PreparedFeatures(img.patches, np.full(len(lengths), img.patches.shape[1]), None)
         lens = torch.as_tensor(np.asarray(lengths), device=dev)
         mask = torch.arange(tokens.shape[1], device=dev)[None, :] < lens[:, None]
         txt = m.prepare_texts(tokens, mask, tokens.new_zeros(tokens.shape[0], tokens.shape[2]))
-        return Prepared(txt.words, txt.mask.sum(1).cpu().numpy(), txt.lda)
+        return PreparedFeatures(txt.words, txt.mask.sum(1).cpu().numpy(), txt.lda)
 
 
 def prepared_root(raw_root: Path) -> Path:

@@ -80,7 +80,7 @@ class Outcome:
 
 
 @dataclass
-class _Query:
+class _QueryFeatures:
     """Query features on the model device: global [d] and tokens [n, d] (an indexed image's come prepared)."""
 
     globals: torch.Tensor
@@ -91,7 +91,7 @@ class _Query:
 @dataclass
 class _RerankJob:
     direction: str  # "t2i": text query vs image candidates; "i2t": image query vs text candidates
-    query: _Query
+    query: _QueryFeatures
     tokens: torch.Tensor  # candidates' prepared features [k, L, d] (fp16)
     mask: torch.Tensor  # [k, L]
     extras: torch.Tensor | None  # [k, e]: text candidates' LDA weights
@@ -160,9 +160,9 @@ class Engine:
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=torch.set_num_threads,
                                                initargs=(threads,))
         window = settings.batch_window_ms
-        self.text_encoder: MicroBatcher[str, _Query] = MicroBatcher(
+        self.text_encoder: MicroBatcher[str, _QueryFeatures] = MicroBatcher(
             "encode_text", self._encode_texts, self.model_thread, settings.encode_batch, window)
-        self.image_encoder: MicroBatcher[np.ndarray, _Query] = MicroBatcher(
+        self.image_encoder: MicroBatcher[np.ndarray, _QueryFeatures] = MicroBatcher(
             "encode_image", self._encode_images, self.model_thread, settings.encode_batch, window)
         self.reranker: MicroBatcher[_RerankJob, tuple[torch.Tensor, torch.Tensor]] = MicroBatcher(
             "rerank", self._rerank, self.model_thread, settings.rerank_batch, window)
@@ -194,15 +194,15 @@ class Engine:
         self._rerank([_RerankJob("i2t", img, pt.tokens.half(), ones(pt), pt.extras, torch.zeros(1))])
 
     @torch.inference_mode()
-    def _encode_texts(self, texts: list[str]) -> list[_Query]:
+    def _encode_texts(self, texts: list[str]) -> list[_QueryFeatures]:
         f = self.backbone.encode_texts(texts)
         n = f.mask.sum(1).tolist()
-        return [_Query(f.globals[i], f.tokens[i, : n[i]]) for i in range(len(texts))]
+        return [_QueryFeatures(f.globals[i], f.tokens[i, : n[i]]) for i in range(len(texts))]
 
     @torch.inference_mode()
-    def _encode_images(self, pixels: list[np.ndarray]) -> list[_Query]:
+    def _encode_images(self, pixels: list[np.ndarray]) -> list[_QueryFeatures]:
         f = self.backbone.encode_images(np.stack(pixels))
-        return [_Query(f.globals[i], f.tokens[i]) for i in range(len(pixels))]
+        return [_QueryFeatures(f.globals[i], f.tokens[i]) for i in range(len(pixels))]
 
     @torch.inference_mode()
     def _rerank(self, jobs: list[_RerankJob]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -265,7 +265,7 @@ class Engine:
         except ValueError as exc:
             raise InvalidRequest(f"filter: {exc}", "invalid_request") from exc
 
-    async def _candidates(self, collection: str, query: _Query, opts: SearchOptions, timer: Timer
+    async def _candidates(self, collection: str, query: _QueryFeatures, opts: SearchOptions, timer: Timer
                           ) -> tuple[list[tuple[Hit, float | None, float | None]], Fetched | None]:
         """(hit, fused score, patch score) for the recalled candidates, scores None without rerank; and the
         reranked candidates' prepared features, in the same order (for explanations)."""
@@ -406,7 +406,7 @@ class Engine:
         timer.lap("encode")
         plain = SearchOptions(opts.limit + (image_id is not None), opts.candidates, False, None, opts.offset,
                               opts.filter)
-        scored, _ = await self._candidates(IMAGES, _Query(vec, vec[None]), plain, timer)
+        scored, _ = await self._candidates(IMAGES, _QueryFeatures(vec, vec[None]), plain, timer)
         hits = [h for h, _, _ in scored if h.id != image_id]
         if opts.min_score is not None:
             hits = [h for h in hits if h.score >= opts.min_score]
@@ -433,7 +433,7 @@ class Engine:
         await self._explain_page("i2t", query, found, page, results, opts, timer)
         return Outcome(results, timer.done())
 
-    async def _explain_page(self, direction: str, query: _Query, found: Fetched | None, page: list[int],
+    async def _explain_page(self, direction: str, query: _QueryFeatures, found: Fetched | None, page: list[int],
                             results: list[dict[str, Any]], opts: SearchOptions, timer: Timer,
                             text: str | None = None) -> None:
         """With `explain`, each reranked result of the page gets its word → patch explanation (training/explain.py),
@@ -451,8 +451,8 @@ class Engine:
         timer.lap("explain")
 
     @torch.inference_mode()
-    def _explain(self, direction: str, query: _Query, found: Fetched, page: list[int], results: list[dict[str, Any]],
-                 text: str | None) -> list[dict[str, Any]]:
+    def _explain(self, direction: str, query: _QueryFeatures, found: Fetched, page: list[int],
+                 results: list[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
         m, dev = self.matcher, self.device
         grid = self.backbone.grid
         idx = torch.tensor(page, device=found.tokens.device)
@@ -485,7 +485,7 @@ class Engine:
         except ImageRejected as exc:
             raise IMAGE_REFUSALS.get(exc.code, BadInput)(str(exc), exc.code) from exc
 
-    def _indexed_image_query(self, image_id: str) -> _Query:
+    def _indexed_image_query(self, image_id: str) -> _QueryFeatures:
         problem = id_problem(image_id, self.settings.max_id_chars)
         if problem:
             raise InvalidRequest(f"image_id: {problem}", "invalid_id")
@@ -500,7 +500,7 @@ class Engine:
                 raise Conflict(f"image {image_id!r} has no matcher features (indexed without the model): "
                                "run `finesearch index reprepare`, or send the image itself", "features_stale")
             if image_id in got and vec is not None:
-                return _Query(torch.from_numpy(vec[1]).to(self.device),
+                return _QueryFeatures(torch.from_numpy(vec[1]).to(self.device),
                               torch.from_numpy(got[image_id][1]).to(self.device), prepared=True)
             raise NotFound(f"no image with id {image_id!r}", "not_found")
         for _ in range(3):  # a concurrent replace may tombstone the row between retrieve and gather: look again
@@ -510,7 +510,7 @@ class Engine:
             payload, vec = found[image_id]
             tokens, _, kept = self.indexer.serving_bank(IMAGES).gather_live([payload.get("row", -1)])
             if len(kept):  # its prepared patches: the matcher already did its per-image work at indexing
-                return _Query(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device), prepared=True)
+                return _QueryFeatures(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device), prepared=True)
         raise NotFound(f"no image with id {image_id!r}", "not_found")
 
     # ---------------------------------------------------------------- writes

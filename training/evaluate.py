@@ -55,12 +55,7 @@ def prepare(matcher: Matcher, f: Features, device: torch.device | str = "cpu", b
     for lo in range(0, len(f.texts), batch):
         txts.append(matcher.prepare_texts(f.txt_tok[lo:lo + batch].to(device), f.txt_mask[lo:lo + batch].to(device),
                                           f.txt_glob[lo:lo + batch].to(device)))
-    views = torch.cat([p.views for p in imgs]) if imgs and imgs[0].views is not None else None
-    return PreparedSet(
-        PreparedImages(torch.cat([p.patches for p in imgs]), torch.cat([p.globals for p in imgs]), views),
-        PreparedTexts(*(torch.cat([getattr(p, k) for p in txts]) for k in ("words", "mask", "globals", "lda",
-                                                                           "importance"))).trimmed(),
-    )
+    return PreparedSet(PreparedImages.cat(imgs), PreparedTexts.cat(txts).trimmed())
 
 
 @dataclass

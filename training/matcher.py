@@ -264,6 +264,13 @@ class PreparedImages:
     def take(self, idx: torch.Tensor) -> PreparedImages:
         return PreparedImages(self.patches[idx], self.globals[idx], None if self.views is None else self.views[idx])
 
+    @staticmethod
+    def cat(parts: list[PreparedImages]) -> PreparedImages:
+        """Batches prepared apart (evaluation prepares a whole split in chunks) as one."""
+        views = [p.views for p in parts if p.views is not None]
+        return PreparedImages(torch.cat([p.patches for p in parts]), torch.cat([p.globals for p in parts]),
+                              torch.cat(views) if views else None)
+
 
 @dataclass
 class PreparedTexts:
@@ -277,6 +284,11 @@ class PreparedTexts:
 
     def take(self, idx: torch.Tensor) -> PreparedTexts:
         return PreparedTexts(self.words[idx], self.mask[idx], self.globals[idx], self.lda[idx], self.importance[idx])
+
+    @staticmethod
+    def cat(parts: list[PreparedTexts]) -> PreparedTexts:
+        """Batches prepared apart as one; all were padded to the same max_words."""
+        return PreparedTexts(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(PreparedTexts)))
 
     def trimmed(self) -> PreparedTexts:
         """Padding cut to the longest caption here: the same scores (masks), less work per pair."""

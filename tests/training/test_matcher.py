@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import replace
 from pathlib import Path
@@ -381,3 +382,22 @@ def test_an_older_config_without_the_new_options_loads_as_trained() -> None:
     assert not any(getattr(cfg, k) for k in added[:-1]) and cfg.patch_adapter
     new = MatcherConfig()  # what a new training uses
     assert new.word_context and new.patch_position and not new.patch_adapter
+
+
+@pytest.mark.parametrize("option", ["selector", "views"])
+def test_prepared_batches_concatenate_to_the_whole_set(option: str) -> None:
+    m = _trained_like(OPTIONS[option])
+    p, v, w, mask, t = _inputs()
+    with torch.no_grad():
+        whole_i, whole_t = m.prepare_images(p, v), m.prepare_texts(w, mask, t)
+        parts_i = [m.prepare_images(p[s], v[s]) for s in (slice(0, 1), slice(1, 4))]
+        parts_t = [m.prepare_texts(w[s], mask[s], t[s]) for s in (slice(0, 1), slice(1, 4))]
+    for whole, joined in ((whole_i, PreparedImages.cat(parts_i)), (whole_t, PreparedTexts.cat(parts_t))):
+        for f in dataclasses.fields(whole):
+            a, b = getattr(whole, f.name), getattr(joined, f.name)
+            assert (a is None) == (b is None), f.name
+            if a is not None:
+                torch.testing.assert_close(a, b, msg=f.name)
+    assert (whole_i.views is not None) == (option == "views")
+    idx = torch.tensor([2, 0])  # take() keeps the same rows of every field
+    torch.testing.assert_close(whole_t.take(idx).words, whole_t.words[idx])
