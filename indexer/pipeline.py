@@ -422,9 +422,7 @@ class Indexer:
             refused: dict[int, str] = {}
             for k in range(len(ids)):
                 try:
-                    one = None if prepared is None else PreparedFeatures(
-                        prepared.tokens[k:k + 1], prepared.lengths[k:k + 1],
-                        None if prepared.extras is None else prepared.extras[k:k + 1])
+                    one = None if prepared is None else prepared.take(slice(k, k + 1))
                     self._write_batch(collection, ids[k:k + 1], globals_[k:k + 1], tokens[k:k + 1],
                                       lengths[k:k + 1], payloads[k:k + 1], one)
                 except Exception as exc:

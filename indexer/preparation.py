@@ -47,6 +47,11 @@ class PreparedFeatures:
     lengths: np.ndarray  # [B]
     extras: torch.Tensor | None  # [B, e] (captions: the LDA weights)
 
+    def take(self, rows: slice) -> PreparedFeatures:
+        """The same rows of every field (a refused batch is retried item by item)."""
+        return PreparedFeatures(self.tokens[rows], self.lengths[rows],
+                                None if self.extras is None else self.extras[rows])
+
 
 class Preparer:
     """The matcher's per-item half, as the indexer and `reprepare` call it."""

@@ -501,7 +501,7 @@ class Engine:
                                "run `finesearch index reprepare`, or send the image itself", "features_stale")
             if image_id in got and vec is not None:
                 return _QueryFeatures(torch.from_numpy(vec[1]).to(self.device),
-                              torch.from_numpy(got[image_id][1]).to(self.device), prepared=True)
+                                      torch.from_numpy(got[image_id][1]).to(self.device), prepared=True)
             raise NotFound(f"no image with id {image_id!r}", "not_found")
         for _ in range(3):  # a concurrent replace may tombstone the row between retrieve and gather: look again
             found = self.store.retrieve(IMAGES, [image_id], with_vectors=True)

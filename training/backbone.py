@@ -47,6 +47,7 @@ def _random_init(name: str) -> nn.Module:
     finally:
         root.removeFilter(quiet)
 
+
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 open_clip.add_model_config(CONFIG_DIR)
 

@@ -227,3 +227,37 @@ def test_an_interrupted_swap_is_undone_at_open(tmp_path: Path, tiny_backbone: Ba
     ix = Indexer(tiny_backbone, open_store(data), data, matcher=m)
     assert len(ix.prepared[TEXTS]) == 5 and root.is_dir()
     ix.close()
+
+
+def test_an_item_the_store_refuses_fails_alone_and_the_rest_keep_their_prepared_features(
+        tmp_path: Path, tiny_backbone: Backbone) -> None:
+    """A refused batch is retried item by item: each retried item carries its own prepared row (LDA extras
+    included), so the prepared bank of the kept captions equals a clean index's."""
+    m = _matcher(tiny_backbone, OPTIONS["word_context"])
+    clean = Indexer(tiny_backbone, open_store(tmp_path / "clean"), tmp_path / "clean", matcher=m)
+    ix = Indexer(tiny_backbone, open_store(tmp_path / "refusing"), tmp_path / "refusing", matcher=m)
+    try:
+        clean.index_texts(_texts())
+        upsert = ix.store.upsert
+
+        def refuse_t3(collection: str, ids: list[str], *args: object, **kwargs: object) -> None:
+            if "t3" in ids:
+                raise RuntimeError("no room for t3")
+            upsert(collection, ids, *args, **kwargs)  # type: ignore[arg-type]
+
+        with mock.patch.object(ix.store, "upsert", side_effect=refuse_t3):
+            summary = ix.index_texts(_texts())
+        assert summary.indexed == 4 and summary.failed == 1
+        assert summary.errors[3].code == "store_refused" and "no room for t3" in summary.errors[3].reason
+        kept = sorted(p["item_id"] for p in ix.store.scroll(TEXTS))
+        assert kept == ["t0", "t1", "t2", "t4"]
+        assert len(ix.prepared[TEXTS].live_rows()) == 4  # the refused item's rows were rolled back
+        for name in kept:
+            a, b = (index.prepared[TEXTS].fetch([index.store.retrieve(TEXTS, [name])[name][0]["row"]])
+                    for index in (ix, clean))
+            torch.testing.assert_close(a.tokens, b.tokens)
+            assert a.extras is not None and b.extras is not None
+            torch.testing.assert_close(a.extras, b.extras)
+    finally:
+        ix.close()
+        clean.close()
