@@ -55,17 +55,17 @@ def time_rerank(m: Matcher, direction: str, k: int, words: int, repeats: int, pr
             if direction == "t2i":  # one caption against k images
                 q = m.prepare_texts(toks[:1], mask[:1], globals_[:1]).trimmed()  # paired with every candidate
                 if prepared:
-                    cand = PreparedImages(stored_img.float(), torch.zeros_like(globals_))
+                    cand = PreparedImages.of_patches(stored_img)
                 else:
                     cand = m.prepare_images(patches, globals_)
-                m.score_pairs(cand, q, s_global, direction)
+                m.rerank(q, cand, None, s_global)
             else:  # one image against k captions
                 q = m.prepare_images(patches[:1], globals_[:1])
                 if prepared:
                     cand = m.texts_from_words(stored_words.float(), mask, None, stored_lda).trimmed()
                 else:
                     cand = m.prepare_texts(toks, mask, torch.zeros_like(globals_)).trimmed()
-                m.score_pairs(q, cand, s_global, direction)
+                m.rerank(q, cand, None, s_global)
             if r >= 10:  # warm-up excluded
                 ms.append((time.perf_counter() - t) * 1000)
     return ms

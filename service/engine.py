@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn.utils.rnn import pad_sequence
 
 from indexer.blobs import BlobStore
 from indexer.pipeline import ImageItem, Indexer, TextItem, check_text
@@ -34,7 +35,7 @@ from training.bundle import Bundle, load_bundle
 from training.defaults import TINY_MODEL
 from training.explain import explain_pairs
 from training.images import ImageRejected, load_for_model, probe_image
-from training.matcher import DIRECTIONS, KINDS, Matcher, PreparedImages
+from training.matcher import DIRECTIONS, KINDS, Matcher, PreparedImages, PreparedTexts
 from training.tokenbank import Fetched
 
 from .batching import MicroBatcher, OutOfMemory
@@ -204,49 +205,58 @@ class Engine:
         f = self.backbone.encode_images(np.stack(pixels))
         return [_QueryFeatures(f.globals[i], f.tokens[i]) for i in range(len(pixels))]
 
+    def _text_queries(self, queries: list[_QueryFeatures]) -> PreparedTexts:
+        """Captions typed at query time, prepared as the bank's captions were at indexing."""
+        words = pad_sequence([q.tokens.float() for q in queries], batch_first=True)
+        lengths = torch.tensor([q.tokens.shape[0] for q in queries])
+        mask = torch.arange(words.shape[1])[None] < lengths[:, None]
+        glob = torch.stack([q.globals for q in queries])
+        return self.matcher.prepare_texts(words.to(self.device), mask.to(self.device), glob.to(self.device)).trimmed()
+
+    def _image_queries(self, queries: list[_QueryFeatures]) -> PreparedImages:
+        """Query images prepared here, except indexed ones, whose prepared patches the bank already holds."""
+        dev = self.device
+        patches = [q.tokens.to(dev).float() for q in queries]
+        fresh = [k for k, q in enumerate(queries) if not q.prepared]
+        if fresh:
+            done = self.matcher.prepare_images(torch.stack([queries[k].tokens for k in fresh]).to(dev),
+                                               torch.stack([queries[k].globals for k in fresh]).to(dev)).patches
+            for j, k in enumerate(fresh):
+                patches[k] = done[j]
+        return PreparedImages.of_patches(torch.stack(patches))
+
+    def _stored_texts(self, tokens: torch.Tensor, mask: torch.Tensor, extras: torch.Tensor | None) -> PreparedTexts:
+        """Captions prepared at indexing, as the bank returns them (text globals only enter the global term,
+        which Qdrant already scored)."""
+        dev = self.device
+        return self.matcher.texts_from_words(tokens.to(dev), mask.to(dev), None,
+                                             None if extras is None else extras.to(dev)).trimmed()
+
     @torch.inference_mode()
     def _rerank(self, jobs: list[_RerankJob]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every candidate of every job scored in one matcher call per direction."""
-        m, dev = self.matcher, self.device
+        dev = self.device
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(jobs)
-        lmax = m.config.max_words
         for direction in ("t2i", "i2t"):
             idx = [i for i, j in enumerate(jobs) if j.direction == direction]
             if not idx:
                 continue
-            sizes = [jobs[i].tokens.shape[0] for i in idx]
-            s_global = torch.cat([jobs[i].scores for i in idx]).to(dev)
-            qidx = torch.repeat_interleave(torch.arange(len(idx), device=dev), torch.tensor(sizes, device=dev))
+            group = [jobs[i] for i in idx]
+            sizes = [j.tokens.shape[0] for j in group]
+            s_global = torch.cat([j.scores for j in group]).to(dev)
+            owner = None if len(group) == 1 else torch.repeat_interleave(  # one query: paired by broadcast
+                torch.arange(len(group), device=dev), torch.tensor(sizes, device=dev))
+            queries = [j.query for j in group]
             if direction == "t2i":  # the caption is prepared here; the images were at indexing
-                padded = [pad_words(jobs[i].query.tokens[None].float(),
-                                    torch.ones(1, jobs[i].query.tokens.shape[0], dtype=torch.bool), lmax) for i in idx]
-                words, wmask = torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded])
-                q_glob = torch.stack([jobs[i].query.globals for i in idx]).to(dev)
-                q = m.prepare_texts(words.to(dev), wmask.to(dev), q_glob).trimmed()
-                q = q if len(idx) == 1 else q.take(qidx)  # one query: paired with every candidate as it is
-                patches = torch.cat([jobs[i].tokens for i in idx]).to(dev).float()
-                c = PreparedImages(patches, patches.new_zeros(patches.shape[0], m.config.dim))
-                fused, patch = m.score_pairs(c, q, s_global, direction)
+                fused, fine = self.matcher.rerank(self._text_queries(queries), PreparedImages.of_patches(
+                    torch.cat([j.tokens for j in group]).to(dev)), owner, s_global)
             else:  # the image is prepared here (unless it is an indexed one); the captions were at indexing
-                queries = [jobs[i].query for i in idx]
-                fresh = [k for k, qu in enumerate(queries) if not qu.prepared]
-                patches = [qu.tokens.to(dev).float() for qu in queries]
-                if fresh:
-                    done = m.prepare_images(torch.stack([queries[k].tokens for k in fresh]).to(dev),
-                                            torch.stack([queries[k].globals for k in fresh]).to(dev)).patches
-                    for j, k in enumerate(fresh):
-                        patches[k] = done[j]
-                stacked = torch.stack(patches)
-                q = PreparedImages(stacked, stacked.new_zeros(len(idx), m.config.dim))
-                q = q if len(idx) == 1 else q.take(qidx)
-                width = max(int(jobs[i].tokens.shape[1]) for i in idx)
-                padded = [pad_words(jobs[i].tokens, jobs[i].mask, width) for i in idx]
-                toks, masks = torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded])
-                lda = torch.cat([jobs[i].extras for i in idx])  # type: ignore[misc]
-                # text globals only enter the global term, which Qdrant already scored (s_global)
-                c = m.texts_from_words(toks.to(dev), masks.to(dev), None, lda.to(dev)).trimmed()
-                fused, patch = m.score_pairs(q, c, s_global, direction)
-            for i, f, p in zip(idx, fused.float().cpu().split(sizes), patch.float().cpu().split(sizes), strict=True):
+                width = max(int(j.tokens.shape[1]) for j in group)
+                padded = [pad_words(j.tokens, j.mask, width) for j in group]
+                lda = torch.cat([j.extras for j in group])  # type: ignore[misc]
+                stored = self._stored_texts(torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded]), lda)
+                fused, fine = self.matcher.rerank(self._image_queries(queries), stored, owner, s_global)
+            for i, f, p in zip(idx, fused.float().cpu().split(sizes), fine.float().cpu().split(sizes), strict=True):
                 out[i] = (f, p)
         return out  # type: ignore[return-value]
 
@@ -453,28 +463,20 @@ class Engine:
     @torch.inference_mode()
     def _explain(self, direction: str, query: _QueryFeatures, found: Fetched, page: list[int],
                  results: list[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
-        m, dev = self.matcher, self.device
-        grid = self.backbone.grid
+        dev = self.device
         idx = torch.tensor(page, device=found.tokens.device)
-        zeros = torch.zeros(len(page), m.config.dim, device=dev)
         if direction == "t2i":
-            n = query.tokens.shape[0]
-            words, mask = pad_words(query.tokens[None].float(), torch.ones(1, n, dtype=torch.bool), m.config.max_words)
-            txt = m.prepare_texts(words.to(dev), mask.to(dev), query.globals[None].to(dev)).trimmed()
-            txt = txt.take(torch.zeros(len(page), dtype=torch.long, device=dev))
-            img = PreparedImages(found.tokens[idx].to(dev).float(), zeros)
-            pieces = [self.backbone.word_pieces(text or "", n)] * len(page)
+            txt = self._text_queries([query]).expand(len(page))
+            img = PreparedImages.of_patches(found.tokens[idx].to(dev))
+            pieces = [self.backbone.word_pieces(text or "", query.tokens.shape[0])] * len(page)
         else:
-            patches = query.tokens[None].to(dev).float()
-            if not query.prepared:
-                patches = m.prepare_images(query.tokens[None].to(dev), query.globals[None].to(dev)).patches
-            img = PreparedImages(patches.expand(len(page), -1, -1), zeros)
-            extras = found.extras[idx].to(dev) if found.extras is not None else None
-            txt = m.texts_from_words(found.tokens[idx].to(dev), found.mask[idx].to(dev), None, extras)
+            img = self._image_queries([query]).expand(len(page))
+            extras = found.extras[idx] if found.extras is not None else None
+            txt = self._stored_texts(found.tokens[idx], found.mask[idx], extras)
             lengths = found.mask[idx].sum(1).tolist()
             pieces = [self.backbone.word_pieces(r.get("text") or "", int(n)) for r, n in zip(results, lengths,
                                                                                          strict=True)]
-        return explain_pairs(m, img, txt, grid, pieces)  # type: ignore[arg-type]
+        return explain_pairs(self.matcher, img, txt, self.backbone.grid, pieces)  # type: ignore[arg-type]
 
     def decode_upload(self, data: bytes) -> np.ndarray:
         if len(data) > self.settings.max_image_bytes:

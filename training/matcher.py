@@ -261,8 +261,21 @@ class PreparedImages:
     # when needed (the service keeps only the patches: views cost V·K·d per candidate, less than the interaction)
     views: torch.Tensor | None = None
 
+    @staticmethod
+    def of_patches(patches: torch.Tensor) -> PreparedImages:
+        """Patches prepared at indexing (as the token bank keeps them) or for a query, without their global
+        vectors: callers that pass the global cosines (Qdrant's scores) never read them, so they are zeros."""
+        patches = patches.float()
+        return PreparedImages(patches, patches.new_zeros(patches.shape[0], patches.shape[-1]))
+
     def take(self, idx: torch.Tensor) -> PreparedImages:
         return PreparedImages(self.patches[idx], self.globals[idx], None if self.views is None else self.views[idx])
+
+    def expand(self, n: int) -> PreparedImages:
+        """One image as n aligned rows, as views of the same memory (explaining one query against a page)."""
+        assert self.patches.shape[0] == 1, "expand repeats a single image"
+        return PreparedImages(self.patches.expand(n, -1, -1), self.globals.expand(n, -1),
+                              None if self.views is None else self.views.expand(n, -1, -1))
 
     @staticmethod
     def cat(parts: list[PreparedImages]) -> PreparedImages:
@@ -284,6 +297,12 @@ class PreparedTexts:
 
     def take(self, idx: torch.Tensor) -> PreparedTexts:
         return PreparedTexts(self.words[idx], self.mask[idx], self.globals[idx], self.lda[idx], self.importance[idx])
+
+    def expand(self, n: int) -> PreparedTexts:
+        """One caption as n aligned rows, as views of the same memory."""
+        assert self.words.shape[0] == 1, "expand repeats a single caption"
+        return PreparedTexts(*(getattr(self, f.name).expand(n, *getattr(self, f.name).shape[1:])
+                               for f in fields(PreparedTexts)))
 
     @staticmethod
     def cat(parts: list[PreparedTexts]) -> PreparedTexts:
@@ -649,15 +668,16 @@ class Matcher(nn.Module):
             self.share.copy_(torch.tensor([t2i, i2t], dtype=self.share.dtype))
 
     # ------------------------------------------------------ service calls
-    def rank_images(self, txt: PreparedTexts, img: PreparedImages) -> tuple[torch.Tensor, torch.Tensor]:
-        """One text query (batch 1) against k image candidates → (fused [k], patch [k])."""
-        k = img.patches.shape[0]
-        return self.score_pairs(img, txt.take(torch.zeros(k, dtype=torch.long, device=txt.words.device)),
-                                direction="t2i")
+    def rerank(self, queries: PreparedTexts | PreparedImages, candidates: PreparedImages | PreparedTexts,
+               owner: torch.Tensor | None = None, s_global: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidates of one or more queries, scored in one pass → (fused [N], fine [N]).
 
-    def rank_texts(self, img: PreparedImages, txt: PreparedTexts) -> tuple[torch.Tensor, torch.Tensor]:
-        """One image query (batch 1) against k caption candidates → (fused [k], patch [k])."""
-        k = txt.words.shape[0]
-        return self.score_pairs(img.take(torch.zeros(k, dtype=torch.long, device=img.patches.device)), txt,
-                                direction="i2t")
-
+        Captions as queries rank image candidates (t2i), images rank caption candidates (i2t). Candidate i
+        belongs to query owner[i]; with one query (owner None) it is paired with every candidate by broadcast,
+        with no copies. `s_global`: the candidates' global cosines (Qdrant's scores), else from the globals.
+        """
+        t2i = isinstance(queries, PreparedTexts)
+        q = queries if owner is None else queries.take(owner)
+        img, txt = (candidates, q) if t2i else (q, candidates)
+        return self.score_pairs(img, txt, s_global, "t2i" if t2i else "i2t")  # type: ignore[arg-type]

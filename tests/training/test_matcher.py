@@ -99,8 +99,16 @@ def test_batched_scorer_equals_per_pair_reference() -> None:
             torch.testing.assert_close(pairs, matrix.diag())
         # one query against k candidates, both directions, with each direction's share
         t2i, i2t = m.score_matrix(pi, pt, "t2i"), m.score_matrix(pi, pt, "i2t")
-        torch.testing.assert_close(m.rank_images(pt.take(torch.tensor([1])), pi)[0], t2i[:, 1])
-        torch.testing.assert_close(m.rank_texts(pi.take(torch.tensor([2])), pt)[0], i2t[2, :])
+        torch.testing.assert_close(m.rerank(pt.take(torch.tensor([1])), pi)[0], t2i[:, 1])
+        torch.testing.assert_close(m.rerank(pi.take(torch.tensor([2])), pt)[0], i2t[2, :])
+        # two queries' candidates in one call, each candidate scored against its own query
+        owner, cand = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([0, 3, 1, 2, 3])
+        queries = torch.tensor([1, 3])
+        torch.testing.assert_close(m.rerank(pt.take(queries), pi.take(cand), owner)[0], t2i[cand, queries[owner]])
+        torch.testing.assert_close(m.rerank(pi.take(queries), pt.take(cand), owner)[0], i2t[queries[owner], cand])
+        # one query expanded to aligned rows scores as the broadcast does
+        torch.testing.assert_close(m.score_pairs(pi, pt.take(torch.tensor([1])).expand(4), direction="t2i")[0],
+                                   t2i[:, 1])
 
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))
