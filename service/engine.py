@@ -25,7 +25,7 @@ from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
 from indexer.blobs import BlobStore
-from indexer.pipeline import ImageItem, Indexer, TextItem, check_text
+from indexer.pipeline import Indexer, TextItem, check_text
 from indexer.preparation import fetched_from_hits
 from indexer.stores import IMAGES, TEXTS, Hit, open_store
 from indexer.stores.base import FEATURES_FP, normalise_filter
@@ -34,7 +34,7 @@ from training.backbone import Backbone, pad_words
 from training.bundle import Bundle, load_bundle
 from training.defaults import TINY_MODEL
 from training.explain import explain_pairs
-from training.images import ImageRejected, load_for_model, probe_image
+from training.images import ImageRejected, load_for_model
 from training.matcher import DIRECTIONS, KINDS, Matcher, PreparedImages, PreparedTexts
 from training.tokenbank import Fetched
 
@@ -50,6 +50,7 @@ from .exceptions import (
     Unavailable,
     UnsupportedMedia,
 )
+from .ingest import Arrival, admit_all
 from .metrics import CANDIDATES, INDEX_SIZE, STAGE_LATENCY
 
 log = logging.getLogger("finesearch.engine")
@@ -523,23 +524,12 @@ class Engine:
 
         `sizes` are the files' sizes as received, when `data` holds only the first bytes of a large one."""
         results: list[dict[str, Any] | None] = [None] * len(files)
-        items, positions = [], []
-        for pos, (name, ctype, data) in enumerate(files):
-            try:
-                size = sizes[pos] if sizes else len(data)
-                if size > self.settings.max_image_bytes:
-                    raise ImageRejected(f"the file is {size} bytes, above the limit of "
-                                        f"{self.settings.max_image_bytes} (max_image_bytes)", "image_too_large")
-                if ctype and not (ctype.startswith("image/") or ctype == "application/octet-stream"):
-                    raise ImageRejected(f"content type {ctype} is not an image", "unsupported_media_type")
-                info = probe_image(data, self.settings.max_image_pixels)
-            except ImageRejected as exc:
-                results[pos] = {"filename": name, "id": None, "error": {"code": exc.code, "message": str(exc)}}
-                continue
-            digest = self.blobs.put(data)
-            items.append(ImageItem(data=data, id=ids[pos] or None, metadata=metadata.get(name, {}),
-                                   extra={"blob": digest, "content_type": info.mime, "filename": name}))
-            positions.append(pos)
+        arrivals = [Arrival(name, data, sizes[pos] if sizes else None, ctype, ids[pos], metadata.get(name, {}))
+                    for pos, (name, ctype, data) in enumerate(files)]
+        admitted = admit_all(arrivals, self.settings, self.blobs)
+        for pos, exc in admitted.refused.items():
+            results[pos] = {"filename": files[pos][0], "id": None, "error": {"code": exc.code, "message": str(exc)}}
+        items, positions = admitted.items, admitted.positions
         if items:
             summary = self.indexer.index_images(items, skip_existing=False)
             for k, pos in enumerate(positions):

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from indexer.pipeline import ImageItem, Summary, TextItem, metadata_entry
+from indexer.pipeline import Summary, TextItem, metadata_entry
 from indexer.stores import IMAGES, TEXTS
-from training.images import IMAGE_SUFFIXES, ImageRejected, probe_image
+from training.images import IMAGE_SUFFIXES
 
 from .exceptions import ServiceError
+from .ingest import Arrival, admit_all
 from .validation import strict_loads
 
 log = logging.getLogger("finesearch.jobs")
@@ -315,28 +316,18 @@ class JobManager:
         prior_images = job.get("indexed_images", 0)  # from a run a restart interrupted; made exact at the end
         job["indexed_images"] = job["indexed_texts"] = 0
         self._save(job)
-        items: list[ImageItem] = []
-        names: list[str] = []
         tag = {"job": job["id"]}
-        for f in files:
-            rel = str(f.relative_to(root))
+        names = [str(f.relative_to(root)) for f in files]
+        arrivals = []
+        for f, rel in zip(files, names, strict=True):
             m = meta.get(rel) or meta.get(f.name) or {}
-            try:
-                size = f.stat().st_size
-                if size > s.max_image_bytes:  # the same limits as an upload: bytes, then pixels
-                    raise ImageRejected(f"image is {size} bytes, above the limit of {s.max_image_bytes} "
-                                        "(max_image_bytes)", "image_too_large")
-                data = f.read_bytes()
-                info = probe_image(data, s.max_image_pixels)
-            except ImageRejected as exc:
-                errors.append({"item": rel, "reason": str(exc)})
-                job["failed"] += 1
-                job["done"] += 1
-                continue
-            digest = self.engine.blobs.put(data)
-            items.append(ImageItem(data=data, id=m.get("id"), metadata=m.get("metadata") or {},
-                                   extra={"blob": digest, "content_type": info.mime, "filename": rel, **tag}))
-            names.append(rel)
+            arrivals.append(Arrival(rel, f, id=m.get("id"), metadata=m.get("metadata") or {}, extra=tag))
+        admitted = admit_all(arrivals, s, self.engine.blobs)  # the same limits as an upload: bytes, then pixels
+        for pos, exc in admitted.refused.items():
+            errors.append({"item": names[pos], "reason": str(exc)})
+        job["failed"] += len(admitted.refused)
+        job["done"] += len(admitted.refused)
+        items, names = admitted.items, [names[pos] for pos in admitted.positions]
         t0 = time.perf_counter()
         base_done, base_failed = job["done"], job["failed"]
 

@@ -413,7 +413,7 @@ def test_12_exif_sizes_true_413_sizes_nested_archives_duplicate_names_and_no_pat
                                         ("files", ("big.png", big, "image/png"))], data={"ids": '["rot", "big"]'})
         rot, too_big = r.json()["items"]
         assert rot["error"] is None and too_big["error"]["code"] == "image_too_large"
-        assert too_big["error"]["message"] == f"the file is {len(big)} bytes, above the limit of 1000000 " \
+        assert too_big["error"]["message"] == f"image is {len(big)} bytes, above the limit of 1000000 " \
                                               "(max_image_bytes)"
         got = c.get("/v1/images/rot").json()
         assert (got["width"], got["height"]) == (20, 40)
