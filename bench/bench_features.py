@@ -26,7 +26,7 @@ from common import summary, table, write
 from qdrant_client import QdrantClient, grpc, models
 from qdrant_client.conversions.conversion import GrpcToRest
 
-from training.tokenbank import TokenBank
+from indexer.tokenbank import TokenBank
 
 SHAPES = {"tiny images": (64, 128), "ViT-B-32 images": (49, 512), "ViT-B-32 captions": (12, 512)}
 

@@ -21,9 +21,9 @@ from common import table, write
 
 from indexer.pipeline import ImageItem, Indexer, TextItem
 from indexer.stores import open_store
-from training.backbone import Backbone
-from training.images import load_for_model
-from training.matcher import Matcher
+from training.model.backbone import Backbone
+from training.model.images import load_for_model
+from training.model.matcher import Matcher
 from training.train import matcher_config_for
 
 COCO = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-mini"

@@ -30,11 +30,11 @@ from common import RESULTS, table, write
 from indexer.preparation import Preparer, prepared_root
 from indexer.stores import IMAGES, TEXTS
 from indexer.stores.edge import EdgeStore
-from training.backbone import Backbone
-from training.bundle import load_bundle, save_bundle
-from training.matcher import Matcher
+from indexer.tokenbank import TokenBank
+from training.model.backbone import Backbone
+from training.model.bundle import load_bundle, save_bundle
+from training.model.matcher import Matcher
 from training.synth import generate
-from training.tokenbank import TokenBank
 from training.train import matcher_config_for
 
 REPO = Path(__file__).resolve().parents[1]

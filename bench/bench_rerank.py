@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from common import summary, table, write
 
-from training.matcher import Matcher, MatcherConfig, PreparedImages
+from training.model.matcher import Matcher, MatcherConfig, PreparedImages
 
 BACKBONES = {"tiny": MatcherConfig(dim=128, num_patches=64, max_words=30),
              "ViT-B-32": MatcherConfig(dim=512, num_patches=49, max_words=75)}

@@ -20,10 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synth_truth import checks_for
 
-from training.bundle import load_bundle
 from training.datasets import read_dataset
 from training.features import cached_extract, extract
 from training.mining import Candidates, Truth, mine
+from training.model.bundle import load_bundle
 
 
 def _counts(c: Candidates, true: torch.Tensor) -> dict[str, dict[str, float]]:

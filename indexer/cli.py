@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from training.cli_args import add_backbone_args, backbone_from_args, resolve_model
 from training.datasets import FORMATS
-from training.images import IMAGE_SUFFIXES
+from training.model.images import IMAGE_SUFFIXES
 
 from .stores import FEATURE_HOMES, open_store
 from .validation import PayloadLimits, path_id
@@ -124,7 +124,7 @@ def make_indexer(args: argparse.Namespace) -> Indexer:
     keep_raw = getattr(args, "keep_raw_tokens", True)
     matcher = None
     if resolve_model(args):
-        from training.bundle import load_bundle
+        from training.model.bundle import load_bundle
 
         bundle = load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
                              allow_download=bool(args.allow_download))
@@ -280,7 +280,7 @@ def cmd_reprepare(args: argparse.Namespace) -> int:
     if not resolve_model(args):
         raise SystemExit("finesearch: error: reprepare needs a model bundle (--model): the one whose matcher will "
                          "serve this index")
-    from training.bundle import load_bundle
+    from training.model.bundle import load_bundle
 
     from .preparation import reprepare_index
 

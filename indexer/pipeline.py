@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.backbone import Backbone
-from training.images import DEFAULT_MAX_PIXELS, ImageRejected, load_with_info
-from training.matcher import Matcher
+from training.model.backbone import Backbone
+from training.model.images import DEFAULT_MAX_PIXELS, ImageRejected, load_with_info
+from training.model.matcher import Matcher
 from training.progress import progress_bar
-from training.tokenbank import TokenBank
 
 from .blobs import BlobStore
 from .preparation import (
@@ -41,6 +40,7 @@ from .preparation import (
 )
 from .stores import IMAGES, TEXTS, VectorStore
 from .stores.base import FEATURES_EXTRAS, FEATURES_FP
+from .tokenbank import TokenBank
 from .validation import PayloadLimits, PayloadRejected, check_id, check_metadata
 
 MAX_TEXT_CHARS = PayloadLimits.max_text_chars

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.backbone import Backbone
-from training.matcher import Matcher
-from training.tokenbank import Fetched, TokenBank, TokenBankError
+from training.model.backbone import Backbone
+from training.model.matcher import Matcher
 
 from .stores import IMAGES, TEXTS, Hit, VectorStore
 from .stores.base import FEATURES_EXTRAS, FEATURES_FP
+from .tokenbank import Fetched, TokenBank, TokenBankError
 
 PREPARED_SUFFIX = ".prepared"
 KINDS = ("images", "texts")

@@ -35,10 +35,10 @@ class HelpFormatter(argparse.HelpFormatter):
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's to fix: one line, exit 2. Imported when raised, not at start-up."""
     from indexer.stores import StoreError
-    from training.backbone import BackboneError
-    from training.bundle import BundleError
+    from indexer.tokenbank import TokenBankError
     from training.datasets import DatasetError
-    from training.tokenbank import TokenBankError
+    from training.model.backbone import BackboneError
+    from training.model.bundle import BundleError
 
     return BackboneError, BundleError, StoreError, TokenBankError, DatasetError, FileNotFoundError, ValueError
 

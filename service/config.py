@@ -17,10 +17,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.validation import PayloadLimits
-from training.defaults import DEMO_BUNDLE, default_model
-from training.images import DEFAULT_MAX_PIXELS
+from training.model.defaults import DEMO_BUNDLE, default_model
+from training.model.images import DEFAULT_MAX_PIXELS
 
-DEMO_MODEL = DEMO_BUNDLE  # the one rule every command resolves the model by: training/defaults.py
+DEMO_MODEL = DEMO_BUNDLE  # the one rule every command resolves the model by: training/model/defaults.py
 
 
 class Settings(BaseSettings):

@@ -29,14 +29,15 @@ from indexer.pipeline import Indexer, TextItem, check_text
 from indexer.preparation import fetched_from_hits
 from indexer.stores import IMAGES, TEXTS, Hit, open_store
 from indexer.stores.base import FEATURES_FP, normalise_filter
+from indexer.tokenbank import Fetched
 from indexer.validation import PayloadLimits, id_problem
-from training.backbone import Backbone, pad_words
-from training.bundle import Bundle, load_bundle
-from training.defaults import TINY_MODEL
-from training.explain import explain_pairs
-from training.images import ImageRejected, load_for_model
-from training.matcher import DIRECTIONS, KINDS, Matcher, PreparedImages, PreparedTexts
-from training.tokenbank import Fetched
+from training.model.backbone import Backbone
+from training.model.bundle import Bundle, load_bundle
+from training.model.defaults import TINY_MODEL
+from training.model.explain import explain_pairs
+from training.model.images import ImageRejected, load_for_model
+from training.model.matcher import DIRECTIONS, KINDS, Matcher, PreparedImages, PreparedTexts
+from training.model.tokens import pad_words
 
 from .batching import MicroBatcher, OutOfMemory
 from .config import Settings
@@ -447,8 +448,8 @@ class Engine:
     async def _explain_page(self, direction: str, query: _QueryFeatures, found: Fetched | None, page: list[int],
                             results: list[dict[str, Any]], opts: SearchOptions, timer: Timer,
                             text: str | None = None) -> None:
-        """With `explain`, each reranked result of the page gets its word → patch explanation (training/explain.py),
-        from one matcher call over the page alone; results stay as they are otherwise."""
+        """With `explain`, each reranked result of the page gets its word → patch explanation
+        (training/model/explain.py), from one matcher call over the page alone; results stay as they are otherwise."""
         if not opts.explain:
             return
         if found is not None and page and not self.matcher.config.top_k:  # top_k: the kept patches' places are not kept

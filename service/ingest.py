@@ -14,7 +14,7 @@ from typing import Any
 
 from indexer.blobs import BlobStore
 from indexer.pipeline import ImageItem
-from training.images import ImageRejected, probe_image
+from training.model.images import ImageRejected, probe_image
 
 from .config import Settings
 

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 from indexer.pipeline import Summary, TextItem, metadata_entry
 from indexer.stores import IMAGES, TEXTS
-from training.images import IMAGE_SUFFIXES
+from training.model.images import IMAGE_SUFFIXES
 
 from .exceptions import ServiceError
 from .ingest import Arrival, admit_all

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from training.cli_args import add_device_arg
 from training.datasets import read_dataset
-from training.defaults import DEMO_BUNDLE
+from training.model.defaults import DEMO_BUNDLE
 
 from .config import Settings
 

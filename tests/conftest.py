@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.backbone import TINY_MODEL, Backbone
+from training.model.backbone import TINY_MODEL, Backbone
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"

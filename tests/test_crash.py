@@ -81,8 +81,8 @@ def test_kill_9_during_cli_indexing_then_resume(tmp_path: Path) -> None:
         assert "album1:p1.png" in ids and not any("/" in i for i in ids)  # --id-from path obeys the id rule
     finally:
         store.close()
-    from training.backbone import Backbone
-    from training.tokenbank import TokenBank
+    from indexer.tokenbank import TokenBank
+    from training.model.backbone import Backbone
 
     backbone = Backbone.load("finesearch-tiny", from_scratch=True, seed=0, device="cpu")
     assert len(TokenBank(data / "tokens" / IMAGES, backbone.embed_dim, backbone.fingerprint)) == 150

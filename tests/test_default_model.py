@@ -12,7 +12,7 @@ import pytest
 from service.cli import main
 from service.config import Settings
 from tests.service.conftest import start_server
-from training.defaults import DEMO_BUNDLE
+from training.model.defaults import DEMO_BUNDLE
 
 
 def test_index_and_serve_by_default_then_search_the_photos(

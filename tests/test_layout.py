@@ -43,6 +43,56 @@ def test_the_rule_sees_a_violation(tmp_path: Path) -> None:
     assert imported_packages(fake, "training") == {"os", "training", "service"}
 
 
+def imported_modules(path: Path, root: Path = REPO) -> set[str]:
+    """Dotted names a module imports (`module.name` for a from-import, since the name may be a submodule),
+    relative imports resolved against the module's own place under `root`."""
+    here = list(path.relative_to(root).with_suffix("").parts)
+    package = here if here[-1] == "__init__" else here[:-1]
+    package = [p for p in package if p != "__init__"]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            out |= {f"{module}.{a.name}" for a in node.names}
+    return out
+
+
+def _training_imports(package: str) -> dict[str, list[str]]:
+    found = {str(m.relative_to(REPO)): sorted(n for n in imported_modules(m) if n.split(".")[0] == "training")
+             for m in sorted((REPO / package).rglob("*.py"))}
+    assert found, f"no modules found under {package}/"
+    return found
+
+
+def test_the_model_subpackage_stands_alone() -> None:
+    """training/model/ is what the service runs; it imports nothing from training proper (losses, loops)."""
+    bad = {m: [n for n in names if not n.startswith("training.model")]
+           for m, names in _training_imports("training/model").items()}
+    assert {m: n for m, n in bad.items() if n} == {}
+
+
+# what the service may use of training: the model, the shared dataset readers, and the commands it exposes
+# (the console script's train/eval/explain/synth, their model options, and the demo's data generator)
+SERVICE_USES = ("training.model", "training.datasets", "training.cli", "training.cli_args", "training.synth")
+
+
+def test_the_service_uses_the_model_not_training_proper() -> None:
+    bad = {m: [n for n in names if not n.startswith(SERVICE_USES)] for m, names in _training_imports("service").items()}
+    assert {m: n for m, n in bad.items() if n} == {}
+
+
+def test_the_module_resolver_resolves_relative_imports(tmp_path: Path) -> None:
+    probe = tmp_path / "training" / "model" / "probe.py"
+    probe.parent.mkdir(parents=True)
+    probe.write_text("from .tokens import pad_words\nfrom ..losses import x\nfrom . import matcher\n"
+                     "import training.train\n\ndef f():\n    from training import cli\n")
+    assert imported_modules(probe, tmp_path) == {"training.model.tokens.pad_words", "training.losses.x",
+                                                 "training.model.matcher", "training.train", "training.cli"}
+
+
 HTTP_EDGE = {"service/errors.py"}  # and everything under service/api/
 NOT_STATUSES = {"service/metrics.py"}  # its histogram buckets count candidates (… 200, 500, 1000)
 STATUSES = {*range(400, 419), 421, 422, 423, 425, 426, 428, 429, 431, 451, *range(500, 512)}

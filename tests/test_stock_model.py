@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from service.cli import main
 from service.config import Settings
 from tests.service.conftest import start_server
-from training.bundle import load_backbone
-from training.defaults import DEMO_BUNDLE, TINY_MODEL
+from training.model.bundle import load_backbone
+from training.model.defaults import DEMO_BUNDLE, TINY_MODEL
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,8 @@ import torch
 
 from .evaluate import candidate_scores, prepare, ranks_from_scores, recall, two_stage_ranks_from
 from .features import Features
-from .matcher import DIRECTIONS, KINDS, Matcher
 from .mining import Truth
+from .model.matcher import DIRECTIONS, KINDS, Matcher
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, iters: int = 50, l2: float = 1e-4) -> tuple[float, float]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .cli_args import add_backbone_args, add_device_arg, backbone_from_args
 from .datasets import FORMATS, read_dataset
-from .defaults import DEMO_BUNDLE, TINY_MODEL, default_model
+from .model.defaults import DEMO_BUNDLE, TINY_MODEL, default_model
 from .train_config import TrainConfig
 
 # torch and open_clip are imported inside the commands, so that `finesearch --help` answers at once
@@ -89,7 +89,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .bundle import load_backbone, read_bundle_config
+    from .model.bundle import load_backbone, read_bundle_config
     from .train import run_training
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
@@ -125,9 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .bundle import load_bundle
     from .evaluate import evaluate_protocol, format_table
     from .features import cached_extract, extract
+    from .model.bundle import load_bundle
 
     bundle = load_bundle(default_model(args.model), device=args.device)
     items = read_dataset(args.data, args.format, args.split)
@@ -148,9 +148,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from .bundle import load_bundle
-    from .explain import explain_one, render
-    from .images import load_for_model, load_with_info
+    from .model.bundle import load_bundle
+    from .model.explain import explain_one, render
+    from .model.images import load_for_model, load_with_info
 
     bundle = load_bundle(default_model(args.model), device=args.device)
     pixels = load_for_model(args.image, bundle.backbone.image_size)

@@ -12,10 +12,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .defaults import DEMO_BUNDLE, TINY_MODEL, default_model
+from .model.defaults import DEMO_BUNDLE, TINY_MODEL, default_model
 
 if TYPE_CHECKING:
-    from .backbone import Backbone
+    from .model.backbone import Backbone
 
 
 def add_backbone_args(parser: argparse.ArgumentParser, with_model: bool = True) -> None:
@@ -62,10 +62,10 @@ def resolve_model(args: argparse.Namespace) -> Path | None:
 
 
 def backbone_from_args(args: argparse.Namespace) -> Backbone:
-    from .backbone import Backbone
+    from .model.backbone import Backbone
 
     if "model" in vars(args) and resolve_model(args) is not None:
-        from .bundle import load_bundle
+        from .model.bundle import load_bundle
 
         return load_bundle(args.model, device=args.device, precision=args.precision, cache_dir=args.cache_dir,
                            allow_download=bool(args.allow_download)).backbone

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .features import Features
-from .matcher import DIRECTIONS, Matcher, PreparedImages, PreparedTexts
+from .model.matcher import DIRECTIONS, Matcher, PreparedImages, PreparedTexts
 
 KS = (1, 5, 10)
 

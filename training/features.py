@@ -1,14 +1,17 @@
-"""Backbone features of a whole dataset, computed once and cached in a token bank.
+"""Backbone features of a whole dataset, computed once and cached in one safetensors file.
 
 Matcher epochs and evaluations read these instead of re-running the backbone.
 The cache key is the backbone fingerprint plus the dataset's item list, so a
-retrained backbone or another split never reads stale features.
+retrained backbone or another split never reads stale features. The cache is
+training's own: it is written once and read whole, so it needs none of the
+token bank's appends, deletes or locking (indexer/tokenbank.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,11 +21,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .backbone import Backbone, pad_words
 from .datasets import CaptionedImage
-from .images import load_for_model
+from .model.backbone import Backbone
+from .model.images import load_for_model
+from .model.tokens import pad_words
 from .progress import progress_bar
-from .tokenbank import TokenBank
+
+CACHE_FORMAT = 2  # 1: token banks per modality; 2: one safetensors file
 
 
 @dataclass
@@ -92,12 +97,8 @@ def extract(backbone: Backbone, items: Sequence[CaptionedImage], images_dir: Pat
     )
 
 
-def _bank(path: Path, backbone: Backbone) -> TokenBank:
-    return TokenBank(path, backbone.embed_dim, backbone.fingerprint)
-
-
 def cache_key(backbone: Backbone, items: Sequence[CaptionedImage]) -> str:
-    h = hashlib.sha256(backbone.fingerprint.encode())
+    h = hashlib.sha256(f"{CACHE_FORMAT}:{backbone.fingerprint}".encode())
     for it in items:
         h.update(json.dumps([it.image_id, it.filename, it.captions]).encode())
     return h.hexdigest()[:20]
@@ -105,23 +106,26 @@ def cache_key(backbone: Backbone, items: Sequence[CaptionedImage]) -> str:
 
 def cached_extract(backbone: Backbone, items: Sequence[CaptionedImage], images_dir: Path, cache_dir: Path,
                    **kw: object) -> Features:
-    """`extract`, stored under cache_dir/<key>: token rows in token banks, globals in safetensors."""
+    """`extract`, stored under cache_dir/<key>: the tensors in features.safetensors (caption tokens without
+    their padding), ids and texts in index.json. The safetensors file is renamed into place last, so a run
+    killed while writing leaves no cache that looks complete."""
     folder = cache_dir / cache_key(backbone, items)
-    done = folder / "globals.safetensors"
+    done = folder / "features.safetensors"
     if done.is_file():
         g = load_file(str(done))
         meta = json.loads((folder / "index.json").read_text())
-        img_tok, _ = _bank(folder / "images", backbone).gather(g["img_rows"].numpy())
-        txt_tok, txt_mask = _bank(folder / "texts", backbone).gather(g["txt_rows"].numpy())
-        txt_tok, txt_mask = pad_words(txt_tok, txt_mask, backbone.max_words)
-        return Features(meta["image_ids"], g["img_glob"], img_tok, g["txt_img"], g["txt_glob"], txt_tok,
+        txt_mask = g["txt_mask"]
+        txt_tok = g["txt_tok"].new_zeros(*txt_mask.shape, g["txt_tok"].shape[-1])
+        txt_tok[txt_mask] = g["txt_tok"]
+        return Features(meta["image_ids"], g["img_glob"], g["img_tok"], g["txt_img"], g["txt_glob"], txt_tok,
                         txt_mask, meta["texts"])
     feats = extract(backbone, items, images_dir, **kw)  # type: ignore[arg-type]
     folder.mkdir(parents=True, exist_ok=True)
-    img_rows = _bank(folder / "images", backbone).append(feats.img_tok, [feats.img_tok.shape[1]] * len(feats.image_ids))
-    txt_rows = _bank(folder / "texts", backbone).append(feats.txt_tok, feats.txt_mask.sum(1).numpy())
     (folder / "index.json").write_text(json.dumps({"image_ids": feats.image_ids, "texts": feats.texts}))
-    save_file({"img_glob": feats.img_glob.contiguous(), "txt_glob": feats.txt_glob.contiguous(),
-               "txt_img": feats.txt_img, "img_rows": torch.from_numpy(img_rows),
-               "txt_rows": torch.from_numpy(txt_rows)}, str(done))
+    tmp = folder / f".features.{os.getpid()}.tmp"
+    save_file({"img_glob": feats.img_glob.contiguous(), "img_tok": feats.img_tok.contiguous(),
+               "txt_img": feats.txt_img, "txt_glob": feats.txt_glob.contiguous(),
+               "txt_tok": feats.txt_tok[feats.txt_mask].contiguous(), "txt_mask": feats.txt_mask.contiguous()},
+              str(tmp))
+    os.replace(tmp, done)
     return feats

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .model.tokens import centre_tokens
+
 
 def triplet_loss(scores: torch.Tensor, margin: float = 0.2, hardest: bool = True,
                  positives: torch.Tensor | None = None) -> torch.Tensor:
@@ -116,16 +118,6 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
     ex_t = exclude.T if exclude is not None else None
     return (_ce_rows(logits, exclude) + _ce_rows(logits.T, ex_t)) / 2
 
-
-def centre_tokens(tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Each item's tokens minus their mean, re-normalised (zero where masked): what is particular to each
-    patch or word, without the image's or caption's shared gist that the global vector already carries."""
-    if mask is None:
-        mean = tokens.mean(dim=-2, keepdim=True)
-        return F.normalize(tokens - mean, dim=-1)
-    m = mask[..., None].to(tokens.dtype)
-    mean = (tokens * m).sum(dim=-2, keepdim=True) / m.sum(dim=-2, keepdim=True).clamp(min=1)
-    return F.normalize(tokens - mean, dim=-1) * m
 
 
 def filip_loss(img_tok: torch.Tensor, txt_tok: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor,

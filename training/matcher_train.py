@@ -22,13 +22,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .backbone import Backbone, pad_words
 from .calibrate import tune
 from .evaluate import evaluate
 from .features import Features
 from .losses import hardest_bce_loss, list_triplet_loss, listwise_loss, relevance_loss
-from .matcher import Matcher
 from .mining import Candidates, Truth, mine
+from .model.backbone import Backbone
+from .model.matcher import Matcher
+from .model.tokens import pad_words
 from .progress import progress_bar
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]

@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .backbone import TINY_MODEL, Backbone
-from .bundle import load_bundle
 from .datasets import read_dataset
 from .evaluate import evaluate
 from .features import extract
+from .model.backbone import TINY_MODEL, Backbone
+from .model.bundle import load_bundle
 from .synth import generate
 from .train import TrainConfig, run_training
 

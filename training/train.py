@@ -20,16 +20,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbone import Backbone
-from .bundle import save_bundle
 from .calibrate import tune
 from .datasets import CaptionedImage
 from .evaluate import evaluate, format_table, ranks_from_scores, recall
 from .features import Features, cached_extract, extract, load_pixels
 from .losses import contrastive_loss, filip_loss
-from .matcher import Matcher, MatcherConfig
 from .matcher_train import FeatureSource, Frozen, Trunk, train_matcher
 from .mining import Truth, bow_neighbours
+from .model.backbone import Backbone
+from .model.bundle import save_bundle
+from .model.matcher import Matcher, MatcherConfig
 from .progress import progress_bar
 from .train_config import TrainConfig
 

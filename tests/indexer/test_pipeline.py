@@ -12,7 +12,7 @@ import pytest
 from indexer.pipeline import ImageItem, Indexer, TextItem
 from indexer.stores import IMAGES, TEXTS, IndexMismatch, open_store
 from service.cli import main
-from training.backbone import TINY_MODEL, Backbone
+from training.model.backbone import TINY_MODEL, Backbone
 
 TINY = ["--backbone", TINY_MODEL, "--from-scratch", "--seed", "0", "--no-progress"]
 
@@ -222,7 +222,7 @@ def test_search_finds_an_indexed_image_by_its_own_vector(tmp_path: Path, coco_mi
     paths = sorted((coco_mini / "images").glob("*.jpg"))[:10]
     ix = Indexer(tiny_backbone, open_store(tmp_path), tmp_path)
     ix.index_images([ImageItem(path=p, id=p.stem) for p in paths])
-    from training.images import load_for_model
+    from training.model.images import load_for_model
 
     q = tiny_backbone.encode_images(np.stack([load_for_model(paths[3], 64)])).globals[0].numpy()
     assert ix.store.search(IMAGES, q, 1)[0].id == paths[3].stem

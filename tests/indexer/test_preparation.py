@@ -17,9 +17,9 @@ from indexer.preparation import PreparationMismatch
 from indexer.stores import IMAGES, TEXTS, open_store
 from service.cli import main
 from tests.training.test_matcher import OPTIONS
-from training.backbone import Backbone
-from training.bundle import save_bundle
-from training.matcher import Matcher, MatcherConfig, PreparedImages
+from training.model.backbone import Backbone
+from training.model.bundle import save_bundle
+from training.model.matcher import Matcher, MatcherConfig, PreparedImages
 
 CAPTIONS = ["a red circle left of a blue square", "two dogs", "a small green triangle above a big yellow star",
             "red", "a photo of a cat on a mat next to a dog"]

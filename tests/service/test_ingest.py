@@ -11,7 +11,7 @@ from PIL import Image
 from indexer.blobs import BlobStore
 from service.config import Settings
 from service.ingest import Arrival, admit, admit_all
-from training.images import ImageRejected
+from training.model.images import ImageRejected
 
 from .helpers import png
 

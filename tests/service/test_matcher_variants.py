@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from service.config import Settings
-from training.bundle import load_bundle, save_bundle
 from training.datasets import CaptionedImage
-from training.matcher import Matcher
+from training.model.bundle import load_bundle, save_bundle
+from training.model.matcher import Matcher
 
 from .conftest import LIMITS, index_synth, start_server
 

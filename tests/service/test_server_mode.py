@@ -13,8 +13,8 @@ from indexer.pipeline import Indexer, TextItem
 from indexer.preparation import PreparationMismatch, reprepare_index
 from indexer.stores import TEXTS, StoreError, open_store
 from indexer.stores.server import ServerStore
-from training.bundle import load_bundle
 from training.datasets import CaptionedImage
+from training.model.bundle import load_bundle
 
 from .conftest import Server, start_server
 

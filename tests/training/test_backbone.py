@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.backbone import TINY_MODEL, Backbone, BackboneError
+from training.model.backbone import TINY_MODEL, Backbone, BackboneError
 
 
 def test_image_features_shapes_and_norms(tiny_backbone: Backbone) -> None:
@@ -114,7 +114,7 @@ def test_fingerprint_tells_weights_apart(tiny_backbone: Backbone) -> None:
 
 
 def test_device_and_precision_selection() -> None:
-    from training.backbone import pick_device, pick_dtype
+    from training.model.backbone import pick_device, pick_dtype
 
     assert pick_device("cpu").type == "cpu"
     assert pick_dtype(torch.device("cpu")) == torch.float32

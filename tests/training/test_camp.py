@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from training.losses import hardest_bce_loss
-from training.matcher import Matcher, MatcherConfig, PreparedImages
+from training.model.matcher import Matcher, MatcherConfig, PreparedImages
 
 NAMES = ("red", "blue", "green", "circle", "square", "background")
 

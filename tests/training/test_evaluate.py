@@ -8,7 +8,7 @@ import torch
 from tests.training.test_matcher import OPTIONS, _trained_like
 from training.evaluate import candidate_scores, evaluate, prepare, ranks_from_scores, recall, shares, two_stage_ranks
 from training.features import Features
-from training.matcher import Matcher, MatcherConfig
+from training.model.matcher import Matcher, MatcherConfig
 
 
 def test_ranks_on_a_hand_made_matrix() -> None:

@@ -10,9 +10,9 @@ from PIL import Image
 
 from service.cli import main
 from service.config import DEMO_MODEL
-from training.backbone import TINY_MODEL, Backbone
 from training.datasets import read_dataset
-from training.explain import word_pieces
+from training.model.backbone import TINY_MODEL, Backbone
+from training.model.explain import word_pieces
 from training.synth import generate
 
 
@@ -46,8 +46,8 @@ def test_word_pieces_find_their_spans_and_admit_what_they_cannot() -> None:
 
 def test_explain_refuses_a_top_k_matcher(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="top_k = 0"):
-        from training.bundle import load_bundle
-        from training.explain import explain_one
+        from training.model.bundle import load_bundle
+        from training.model.explain import explain_one
 
         b = load_bundle(DEMO_MODEL, device="cpu")
         b.matcher.config.top_k = 16

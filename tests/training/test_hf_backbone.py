@@ -17,8 +17,8 @@ from service.cli import main
 from service.config import Settings
 from tests.hf_dirs import tiny_hf_dir
 from tests.service.conftest import start_server
-from training.backbone import Backbone, BackboneError
-from training.bundle import load_bundle
+from training.model.backbone import Backbone, BackboneError
+from training.model.bundle import load_bundle
 
 
 @pytest.fixture(scope="module", params=["clip", "siglip"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.images import ImageRejected, decode_image, load_for_model, probe_image
+from training.model.images import ImageRejected, decode_image, load_for_model, probe_image
 
 
 def _encode(img: Image.Image, fmt: str, **kw: object) -> bytes:

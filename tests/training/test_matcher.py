@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.backbone import Backbone
-from training.bundle import load_bundle, save_bundle
 from training.losses import list_triplet_loss, listwise_loss, triplet_loss
-from training.matcher import LDA, Matcher, MatcherConfig, PreparedImages, PreparedTexts
+from training.model.backbone import Backbone
+from training.model.bundle import load_bundle, save_bundle
+from training.model.matcher import LDA, Matcher, MatcherConfig, PreparedImages, PreparedTexts
 
 CFG = MatcherConfig(dim=16, num_patches=12, max_words=10, top_k=5, selector_hidden=8, adapter_hidden=8,
                     lda_hidden=24, num_samples=50, word_context=False, patch_position=False, patch_adapter=True)

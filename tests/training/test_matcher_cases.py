@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from training.calibrate import tune
 from training.evaluate import evaluate
 from training.features import Features
-from training.matcher import Matcher, MatcherConfig
 from training.matcher_train import Frozen, train_matcher
+from training.model.matcher import Matcher, MatcherConfig
 from training.train import _load_checkpoint, _save_checkpoint, _schedule, seed_everything
 
 COLOURS, SHAPES, PLACES = ("red", "blue", "green"), ("circle", "square", "triangle"), ("left", "right")

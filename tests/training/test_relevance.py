@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from training.losses import relevance_loss
-from training.matcher import Matcher, MatcherConfig
+from training.model.matcher import Matcher, MatcherConfig
 
 
 def _interaction(relevance: str, boundary: float = 0.5) -> Matcher:

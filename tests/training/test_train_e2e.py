@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from service.cli import main
-from training.bundle import BundleError, load_backbone, load_bundle
 from training.datasets import read_dataset
 from training.features import extract
+from training.model.bundle import BundleError, load_backbone, load_bundle
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training.matcher import Matcher, MatcherConfig, PreparedImages
+from training.model.matcher import Matcher, MatcherConfig, PreparedImages
 
 NAMES = ("red", "blue", "circle", "square", "background")
 

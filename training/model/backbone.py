@@ -123,13 +123,6 @@ class TextFeatures:
         return self.mask.sum(dim=1)
 
 
-def pad_words(tokens: torch.Tensor, mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Word tokens [B, L, d] and mask [B, L] cut or zero-padded to exactly `width` positions,
-    so batches of captions with different lengths can be stacked."""
-    tokens, mask = tokens[:, :width], mask[:, :width]
-    pad = width - tokens.shape[1]
-    return F.pad(tokens, (0, 0, 0, pad)), F.pad(mask, (0, pad), value=False)
-
 
 @dataclass
 class ImageFeatures:
@@ -202,7 +195,7 @@ class Backbone:
         Tags are resolved from the local cache only unless `allow_download` (setting allow_download:
         FINESEARCH_ALLOW_DOWNLOAD=1 or --allow-download), so an offline host fails fast and says what to copy where.
         `hf:DIR` (or a recorded `hf:clip`/`hf:siglip` with the directory as `pretrained`) loads a Hugging Face
-        CLIP or SigLIP directory through transformers (training/hf_backbone.py).
+        CLIP or SigLIP directory through transformers (training/model/hf_backbone.py).
         """
         if name.startswith("hf:"):
             from .hf_backbone import HFBackbone

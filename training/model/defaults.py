@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 TINY_MODEL = "finesearch-tiny"
-DEMO_BUNDLE = Path(__file__).resolve().parents[1] / "models" / "demo"
+DEMO_BUNDLE = Path(__file__).resolve().parents[2] / "models" / "demo"  # the repository root's models/
 
 SYNTHETIC_NOTICE = (
     "the served model has the tiny demo backbone (finesearch-tiny), trained from scratch on synthetic coloured "

@@ -86,7 +86,7 @@ def explain_one(bundle: Any, pixels: Any, text: str) -> dict[str, Any]:
     """One image (model-input pixels) and one caption through the bundle: scores and the explanation."""
     import numpy as np
 
-    from .backbone import pad_words
+    from .tokens import pad_words
 
     m, bb = bundle.matcher, bundle.backbone
     if m.config.top_k:

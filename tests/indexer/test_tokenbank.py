@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.tokenbank import BackboneMismatch, TokenBank
+from indexer.tokenbank import BackboneMismatch, TokenBank
 
 
 def _batch(n: int, length: int, dim: int = 8, seed: int = 0) -> torch.Tensor:

@@ -26,7 +26,7 @@ What differs from a literal reading of MGAN, and why (each measured on validatio
 * MGAN's region level (`views`) has no detector here: its views pool the prepared
   patch tokens, not bottom-up regions (see `image_views`).
 * `interaction: "camp"` replaces eqs. 7–10 with CAMP's gated message passing
-  (training/camp.py); its logit is calibrated on validation before it is fused.
+  (training/model/camp.py); its logit is calibrated on validation before it is fused.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbone import pad_words
 from .camp import CrossModalGate
-from .losses import centre_tokens
+from .tokens import centre_tokens, pad_words
 
 DIRECTIONS = ("t2i", "i2t")  # t2i: a caption ranks images; i2t: an image ranks captions
 KINDS = ("fused", "global", "fine")
@@ -98,7 +97,7 @@ class MatcherConfig:
     # tuned on validation); a diversity term keeps the views apart. 0: off
     views: int = 0
     # the similarity interaction: "mgan" (eqs. 7–9 with LDA, above) or "camp": CAMP's cross-modal gated message
-    # passing, attention pooling and an MLP logit (training/camp.py), trained with binary cross-entropy on each
+    # passing, attention pooling and an MLP logit (training/model/camp.py), trained with binary cross-entropy on each
     # query's positives and its hardest mined negative, its logit calibrated on validation before fusion
     interaction: str = "mgan"
     camp_hidden: int = 256
