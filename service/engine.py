@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.nn.utils.rnn import pad_sequence
 
 from indexer.blobs import BlobStore
 from indexer.pipeline import Indexer, TextItem, check_text
@@ -34,10 +33,8 @@ from indexer.validation import PayloadLimits, id_problem
 from training.model.backbone import Backbone
 from training.model.bundle import Bundle, load_bundle
 from training.model.defaults import TINY_MODEL
-from training.model.explain import explain_pairs
 from training.model.images import ImageRejected, load_for_model
-from training.model.matcher import DIRECTIONS, KINDS, Matcher, PreparedImages, PreparedTexts
-from training.model.tokens import pad_words
+from training.model.matcher import DIRECTIONS, KINDS, Matcher
 
 from .batching import MicroBatcher, OutOfMemory
 from .config import Settings
@@ -53,6 +50,7 @@ from .exceptions import (
 )
 from .ingest import Arrival, admit_all
 from .metrics import CANDIDATES, INDEX_SIZE, STAGE_LATENCY
+from .scoring import QueryFeatures, RerankJob, Scorer
 
 log = logging.getLogger("finesearch.engine")
 IMAGE_REFUSALS: dict[str, type[ServiceError]] = {"image_too_large": TooLarge,
@@ -80,25 +78,6 @@ class SearchOptions:
 class Outcome:
     results: list[dict[str, Any]]
     timing_ms: dict[str, float]
-
-
-@dataclass
-class _QueryFeatures:
-    """Query features on the model device: global [d] and tokens [n, d] (an indexed image's come prepared)."""
-
-    globals: torch.Tensor
-    tokens: torch.Tensor
-    prepared: bool = False
-
-
-@dataclass
-class _RerankJob:
-    direction: str  # "t2i": text query vs image candidates; "i2t": image query vs text candidates
-    query: _QueryFeatures
-    tokens: torch.Tensor  # candidates' prepared features [k, L, d] (fp16)
-    mask: torch.Tensor  # [k, L]
-    extras: torch.Tensor | None  # [k, e]: text candidates' LDA weights
-    scores: torch.Tensor  # [k] global cosines from Qdrant
 
 
 @dataclass
@@ -133,6 +112,7 @@ class Engine:
         self.backbone = self.bundle.backbone
         self.device = self.backbone.device
         self._matcher = self.bundle.matcher
+        self.scorer = Scorer(self.backbone, self._matcher)
         # per direction and kind (fused, global, fine): the (scale, bias) of the calibrated probability
         self.calibration: list[list[list[float]]] | None = (
             self._matcher.calibration.cpu().tolist() if self._matcher is not None and bool(self._matcher.calibrated)
@@ -163,13 +143,13 @@ class Engine:
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=torch.set_num_threads,
                                                initargs=(threads,))
         window = settings.batch_window_ms
-        self.text_encoder: MicroBatcher[str, _QueryFeatures] = MicroBatcher(
-            "encode_text", self._encode_texts, self.model_thread, settings.encode_batch, window)
-        self.image_encoder: MicroBatcher[np.ndarray, _QueryFeatures] = MicroBatcher(
-            "encode_image", self._encode_images, self.model_thread, settings.encode_batch, window)
-        self.reranker: MicroBatcher[_RerankJob, tuple[torch.Tensor, torch.Tensor]] = MicroBatcher(
-            "rerank", self._rerank, self.model_thread, settings.rerank_batch, window)
-        self._warm()
+        self.text_encoder: MicroBatcher[str, QueryFeatures] = MicroBatcher(
+            "encode_text", self.scorer.encode_texts, self.model_thread, settings.encode_batch, window)
+        self.image_encoder: MicroBatcher[np.ndarray, QueryFeatures] = MicroBatcher(
+            "encode_image", self.scorer.encode_images, self.model_thread, settings.encode_batch, window)
+        self.reranker: MicroBatcher[RerankJob, tuple[torch.Tensor, torch.Tensor]] = MicroBatcher(
+            "rerank", self.scorer.rerank, self.model_thread, settings.rerank_batch, window)
+        self.scorer.warm(self.indexer.preparer)
 
     @property
     def matcher(self) -> Matcher:
@@ -181,86 +161,6 @@ class Engine:
     def notice(self) -> str | None:
         """Said with every search answer when reranking is unavailable (a stock backbone)."""
         return self.bundle.notice if self._matcher is None else None
-
-    # ------------------------------------------------------------ model calls
-    def _warm(self) -> None:
-        """One tiny pass through every model path, so the first request pays no lazy-init cost."""
-        q = self._encode_texts(["warm up"])[0]
-        img = self._encode_images([np.zeros((self.backbone.image_size,) * 2 + (3,), np.uint8)])[0]
-        prep = self.indexer.preparer
-        if prep is None:  # a stock backbone: nothing to rerank with
-            return
-        pi = prep.prepare("images", img.tokens[None], np.array([img.tokens.shape[0]]), img.globals[None])
-        pt = prep.prepare("texts", q.tokens[None], np.array([q.tokens.shape[0]]), None)
-        ones = lambda p: torch.ones(1, p.tokens.shape[1], dtype=torch.bool)  # noqa: E731
-        self._rerank([_RerankJob("t2i", q, pi.tokens.half(), ones(pi), None, torch.zeros(1))])
-        self._rerank([_RerankJob("i2t", img, pt.tokens.half(), ones(pt), pt.extras, torch.zeros(1))])
-
-    @torch.inference_mode()
-    def _encode_texts(self, texts: list[str]) -> list[_QueryFeatures]:
-        f = self.backbone.encode_texts(texts)
-        n = f.mask.sum(1).tolist()
-        return [_QueryFeatures(f.globals[i], f.tokens[i, : n[i]]) for i in range(len(texts))]
-
-    @torch.inference_mode()
-    def _encode_images(self, pixels: list[np.ndarray]) -> list[_QueryFeatures]:
-        f = self.backbone.encode_images(np.stack(pixels))
-        return [_QueryFeatures(f.globals[i], f.tokens[i]) for i in range(len(pixels))]
-
-    def _text_queries(self, queries: list[_QueryFeatures]) -> PreparedTexts:
-        """Captions typed at query time, prepared as the bank's captions were at indexing."""
-        words = pad_sequence([q.tokens.float() for q in queries], batch_first=True)
-        lengths = torch.tensor([q.tokens.shape[0] for q in queries])
-        mask = torch.arange(words.shape[1])[None] < lengths[:, None]
-        glob = torch.stack([q.globals for q in queries])
-        return self.matcher.prepare_texts(words.to(self.device), mask.to(self.device), glob.to(self.device)).trimmed()
-
-    def _image_queries(self, queries: list[_QueryFeatures]) -> PreparedImages:
-        """Query images prepared here, except indexed ones, whose prepared patches the bank already holds."""
-        dev = self.device
-        patches = [q.tokens.to(dev).float() for q in queries]
-        fresh = [k for k, q in enumerate(queries) if not q.prepared]
-        if fresh:
-            done = self.matcher.prepare_images(torch.stack([queries[k].tokens for k in fresh]).to(dev),
-                                               torch.stack([queries[k].globals for k in fresh]).to(dev)).patches
-            for j, k in enumerate(fresh):
-                patches[k] = done[j]
-        return PreparedImages.of_patches(torch.stack(patches))
-
-    def _stored_texts(self, tokens: torch.Tensor, mask: torch.Tensor, extras: torch.Tensor | None) -> PreparedTexts:
-        """Captions prepared at indexing, as the bank returns them (text globals only enter the global term,
-        which Qdrant already scored)."""
-        dev = self.device
-        return self.matcher.texts_from_words(tokens.to(dev), mask.to(dev), None,
-                                             None if extras is None else extras.to(dev)).trimmed()
-
-    @torch.inference_mode()
-    def _rerank(self, jobs: list[_RerankJob]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Every candidate of every job scored in one matcher call per direction."""
-        dev = self.device
-        out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(jobs)
-        for direction in ("t2i", "i2t"):
-            idx = [i for i, j in enumerate(jobs) if j.direction == direction]
-            if not idx:
-                continue
-            group = [jobs[i] for i in idx]
-            sizes = [j.tokens.shape[0] for j in group]
-            s_global = torch.cat([j.scores for j in group]).to(dev)
-            owner = None if len(group) == 1 else torch.repeat_interleave(  # one query: paired by broadcast
-                torch.arange(len(group), device=dev), torch.tensor(sizes, device=dev))
-            queries = [j.query for j in group]
-            if direction == "t2i":  # the caption is prepared here; the images were at indexing
-                fused, fine = self.matcher.rerank(self._text_queries(queries), PreparedImages.of_patches(
-                    torch.cat([j.tokens for j in group]).to(dev)), owner, s_global)
-            else:  # the image is prepared here (unless it is an indexed one); the captions were at indexing
-                width = max(int(j.tokens.shape[1]) for j in group)
-                padded = [pad_words(j.tokens, j.mask, width) for j in group]
-                lda = torch.cat([j.extras for j in group])  # type: ignore[misc]
-                stored = self._stored_texts(torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded]), lda)
-                fused, fine = self.matcher.rerank(self._image_queries(queries), stored, owner, s_global)
-            for i, f, p in zip(idx, fused.float().cpu().split(sizes), fine.float().cpu().split(sizes), strict=True):
-                out[i] = (f, p)
-        return out  # type: ignore[return-value]
 
     # ---------------------------------------------------------------- search
     def _check(self, opts: SearchOptions) -> None:
@@ -277,7 +177,7 @@ class Engine:
         except ValueError as exc:
             raise InvalidRequest(f"filter: {exc}", "invalid_request") from exc
 
-    async def _candidates(self, collection: str, query: _QueryFeatures, opts: SearchOptions, timer: Timer
+    async def _candidates(self, collection: str, query: QueryFeatures, opts: SearchOptions, timer: Timer
                           ) -> tuple[list[tuple[Hit, float | None, float | None]], Fetched | None]:
         """(hit, fused score, patch score) for the recalled candidates, scores None without rerank; and the
         reranked candidates' prepared features, in the same order (for explanations)."""
@@ -315,7 +215,7 @@ class Engine:
         CANDIDATES.observe(len(hits))
         direction = "t2i" if collection == IMAGES else "i2t"
         try:
-            fused, patch = await self.reranker.submit(_RerankJob(direction, query, found.tokens, found.mask,
+            fused, patch = await self.reranker.submit(RerankJob(direction, query, found.tokens, found.mask,
                                                                  found.extras, scores))
         except OutOfMemory as exc:
             raise Unavailable(str(exc), "out_of_memory") from exc
@@ -418,7 +318,7 @@ class Engine:
         timer.lap("encode")
         plain = SearchOptions(opts.limit + (image_id is not None), opts.candidates, False, None, opts.offset,
                               opts.filter)
-        scored, _ = await self._candidates(IMAGES, _QueryFeatures(vec, vec[None]), plain, timer)
+        scored, _ = await self._candidates(IMAGES, QueryFeatures(vec, vec[None]), plain, timer)
         hits = [h for h, _, _ in scored if h.id != image_id]
         if opts.min_score is not None:
             hits = [h for h in hits if h.score >= opts.min_score]
@@ -445,7 +345,7 @@ class Engine:
         await self._explain_page("i2t", query, found, page, results, opts, timer)
         return Outcome(results, timer.done())
 
-    async def _explain_page(self, direction: str, query: _QueryFeatures, found: Fetched | None, page: list[int],
+    async def _explain_page(self, direction: str, query: QueryFeatures, found: Fetched | None, page: list[int],
                             results: list[dict[str, Any]], opts: SearchOptions, timer: Timer,
                             text: str | None = None) -> None:
         """With `explain`, each reranked result of the page gets its word → patch explanation
@@ -454,31 +354,13 @@ class Engine:
             return
         if found is not None and page and not self.matcher.config.top_k:  # top_k: the kept patches' places are not kept
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self.model_thread, self._explain, direction, query, found, page,
+            out = await loop.run_in_executor(self.model_thread, self.scorer.explain, direction, query, found, page,
                                              results, text)
             for r, e in zip(results, out, strict=True):
                 r["explanation"] = e
         for r in results:
             r.setdefault("explanation", None)
         timer.lap("explain")
-
-    @torch.inference_mode()
-    def _explain(self, direction: str, query: _QueryFeatures, found: Fetched, page: list[int],
-                 results: list[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
-        dev = self.device
-        idx = torch.tensor(page, device=found.tokens.device)
-        if direction == "t2i":
-            txt = self._text_queries([query]).expand(len(page))
-            img = PreparedImages.of_patches(found.tokens[idx].to(dev))
-            pieces = [self.backbone.word_pieces(text or "", query.tokens.shape[0])] * len(page)
-        else:
-            img = self._image_queries([query]).expand(len(page))
-            extras = found.extras[idx] if found.extras is not None else None
-            txt = self._stored_texts(found.tokens[idx], found.mask[idx], extras)
-            lengths = found.mask[idx].sum(1).tolist()
-            pieces = [self.backbone.word_pieces(r.get("text") or "", int(n)) for r, n in zip(results, lengths,
-                                                                                         strict=True)]
-        return explain_pairs(self.matcher, img, txt, self.backbone.grid, pieces)  # type: ignore[arg-type]
 
     def decode_upload(self, data: bytes) -> np.ndarray:
         if len(data) > self.settings.max_image_bytes:
@@ -489,7 +371,7 @@ class Engine:
         except ImageRejected as exc:
             raise IMAGE_REFUSALS.get(exc.code, BadInput)(str(exc), exc.code) from exc
 
-    def _indexed_image_query(self, image_id: str) -> _QueryFeatures:
+    def _indexed_image_query(self, image_id: str) -> QueryFeatures:
         problem = id_problem(image_id, self.settings.max_id_chars)
         if problem:
             raise InvalidRequest(f"image_id: {problem}", "invalid_id")
@@ -504,7 +386,7 @@ class Engine:
                 raise Conflict(f"image {image_id!r} has no matcher features (indexed without the model): "
                                "run `finesearch index reprepare`, or send the image itself", "features_stale")
             if image_id in got and vec is not None:
-                return _QueryFeatures(torch.from_numpy(vec[1]).to(self.device),
+                return QueryFeatures(torch.from_numpy(vec[1]).to(self.device),
                                       torch.from_numpy(got[image_id][1]).to(self.device), prepared=True)
             raise NotFound(f"no image with id {image_id!r}", "not_found")
         for _ in range(3):  # a concurrent replace may tombstone the row between retrieve and gather: look again
@@ -514,7 +396,7 @@ class Engine:
             payload, vec = found[image_id]
             tokens, _, kept = self.indexer.serving_bank(IMAGES).gather_live([payload.get("row", -1)])
             if len(kept):  # its prepared patches: the matcher already did its per-image work at indexing
-                return _QueryFeatures(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device), prepared=True)
+                return QueryFeatures(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device), prepared=True)
         raise NotFound(f"no image with id {image_id!r}", "not_found")
 
     # ---------------------------------------------------------------- writes

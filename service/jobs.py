@@ -5,9 +5,8 @@ batch, so a job can be listed after it finished and after a restart; a job
 that a restart interrupted is queued again (indexing skips what was done, and
 the counters start over, so `done` never passes `total`). Items a job writes
 carry its id in their payload, which makes `indexed_*` exact across resumes.
-Extraction writes regular files only, never outside its folder: absolute
-paths, `..`, symlinks, hard links, devices, nested archives, repeated entry
-names and images over the byte limit are skipped and reported per item.
+Extraction (service/archives.py) writes regular files only, never outside
+the job's folder, and reports what it skipped per item.
 Several jobs run at once (`max_concurrent_jobs`); finished folders are renamed
 away and deleted on a separate thread, so a huge cleanup never holds a worker.
 """
@@ -17,38 +16,26 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import stat
-import tarfile
 import threading
 import time
 import uuid
-import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 from indexer.pipeline import Summary, TextItem, metadata_entry
 from indexer.stores import IMAGES, TEXTS
 from training.model.images import IMAGE_SUFFIXES
 
+from .archives import ArchiveError, safe_extract
 from .exceptions import ServiceError
 from .ingest import Arrival, admit_all
 from .validation import strict_loads
 
 log = logging.getLogger("finesearch.jobs")
 MAX_ERRORS = 1000
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".bz2", ".tbz2", ".xz", ".txz", ".zst", ".7z", ".rar")
 TRASH_PREFIX = ".trash-"
-
-
-class ArchiveError(ValueError):
-    pass
-
-
-class _FileTooLarge(Exception):
-    pass
 
 
 class _Stopping(Exception):
@@ -57,106 +44,6 @@ class _Stopping(Exception):
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def safe_name(name: str) -> str | None:
-    p = PurePosixPath(name.replace("\\", "/"))
-    if p.is_absolute() or not p.parts or any(part in ("..", "") for part in p.parts) or ":" in p.parts[0]:
-        return None
-    return str(p)
-
-
-def _copy_limited(src: IO[bytes], dst: Path, budget: int, file_limit: int | None = None) -> int:
-    written = 0
-    with open(dst, "wb") as out:
-        while chunk := src.read(1 << 20):
-            written += len(chunk)
-            if written > budget:
-                raise ArchiveError("archive expands beyond the size limit (max_archive_bytes)")
-            if file_limit is not None and written > file_limit:
-                raise _FileTooLarge()
-            out.write(chunk)
-    return written
-
-
-@dataclass
-class Extracted:
-    skipped: list[dict[str, str]] = field(default_factory=list)  # entries not extracted, and why
-    too_large: dict[str, str] = field(default_factory=dict)  # image entries over max_image_bytes → reason
-
-
-def safe_extract(archive: Path, dest: Path, max_files: int, max_bytes: int,
-                 max_image_bytes: int | None = None) -> Extracted:
-    """Extract regular files only, each name once; images over `max_image_bytes` are not written."""
-    dest.mkdir(parents=True, exist_ok=True)
-    out = Extracted()
-    names: set[str] = set()
-    total = files = 0
-
-    def target(name: str) -> Path | None:
-        nonlocal files
-        clean = safe_name(name)
-        if clean is None:
-            out.skipped.append({"item": name, "reason": "unsafe path (absolute or '..'); skipped"})
-            return None
-        if clean in names:
-            out.skipped.append({"item": name, "reason": "duplicate entry name in the archive; only the first "
-                                                        "copy was used"})
-            return None
-        if clean.lower().endswith(ARCHIVE_SUFFIXES):
-            out.skipped.append({"item": name, "reason": "nested archive; not extracted (put its files in the "
-                                                        "outer archive)"})
-            return None
-        names.add(clean)
-        files += 1
-        if files > max_files:
-            raise ArchiveError(f"archive holds more than {max_files} files; the limit is {max_files} "
-                               "(max_archive_files)")
-        path = dest / clean
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def copy(src: IO[bytes], path: Path, name: str, declared: int) -> None:
-        nonlocal total
-        limit = max_image_bytes if path.suffix.lower() in IMAGE_SUFFIXES else None
-        too_large = f"image is {declared} bytes, above the limit of {limit} (max_image_bytes)"
-        if limit is not None and declared > limit:
-            out.too_large[name] = too_large
-            return
-        try:
-            total += _copy_limited(src, path, max_bytes - total, limit)
-        except _FileTooLarge:
-            path.unlink(missing_ok=True)
-            out.too_large[name] = f"image is more than {limit} bytes, the limit (max_image_bytes)"
-
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                if info.is_dir():
-                    continue
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    out.skipped.append({"item": info.filename, "reason": "symbolic link; skipped"})
-                    continue
-                path = target(info.filename)
-                if path is not None:
-                    with zf.open(info) as src:
-                        copy(src, path, str(path.relative_to(dest)), info.file_size)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive, "r:*") as tf:
-            for m in tf:
-                if m.isdir():
-                    continue
-                if not m.isfile():
-                    kind = "symbolic link" if m.issym() else "hard link" if m.islnk() else "special file"
-                    out.skipped.append({"item": m.name, "reason": f"{kind}; skipped"})
-                    continue
-                path = target(m.name)
-                src = tf.extractfile(m) if path is not None else None
-                if path is not None and src is not None:
-                    copy(src, path, str(path.relative_to(dest)), m.size)
-    else:
-        raise ArchiveError("not a tar or zip archive")
-    return out
 
 
 def _read_jsonl(path: Path, errors: list[dict[str, str]], settings: Any) -> list[dict[str, Any]]:
@@ -316,19 +203,30 @@ class JobManager:
         prior_images = job.get("indexed_images", 0)  # from a run a restart interrupted; made exact at the end
         job["indexed_images"] = job["indexed_texts"] = 0
         self._save(job)
+        t0 = time.perf_counter()
+        ids, n_images = self._index_images(job, root, files, meta, prior_images, t0)
+        archived = {str(f.relative_to(root)) for f in files} | set(too_large)
+        n_texts = self._index_captions(job, captions, ids, archived)
+        job["items_per_s"] = round((n_images + n_texts) / max(time.perf_counter() - t0, 1e-9), 2)
+        self.engine.refresh_gauges()
+
+    def _index_images(self, job: dict[str, Any], root: Path, files: list[Path], meta: dict[str, dict[str, Any]],
+                      prior_images: int, t0: float) -> tuple[dict[str, str], int]:
+        """The archive's images through the one way in (service/ingest.py), progress saved after each batch →
+        (each indexed file's id, how many this run indexed)."""
+        errors: list[dict[str, str]] = job["errors"]
         tag = {"job": job["id"]}
         names = [str(f.relative_to(root)) for f in files]
         arrivals = []
         for f, rel in zip(files, names, strict=True):
             m = meta.get(rel) or meta.get(f.name) or {}
             arrivals.append(Arrival(rel, f, id=m.get("id"), metadata=m.get("metadata") or {}, extra=tag))
-        admitted = admit_all(arrivals, s, self.engine.blobs)  # the same limits as an upload: bytes, then pixels
+        admitted = admit_all(arrivals, self.engine.settings, self.engine.blobs)  # an upload's limits
         for pos, exc in admitted.refused.items():
             errors.append({"item": names[pos], "reason": str(exc)})
         job["failed"] += len(admitted.refused)
         job["done"] += len(admitted.refused)
-        items, names = admitted.items, [names[pos] for pos in admitted.positions]
-        t0 = time.perf_counter()
+        names = [names[pos] for pos in admitted.positions]
         base_done, base_failed = job["done"], job["failed"]
 
         def progress(summary: Summary) -> None:
@@ -340,13 +238,18 @@ class JobManager:
             job["items_per_s"] = round(summary.indexed / max(time.perf_counter() - t0, 1e-9), 2)
             self._save(job)
 
-        summary = self.engine.indexer.index_images(items, on_batch=progress)
+        summary = self.engine.indexer.index_images(admitted.items, on_batch=progress)
         progress(summary)
         ids = {name: iid for name, iid in zip(names, summary.ids, strict=True) if iid is not None}
         for pos, fail in summary.errors.items():
             errors.append({"item": names[pos], "reason": fail.reason})
         job["indexed_images"] = self._written_by(job["id"], IMAGES, ids.values())
-        archived = {str(f.relative_to(root)) for f in files} | set(too_large)
+        return ids, summary.indexed
+
+    def _index_captions(self, job: dict[str, Any], captions: list[dict[str, Any]], ids: dict[str, str],
+                        archived: set[str]) -> int:
+        """captions.jsonl's rows, each tied to its image by file name (this archive's) or id (the index's)."""
+        errors: list[dict[str, str]] = job["errors"]
         texts, text_pos = [], []
         for n, row in enumerate(captions):
             image = row.get("image") or row.get("file")
@@ -362,17 +265,15 @@ class JobManager:
                     errors.append({"item": where, "reason": f"its image {image_id!r} was not indexed"})
                     continue
             texts.append(TextItem(text, id=row.get("id"), metadata=row.get("metadata") or {}, image_id=image_id,
-                                  extra=tag))
+                                  extra={"job": job["id"]}))
             text_pos.append(where)
-        ts = self.engine.indexer.index_texts(texts, max_chars=s.max_text_chars)
+        ts = self.engine.indexer.index_texts(texts, max_chars=self.engine.settings.max_text_chars)
         job["failed"] += ts.failed + (len(captions) - len(texts))
         job["done"] += len(captions)
         for pos, fail in ts.errors.items():
             errors.append({"item": text_pos[pos], "reason": fail.reason})
         job["indexed_texts"] = self._written_by(job["id"], TEXTS, (i for i in ts.ids if i is not None))
-        elapsed = max(time.perf_counter() - t0, 1e-9)
-        job["items_per_s"] = round((summary.indexed + ts.indexed) / elapsed, 2)
-        self.engine.refresh_gauges()
+        return ts.indexed
 
     def _written_by(self, job_id: str, collection: str, ids: Iterable[str]) -> int:
         """How many of `ids` this job wrote, in this run or one a restart interrupted (their payload says so)."""
