@@ -27,6 +27,10 @@ What differs from a literal reading of MGAN, and why (each measured on validatio
   patch tokens, not bottom-up regions (see `image_views`).
 * `interaction: "camp"` replaces eqs. 7–10 with CAMP's gated message passing
   (training/model/camp.py); its logit is calibrated on validation before it is fused.
+
+Longer than the 350 lines the project aims for: `Matcher` is one nn.Module whose preparation, interaction,
+fusion and calibration share its parameters. Its building blocks (layers.py), options (matcher_config.py)
+and tensor bundles (prepared.py) live beside it.
 """
 
 from __future__ import annotations
@@ -34,295 +38,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .camp import CrossModalGate
+from .layers import LDA, Adapter, PerturbedTopK, Refiner, masked_softmax
+from .matcher_config import (
+    DIRECTIONS,
+    KINDS,
+    PREPARATION_MODULES,
+    PREPARATION_OPTIONS,
+    MatcherConfig,
+)
+from .prepared import Interaction, PreparedImages, PreparedTexts
 from .tokens import centre_tokens, pad_words
 
-DIRECTIONS = ("t2i", "i2t")  # t2i: a caption ranks images; i2t: an image ranks captions
-KINDS = ("fused", "global", "fine")
-
-
-@dataclass
-class MatcherConfig:
-    dim: int = 512
-    num_patches: int = 49  # M of the backbone (grid²)
-    max_words: int = 75  # context_length − 2
-    # patch selector (MGAN eq. 5); top_k = 0 keeps every patch and skips the selector
-    top_k: int = 0
-    selector_hidden: int = 64
-    sigma: float = 0.5  # perturbed top-k noise, relative to the std of the image's selector scores
-    num_samples: int = 100  # perturbed top-k samples
-    # tokens minus their item's mean (what is particular to each patch or word), as the backbone's token term saw them
-    centre: bool = False
-    # per-item context before matching, each zero-initialised (the matcher starts from the backbone's own tokens):
-    # word_context: one bidirectional self-attention block over the caption's words (the backbone's text tokens are
-    # causal, so "red" never sees the "circle" it belongs to nor the "left of" after it); patch_position: a learned
-    # embedding of each patch's place in the grid (relations such as "left of" or "above" are about places);
-    # patch_context: a self-attention block over the image's patches (costly at query time, ablation)
-    word_context: bool = True
-    patch_position: bool = True
-    patch_context: bool = False
-    # residual adapters on tokens (zero-initialised); patch_adapter=False keeps them on the words only: the
-    # per-patch MLP is most of the rerank stage's time (every candidate image's every patch, at query time)
-    adapters: bool = True
-    patch_adapter: bool = False
-    adapter_hidden: int = 256
-    # similarity interaction (eqs. 7–9)
-    temperature: float = 10.0  # initial inverse temperature of the inner softmaxes
-    learn_temperature: bool = True
-    slot_linear: bool = False  # MGAN's positional Linear₁₋₃ (ablation; order-dependent)
-    # LDA aggregation of the word scores
-    lda_hidden: int = 256
-    aggregation: str = "weighted"  # "weighted": importance-weighted sum + mean; "sum": plain Σ + mean
-    # a third LDA branch: the soft minimum of the word scores (learnable temperature). A caption is true of an
-    # image only if each of its parts is, so one unmatched word ("purple" where the triangle is red) should
-    # weigh more than its 1/L share of a mean
-    softmin: bool = False
-    # UARDA's adaptive relevance threshold: a learned boundary b on the word–patch cosines, applied before the
-    # eq. 7–9 attention as a gate σ(κ·(sim − b)), so a pair below b gets no weight and a word with no patch above
-    # it contributes ~0 (a missing object or colour lowers the score instead of borrowing its nearest patch).
-    # b starts at 0, the fixed threshold of a ReLU (SCAN), and is learned with the features; training adds a
-    # term that pushes true pairs' word evidence above b and false pairs' weakest word below it
-    relevance: str = "none"  # or "uarda"
-    relevance_sharpness: float = 20.0  # κ: how soft the gate is around the boundary (fixed: a learned κ can flatten it)
-    # MGAN's region level with multi-view summarisation (eqs. 3–4, after CAMERA): `views` learned attentions each
-    # pool the image's prepared patches into one vector (no detector: views over patches), and the caption's mean
-    # word vector matches its best view. S_region joins the fine score as patch + ρ·region (ρ trained, then
-    # tuned on validation); a diversity term keeps the views apart. 0: off
-    views: int = 0
-    # the similarity interaction: "mgan" (eqs. 7–9 with LDA, above) or "camp": CAMP's cross-modal gated message
-    # passing, attention pooling and an MLP logit (training/model/camp.py), trained with binary cross-entropy on each
-    # query's positives and its hardest mined negative, its logit calibrated on validation before fusion
-    interaction: str = "mgan"
-    camp_hidden: int = 256
-    # fusion with the global score: S = (1−w)·global + w·patch, w learned in training, then tuned per direction
-    fusion: str = "learned"  # or "fixed"
-    fusion_share: float = 0.25  # MGAN's β=0.6, λ=0.2 as a share
-
-    def __post_init__(self) -> None:
-        if self.aggregation not in ("weighted", "sum"):
-            raise ValueError(f"aggregation must be 'weighted' or 'sum', not {self.aggregation!r}")
-        if self.relevance not in ("none", "uarda"):
-            raise ValueError(f"relevance must be 'none' or 'uarda', not {self.relevance!r}")
-        if self.relevance == "uarda" and self.slot_linear:
-            raise ValueError("relevance 'uarda' gates the order-free interaction; it cannot be combined with "
-                             "slot_linear")
-        if self.interaction not in ("mgan", "camp"):
-            raise ValueError(f"interaction must be 'mgan' or 'camp', not {self.interaction!r}")
-        if self.interaction == "camp" and (self.slot_linear or self.relevance != "none" or self.views):
-            raise ValueError("interaction 'camp' replaces the eq. 7–10 interaction: it cannot be combined with "
-                             "slot_linear, relevance 'uarda' or views")
-        if self.views < 0:
-            raise ValueError("views must be 0 (off) or a number of views")
-        if self.relevance_sharpness <= 0:
-            raise ValueError("relevance_sharpness must be positive")
-        if self.fusion not in ("learned", "fixed"):
-            raise ValueError(f"fusion must be 'learned' or 'fixed', not {self.fusion!r}")
-        if not 0 < self.fusion_share < 1:
-            raise ValueError("fusion_share must be between 0 and 1")
-        if self.top_k < 0 or self.top_k > self.num_patches:
-            raise ValueError(f"top_k={self.top_k} must be 0 (all) or at most the backbone's {self.num_patches} "
-                             "patches")
-
-    @property
-    def kept_patches(self) -> int:
-        return self.top_k or self.num_patches
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MatcherConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown matcher options {sorted(unknown)} (bundle from another finesearch version?)")
-        return cls(**{**ABSENT_MEANS, **d})
-
-
-# options added after bundle format 2 whose new default differs from what older bundles were trained with:
-# a saved config without them gets these values, so older bundles keep scoring exactly as they were trained
-ABSENT_MEANS = {"word_context": False, "patch_position": False, "softmin": False, "patch_adapter": True}
-
-
-# the modules whose weights shape an item's prepared features (what the token bank stores at index time); the
-# interaction's temperatures, the word importances and the fusion act on them at query time and may change freely
-PREPARATION_MODULES = ("sel_patch", "sel_global", "sel_out", "patch_refiner", "patch_pos", "patch_adapter",
-                       "word_refiner", "word_adapter", "lda")
-PREPARATION_OPTIONS = ("dim", "num_patches", "max_words", "top_k", "selector_hidden", "centre", "word_context",
-                       "patch_position", "patch_context", "adapters", "patch_adapter", "adapter_hidden", "lda_hidden",
-                       "softmin")
-
-
-def masked_softmax(x: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Softmax over the positions where mask is True; an all-masked row gives zeros, not NaN."""
-    x = x.masked_fill(~mask, float("-inf"))
-    out = torch.softmax(x, dim=dim)
-    return torch.nan_to_num(out, nan=0.0) * mask
-
-
-class PerturbedTopK(torch.autograd.Function):
-    """Differentiable top-k (Berthet et al. 2020, as in TS2-Net): the mean of the hard
-    top-k indicators of noisy scores, with the perturbed-optimizer gradient E[y·Zᵀ]/σ.
-
-    `sigma` is a tensor [B, 1]: each image's noise scale (relative to its own score spread)."""
-
-    @staticmethod
-    def forward(ctx: Any, scores: torch.Tensor, k: int, num_samples: int, sigma: torch.Tensor) -> torch.Tensor:
-        b, m = scores.shape
-        noise = torch.randn(b, num_samples, m, device=scores.device, dtype=scores.dtype)
-        idx = torch.topk(scores[:, None, :] + sigma[:, :, None] * noise, k, dim=-1, sorted=False).indices
-        idx = torch.sort(idx, dim=-1).values  # keep spatial order
-        onehot = F.one_hot(idx, m).to(scores.dtype)  # [b, n, k, m]
-        ctx.save_for_backward(onehot, noise, sigma)
-        ctx.num_samples = num_samples
-        return onehot.mean(dim=1)  # [b, k, m]
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
-        onehot, noise, sigma = ctx.saved_tensors
-        jac = torch.einsum("bnkm,bne->bkme", onehot, noise) / (ctx.num_samples * sigma[:, :, None, None])
-        return torch.einsum("bkm,bkme->be", grad, jac), None, None, None
-
-
-class Adapter(nn.Module):
-    """Residual bottleneck, zero-initialised: training starts exactly from CLIP's own space."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.up = nn.Linear(dim, hidden)
-        self.down = nn.Linear(hidden, dim)
-        nn.init.zeros_(self.down.weight)
-        nn.init.zeros_(self.down.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x + self.down(F.gelu(self.up(x))), dim=-1)
-
-
-class Refiner(nn.Module):
-    """Pre-norm transformer block over one item's tokens, its output projections zero-initialised (identity at
-    the start). Padding never reaches a real token: masked keys are ignored, masked outputs are zeroed."""
-
-    def __init__(self, dim: int, heads: int = 4) -> None:
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        for lin in (self.attn.out_proj, self.mlp[2]):
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        pad = None
-        if mask is not None:
-            pad = ~mask
-            pad = pad & mask.any(dim=-1, keepdim=True)  # an empty caption attends to its padding: zeroed below
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
-        x = x + self.mlp(self.norm2(x))
-        return x * mask[..., None] if mask is not None else x
-
-
-class LDA(nn.Module):
-    """Lightweight dynamic aggregator: (w_sum, w_mean) from the caption's words and its length.
-
-    Project up (hidden ≥ d + 1), non-linearity, project back, residual, softmax — as the LDA paper describes.
-    """
-
-    def __init__(self, dim: int, hidden: int, max_words: int, branches: int = 2) -> None:
-        super().__init__()
-        self.max_words = max_words
-        self.up = nn.Linear(dim + 1, hidden)
-        self.down = nn.Linear(hidden, dim + 1)
-        self.head = nn.Linear(dim + 1, branches)
-
-    def forward(self, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        n = mask.sum(-1, keepdim=True).to(words.dtype)
-        pooled = (words * mask[..., None]).sum(-2) / n.clamp(min=1)
-        x = torch.cat([pooled, n / self.max_words], dim=-1)
-        x = x + self.down(F.gelu(self.up(x)))
-        return torch.softmax(self.head(x), dim=-1)
-
-
-@dataclass
-class PreparedImages:
-    """Per-image work done once, whatever the query: selection, adapters."""
-
-    patches: torch.Tensor  # [B, K, d] selected, adapted, normalised
-    globals: torch.Tensor  # [B, d]
-    # [B, V, d] the region level's view vectors, normalised (matchers with views); None: computed from `patches`
-    # when needed (the service keeps only the patches: views cost V·K·d per candidate, less than the interaction)
-    views: torch.Tensor | None = None
-
-    @staticmethod
-    def of_patches(patches: torch.Tensor) -> PreparedImages:
-        """Patches prepared at indexing (as the token bank keeps them) or for a query, without their global
-        vectors: callers that pass the global cosines (Qdrant's scores) never read them, so they are zeros."""
-        patches = patches.float()
-        return PreparedImages(patches, patches.new_zeros(patches.shape[0], patches.shape[-1]))
-
-    def take(self, idx: torch.Tensor) -> PreparedImages:
-        return PreparedImages(self.patches[idx], self.globals[idx], None if self.views is None else self.views[idx])
-
-    def expand(self, n: int) -> PreparedImages:
-        """One image as n aligned rows, as views of the same memory (explaining one query against a page)."""
-        assert self.patches.shape[0] == 1, "expand repeats a single image"
-        return PreparedImages(self.patches.expand(n, -1, -1), self.globals.expand(n, -1),
-                              None if self.views is None else self.views.expand(n, -1, -1))
-
-    @staticmethod
-    def cat(parts: list[PreparedImages]) -> PreparedImages:
-        """Batches prepared apart (evaluation prepares a whole split in chunks) as one."""
-        views = [p.views for p in parts if p.views is not None]
-        return PreparedImages(torch.cat([p.patches for p in parts]), torch.cat([p.globals for p in parts]),
-                              torch.cat(views) if views else None)
-
-
-@dataclass
-class PreparedTexts:
-    """Per-caption work done once: adapted words, their importances and the LDA weights."""
-
-    words: torch.Tensor  # [B, max_words, d] adapted, normalised, zero padded
-    mask: torch.Tensor  # [B, max_words]
-    globals: torch.Tensor  # [B, d]
-    lda: torch.Tensor  # [B, 2] (w_sum, w_mean), or [B, 3] (w_sum, w_mean, w_min) with softmin
-    importance: torch.Tensor  # [B, max_words] word weights of the sum branch, summing to 1 over real words
-
-    def take(self, idx: torch.Tensor) -> PreparedTexts:
-        return PreparedTexts(self.words[idx], self.mask[idx], self.globals[idx], self.lda[idx], self.importance[idx])
-
-    def expand(self, n: int) -> PreparedTexts:
-        """One caption as n aligned rows, as views of the same memory."""
-        assert self.words.shape[0] == 1, "expand repeats a single caption"
-        return PreparedTexts(*(getattr(self, f.name).expand(n, *getattr(self, f.name).shape[1:])
-                               for f in fields(PreparedTexts)))
-
-    @staticmethod
-    def cat(parts: list[PreparedTexts]) -> PreparedTexts:
-        """Batches prepared apart as one; all were padded to the same max_words."""
-        return PreparedTexts(*(torch.cat([getattr(p, f.name) for p in parts]) for f in fields(PreparedTexts)))
-
-    def trimmed(self) -> PreparedTexts:
-        """Padding cut to the longest caption here: the same scores (masks), less work per pair."""
-        n = max(1, int(self.mask.sum(dim=1).max())) if self.mask.shape[0] else 1
-        return PreparedTexts(self.words[:, :n], self.mask[:, :n], self.globals, self.lda, self.importance[:, :n])
-
-
-@dataclass
-class Interaction:
-    """What the interaction computed for a batch of pairs, kept for losses and explanations."""
-
-    patch: torch.Tensor  # [...] S_patch = (s_w2p + s_p2w) / 2
-    word_scores: torch.Tensor  # [..., L] s_w (eq. 9), zero on padding
-    word_attention: torch.Tensor  # [..., L, K] α′: each word's weights over the kept patches
-    word_weights: torch.Tensor  # [..., L] each word's weight in s_p2w = Σ_l weight_l · s_w,l (LDA), zero on padding
-    patch_side: torch.Tensor  # [...] s_w2p (eqs. 7–8), so S_patch = (patch_side + Σ_l weight_l · s_w,l) / 2
+# the names callers import from here: the matcher, its options and its tensor bundles
+__all__ = ["DIRECTIONS", "KINDS", "LDA", "Interaction", "Matcher", "MatcherConfig", "PreparedImages", "PreparedTexts"]
 
 
 class Matcher(nn.Module):
