@@ -31,6 +31,7 @@ from .model.backbone import Backbone
 from .model.matcher import Matcher
 from .model.tokens import pad_words
 from .progress import progress_bar
+from .run_state import load_checkpoint, lr_schedule, save_checkpoint
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -180,8 +181,7 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
 def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | None, cfg: Any,
                   ckpt_path: Path, resume: bool, device: torch.device, *, extra_params: list[torch.nn.Parameter] | None
                   = None, extra_modules: dict[str, torch.nn.Module] | None = None, progress: bool = True,
-                  log: Callable[[str], None] = print, schedule: Callable[..., Any], save: Callable[..., None],
-                  load: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train for cfg.steps (or cfg.minutes); validate every cfg.val_every steps; keep the best validation rSum."""
     matcher.to(device)
     modules = torch.nn.ModuleDict({"matcher": matcher, **(extra_modules or {})})
@@ -190,27 +190,18 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
         groups.append({"params": extra_params, "lr": cfg.lr * cfg.backbone_lr_scale})
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = schedule(opt, cfg.schedule, cfg.steps, warmup=min(100, cfg.steps // 20))
+    sched = lr_schedule(opt, cfg.schedule, cfg.steps, warmup=min(100, cfg.steps // 20))
 
-    t_mine = time.perf_counter()
-    start_f = source.features()
-    truth = Truth(source.txt_img, source.texts)
-    t2i, i2t = mine(start_f.img_glob, start_f.txt_glob, truth, cfg.candidates, implied=cfg.skip_implied)
+    t2i, i2t, mined = _mine_start(source, cfg)
     caps_of: list[list[int]] = [[] for _ in source.image_ids]
     for t, i in enumerate(source.txt_img.tolist()):
         caps_of[i].append(t)
     usable = torch.tensor([i for i, cs in enumerate(caps_of) if cs], dtype=torch.long)
-    mined = {"candidates": cfg.candidates, "seconds": round(time.perf_counter() - t_mine, 1),
-             "t2i_positives_per_query": round(float(t2i.positive.sum(1).float().mean()), 2),
-             "i2t_positives_per_query": round(float(i2t.positive.sum(1).float().mean()), 2)}
-    if cfg.skip_implied:
-        mined |= {"t2i_unsure_per_query": round(float(t2i.unsure.sum(1).float().mean()), 2),
-                  "i2t_unsure_per_query": round(float(i2t.unsure.sum(1).float().mean()), 2)}
 
     step, history = 0, []
     best: dict[str, Any] = {"rsum": -1.0, "step": 0, "state": None, "metrics": None}
     if resume and ckpt_path.is_file():
-        ck = load(ckpt_path, modules, opt, sched)
+        ck = load_checkpoint(ckpt_path, modules, opt, sched)
         step, history, best = ck["step"], ck["history"], ck["best"]
         log(f"resumed matcher training after step {step}")
     t_start = time.perf_counter()
@@ -240,21 +231,9 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
             entry: dict[str, Any] = {"step": step, **{k: round(float(np.mean([w[k] for w in window])), 4)
                                                      for k in window[0]}}
             window = []
-            if val is not None:
-                val_f = val.features()
-                res = tune(matcher, val_f, cfg.val_candidates, device)
-                entry["val"] = res["val_two_stage"]
-                entry["shares"] = res["shares"]
-                if res["val_two_stage"]["rsum"] > best["rsum"]:
-                    best = {"rsum": res["val_two_stage"]["rsum"], "step": step, "metrics": res["val_two_stage"],
-                            "state": copy.deepcopy(modules.state_dict())}
-                log(f"matcher step {step}: loss {entry['loss']:.3f}, val two-stage rSum {entry['val']['rsum']:.1f} "
-                    f"(best {best['rsum']:.1f} @ {best['step']}; global {res['val_global']['rsum']:.1f})")
-            else:
-                best = {"rsum": 0.0, "step": step, "metrics": None, "state": copy.deepcopy(modules.state_dict())}
-                log(f"matcher step {step}: loss {entry['loss']:.3f}")
+            best = _validate(matcher, modules, val, cfg, device, entry, best, log)
             history.append(entry)
-            save(ckpt_path, modules, opt, sched, step=step, history=history, best=best)
+            save_checkpoint(ckpt_path, modules, opt, sched, step=step, history=history, best=best)
         if over:
             log("matcher time budget reached")
             break
@@ -264,6 +243,41 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
     modules.eval()
     return {"steps": step, "history": history, "best_step": best["step"], "best_val": best["metrics"],
             "mining": mined, "seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def _mine_start(source: FeatureSource, cfg: Any) -> tuple[Candidates, Candidates, dict[str, Any]]:
+    """Each query's global top-k at the start, with its positives (and unsure pairs), and what mining found."""
+    t_mine = time.perf_counter()
+    start_f = source.features()
+    truth = Truth(source.txt_img, source.texts)
+    t2i, i2t = mine(start_f.img_glob, start_f.txt_glob, truth, cfg.candidates, implied=cfg.skip_implied)
+    mined = {"candidates": cfg.candidates, "seconds": round(time.perf_counter() - t_mine, 1),
+             "t2i_positives_per_query": round(float(t2i.positive.sum(1).float().mean()), 2),
+             "i2t_positives_per_query": round(float(i2t.positive.sum(1).float().mean()), 2)}
+    if cfg.skip_implied:
+        mined |= {"t2i_unsure_per_query": round(float(t2i.unsure.sum(1).float().mean()), 2),
+                  "i2t_unsure_per_query": round(float(i2t.unsure.sum(1).float().mean()), 2)}
+    return t2i, i2t, mined
+
+
+def _validate(matcher: Matcher, modules: torch.nn.Module, val: FeatureSource | None, cfg: Any,
+              device: torch.device, entry: dict[str, Any], best: dict[str, Any], log: Callable[[str], None]
+              ) -> dict[str, Any]:
+    """One validation point: fusion tuned on validation, `entry` filled in, and the best state so far kept
+    (without a validation split, the latest)."""
+    step = entry["step"]
+    if val is None:
+        log(f"matcher step {step}: loss {entry['loss']:.3f}")
+        return {"rsum": 0.0, "step": step, "metrics": None, "state": copy.deepcopy(modules.state_dict())}
+    res = tune(matcher, val.features(), cfg.val_candidates, device)
+    entry["val"] = res["val_two_stage"]
+    entry["shares"] = res["shares"]
+    if res["val_two_stage"]["rsum"] > best["rsum"]:
+        best = {"rsum": res["val_two_stage"]["rsum"], "step": step, "metrics": res["val_two_stage"],
+                "state": copy.deepcopy(modules.state_dict())}
+    log(f"matcher step {step}: loss {entry['loss']:.3f}, val two-stage rSum {entry['val']['rsum']:.1f} "
+        f"(best {best['rsum']:.1f} @ {best['step']}; global {res['val_global']['rsum']:.1f})")
+    return best
 
 
 def evaluate_val(matcher: Matcher, val: Features, candidates: int, device: torch.device) -> dict[str, Any]:

@@ -8,7 +8,6 @@ hold the weights, optimiser, schedule, RNG state and best validation result, so
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
@@ -31,55 +30,8 @@ from .model.backbone import Backbone
 from .model.bundle import save_bundle
 from .model.matcher import Matcher, MatcherConfig
 from .progress import progress_bar
+from .run_state import autocast, load_checkpoint, lr_schedule, save_checkpoint, seed_everything
 from .train_config import TrainConfig
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _schedule(opt: torch.optim.Optimizer, kind: str, total: int,
-              warmup: int = 0) -> torch.optim.lr_scheduler.LRScheduler:
-    if kind == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, total // 3), gamma=0.1)
-    if kind != "cosine":
-        raise ValueError(f"unknown schedule {kind!r}; use cosine or step")
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(s: dict[str, Any]) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-
-
-def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, **extra: Any) -> None:
-    """Everything an interrupted run needs to continue exactly: weights, optimiser, schedule, RNG, progress."""
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "rng": _rng_state(), **extra}, tmp)
-    tmp.replace(path)
-
-
-def _load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
-    ck = torch.load(path, weights_only=False)
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["opt"])
-    sched.load_state_dict(ck["sched"])
-    _set_rng_state(ck["rng"])
-    return ck
 
 
 def _round_to_fp16(backbone: Backbone) -> None:
@@ -100,21 +52,6 @@ def backbone_check(backbone: Backbone, items: list[CaptionedImage], images_dir: 
     chance = 100.0 * (1 + 5 + 10) / max(n, 1) * 2 + 100.0 * (1 + 5 + 10) * 5 / max(len(feats.texts), 1)
     return {**res, "images": n, "chance_rsum": round(min(chance, 600.0), 2),
             "near_chance": bool(res["rsum"] < 3 * chance + 10)}
-
-
-def _autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast for training where the CPU has bf16 instructions (about 1.5× faster here), else fp32."""
-    if mode == "bf16" or (mode == "auto" and device.type == "cpu" and cpu_has_bf16()):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 class BatchSampler:
@@ -168,7 +105,7 @@ class BatchSampler:
 def _image_globals(backbone: Backbone, pixels: torch.Tensor, precision: str, batch: int = 512) -> torch.Tensor:
     backbone.model.eval()
     out = []
-    with _autocast(backbone.device, precision):
+    with autocast(backbone.device, precision):
         for lo in range(0, len(pixels), batch):
             out.append(backbone.image_features(backbone.pixels(pixels[lo:lo + batch])).globals.float())
     return torch.cat(out)
@@ -191,10 +128,10 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
     sampler = BatchSampler(items, cfg.clip_batch, cfg.hard_batches, cfg.cluster)
     mine_from = int(total * cfg.mine_after) if cfg.mine_every > 0 else total + 1
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.clip_lr, weight_decay=0.1)
-    sched = _schedule(opt, "cosine", total, warmup=min(200, total // 10))
+    sched = lr_schedule(opt, "cosine", total, warmup=min(200, total // 10))
     step, history = 0, []
     if resume and ckpt_path.is_file():
-        ck = _load_checkpoint(ckpt_path, model, opt, sched)
+        ck = load_checkpoint(ckpt_path, model, opt, sched)
         step, history = ck["step"], ck["history"]
         log(f"resumed backbone training after step {step}")
     t_start = time.perf_counter()
@@ -210,17 +147,8 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
             model.train()
         idx, n_random = next(sampler)
         cap = torch.tensor([first[i] + random.randrange(len(captions[i])) for i in idx.tolist()], dtype=torch.long)
-        exclude = truth.matches(idx[:, None], cap[None, :]) & ~torch.eye(len(idx), dtype=torch.bool)
-        exclude = exclude.to(backbone.device)
-        with _autocast(backbone.device, cfg.clip_precision):
-            imf = backbone.image_features(backbone.pixels(pixels[idx]))
-            txf = backbone.text_features(backbone.tokenize([flat[c] for c in cap.tolist()]))
-            scale = model.logit_scale.exp()
-            g = slice(None) if cfg.hard_global else slice(0, n_random)
-            loss = contrastive_loss(imf.globals[g], txf.globals[g], scale, exclude[g, g])
-            if cfg.token_loss > 0:
-                loss = loss + cfg.token_loss * filip_loss(imf.tokens, txf.tokens, txf.mask, scale, exclude,
-                                                         centre=cfg.token_centre)
+        loss = _clip_batch_loss(backbone, pixels[idx], [flat[c] for c in cap.tolist()],
+                                truth.matches(idx[:, None], cap[None, :]), n_random, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -239,7 +167,7 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
             log(f"backbone step {step}/{total}: loss {history[-1]['loss']:.3f} (chance "
                 f"{math.log(len(idx)) * (1 + cfg.token_loss):.2f}), {history[-1]['examples_per_s']:.0f} ex/s")
             losses, t0, seen = [], time.perf_counter(), 0
-            _save_checkpoint(ckpt_path, model, opt, sched, step=step, history=history)
+            save_checkpoint(ckpt_path, model, opt, sched, step=step, history=history)
         if over:
             log("backbone time budget reached")
             break
@@ -247,6 +175,24 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
     model.eval()
     _round_to_fp16(backbone)
     return {"steps": step, "history": history, "seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def _clip_batch_loss(backbone: Backbone, pixels: torch.Tensor, texts: list[str], matches: torch.Tensor,
+                     n_random: int, cfg: TrainConfig) -> torch.Tensor:
+    """One batch's contrastive loss (+ the FILIP term). `matches[i, j]`: caption j truly describes image i, so
+    off the diagonal such pairs are not pushed apart; the hard-mined part of the batch (after `n_random`)
+    enters the global term only with cfg.hard_global."""
+    exclude = (matches & ~torch.eye(len(texts), dtype=torch.bool)).to(backbone.device)
+    with autocast(backbone.device, cfg.clip_precision):
+        imf = backbone.image_features(backbone.pixels(pixels))
+        txf = backbone.text_features(backbone.tokenize(texts))
+        scale = backbone.model.logit_scale.exp()
+        g = slice(None) if cfg.hard_global else slice(0, n_random)
+        loss = contrastive_loss(imf.globals[g], txf.globals[g], scale, exclude[g, g])
+        if cfg.token_loss > 0:
+            loss = loss + cfg.token_loss * filip_loss(imf.tokens, txf.tokens, txf.mask, scale, exclude,
+                                                     centre=cfg.token_centre)
+    return loss
 
 
 @torch.inference_mode()
@@ -281,6 +227,29 @@ def matcher_config_for(backbone: Backbone, overrides: dict[str, Any]) -> Matcher
     return MatcherConfig.from_dict({**asdict(base), **overrides})
 
 
+def _backbone_stage(backbone: Backbone, train_items: list[CaptionedImage], val_items: list[CaptionedImage] | None,
+                    images_dir: Path, cfg: TrainConfig, work: Path, resume: bool, progress: bool, log: Any
+                    ) -> dict[str, Any]:
+    """The backbone trained from scratch, checked on validation, and a warning when it learned almost nothing
+    (a matcher on such features cannot rerank anything)."""
+    stage = train_backbone(backbone, train_items, images_dir, cfg, work / "backbone.ckpt", resume, progress, log)
+    if val_items:
+        check = backbone_check(backbone, val_items, images_dir, cfg.workers)
+        stage["val"] = check
+        log(f"backbone on validation ({check['images']} images): global rSum {check['rsum']:.1f} (i2t R@1 "
+            f"{check['i2t']['r1']:.1f}, t2i R@1 {check['t2i']['r1']:.1f}; chance ≈ {check['chance_rsum']})")
+    history = stage["history"]
+    chance_loss = math.log(min(cfg.clip_batch, len(train_items))) * (1 + cfg.token_loss)
+    stalled = bool(history) and history[-1]["loss"] > 0.75 * chance_loss
+    if stalled or stage.get("val", {}).get("near_chance"):
+        stage["warning"] = "near chance"
+        log(f"WARNING: the backbone learned almost nothing (training loss {history[-1]['loss']:.2f} against "
+            f"{chance_loss:.2f} at chance). Train it longer (--clip-steps, --clip-minutes), check that the "
+            "captions describe their images, or start from pretrained weights (--backbone NAME --pretrained "
+            "TAG|FILE).")
+    return stage
+
+
 def run_training(backbone: Backbone, train_items: list[CaptionedImage], val_items: list[CaptionedImage] | None,
                  images_dir: Path, out: Path, cfg: TrainConfig, *, from_scratch: bool, resume: bool = False,
                  progress: bool = True, data_info: dict[str, Any] | None = None, log: Any = print,
@@ -295,22 +264,8 @@ def run_training(backbone: Backbone, train_items: list[CaptionedImage], val_item
     work.mkdir(exist_ok=True)
     report: dict[str, Any] = {"config": asdict(cfg), "data": data_info or {}}
     if from_scratch and cfg.clip_steps > 0 and not keep_backbone:
-        report["backbone"] = train_backbone(backbone, train_items, images_dir, cfg, work / "backbone.ckpt", resume,
-                                            progress, log)
-        if val_items:
-            check = backbone_check(backbone, val_items, images_dir, cfg.workers)
-            report["backbone"]["val"] = check
-            log(f"backbone on validation ({check['images']} images): global rSum {check['rsum']:.1f} (i2t R@1 "
-                f"{check['i2t']['r1']:.1f}, t2i R@1 {check['t2i']['r1']:.1f}; chance ≈ {check['chance_rsum']})")
-        history = report["backbone"]["history"]
-        chance_loss = math.log(min(cfg.clip_batch, len(train_items))) * (1 + cfg.token_loss)
-        stalled = bool(history) and history[-1]["loss"] > 0.75 * chance_loss
-        if stalled or report["backbone"].get("val", {}).get("near_chance"):
-            report["backbone"]["warning"] = "near chance"
-            log(f"WARNING: the backbone learned almost nothing (training loss {history[-1]['loss']:.2f} against "
-                f"{chance_loss:.2f} at chance). Train it longer (--clip-steps, --clip-minutes), check that the "
-                "captions describe their images, or start from pretrained weights (--backbone NAME --pretrained "
-                "TAG|FILE).")
+        report["backbone"] = _backbone_stage(backbone, train_items, val_items, images_dir, cfg, work, resume,
+                                             progress, log)
     device = backbone.device
     source: FeatureSource
     val: FeatureSource | None
@@ -330,8 +285,7 @@ def run_training(backbone: Backbone, train_items: list[CaptionedImage], val_item
     matcher = Matcher(matcher_config_for(backbone, cfg.matcher))
     report["matcher"] = train_matcher(
         matcher, source, val, cfg, work / "matcher.ckpt", resume, device, extra_params=extra_params,
-        extra_modules={"backbone": backbone.model} if extra_params else None, progress=progress, log=log,
-        schedule=_schedule, save=_save_checkpoint, load=_load_checkpoint)
+        extra_modules={"backbone": backbone.model} if extra_params else None, progress=progress, log=log)
     if extra_params:
         for p in backbone.model.parameters():
             p.requires_grad_(False)

@@ -21,7 +21,7 @@ from training.evaluate import evaluate
 from training.features import Features
 from training.matcher_train import Frozen, train_matcher
 from training.model.matcher import Matcher, MatcherConfig
-from training.train import _load_checkpoint, _save_checkpoint, _schedule, seed_everything
+from training.run_state import seed_everything
 
 COLOURS, SHAPES, PLACES = ("red", "blue", "green"), ("circle", "square", "triangle"), ("left", "right")
 NAMES = [*COLOURS, *SHAPES, *PLACES, "background", "filler"]
@@ -105,8 +105,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
                               patch_adapter=True, **request.param))
     dev = torch.device("cpu")
     train_matcher(m, Frozen(world(200, 1), dev), Frozen(world(60, 2), dev), cfg, tmp_path / "m.ckpt", False, dev,
-                  progress=False, log=lambda *_: None, schedule=_schedule, save=_save_checkpoint,
-                  load=_load_checkpoint)
+                  progress=False, log=lambda *_: None)
     return m.eval()
 
 
