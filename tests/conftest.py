@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.model.backbone import TINY_MODEL, Backbone
+from training.model.backbone import Backbone
+from training.model.defaults import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_MINI = REPO.parent / "shared" / "data" / "coco-mini"

@@ -14,8 +14,9 @@ from typing import Any
 from .datasets import read_dataset
 from .evaluate import evaluate
 from .features import extract
-from .model.backbone import TINY_MODEL, Backbone
+from .model.backbone import Backbone
 from .model.bundle import load_bundle
+from .model.defaults import TINY_MODEL
 from .synth import generate
 from .train import TrainConfig, run_training
 

@@ -12,7 +12,8 @@ import pytest
 from indexer.pipeline import ImageItem, Indexer, TextItem
 from indexer.stores import IMAGES, TEXTS, IndexMismatch, open_store
 from service.cli import main
-from training.model.backbone import TINY_MODEL, Backbone
+from training.model.backbone import Backbone
+from training.model.defaults import TINY_MODEL
 
 TINY = ["--backbone", TINY_MODEL, "--from-scratch", "--seed", "0", "--no-progress"]
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.model.backbone import TINY_MODEL, Backbone, BackboneError
+from training.model.backbone import Backbone, BackboneError
+from training.model.defaults import TINY_MODEL
 
 
 def test_image_features_shapes_and_norms(tiny_backbone: Backbone) -> None:

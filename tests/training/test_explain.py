@@ -11,7 +11,8 @@ from PIL import Image
 from service.cli import main
 from service.config import DEMO_MODEL
 from training.datasets import read_dataset
-from training.model.backbone import TINY_MODEL, Backbone
+from training.model.backbone import Backbone
+from training.model.defaults import TINY_MODEL
 from training.model.explain import word_pieces
 from training.synth import generate
 

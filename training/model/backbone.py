@@ -10,12 +10,7 @@ serving cannot disagree about what a "token" is.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import logging
-import os
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,34 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .defaults import TINY_MODEL
-
-
-class _QuietDeliberateInit(logging.Filter):
-    """open_clip warns on every random init; ours are always explicit (--from-scratch, bundles)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("No pretrained weights loaded")
-
-
-def _random_init(name: str) -> nn.Module:
-    """An open_clip model with random weights, asked for on purpose: its warning is filtered from the root
-    logger (where open_clip writes it) for this call only, so importing the package changes no logging."""
-    quiet = _QuietDeliberateInit()
-    root = logging.getLogger()
-    root.addFilter(quiet)
-    try:
-        return open_clip.create_model(name, pretrained=None)
-    finally:
-        root.removeFilter(quiet)
-
-
-CONFIG_DIR = Path(__file__).with_name("model_configs")
-open_clip.add_model_config(CONFIG_DIR)
-
-
-class BackboneError(RuntimeError):
-    """The backbone cannot be built as asked; the message says what to provide instead."""
+from .weights import (
+    BackboneError,
+    from_checkpoint,
+    from_tag,
+    looks_like_path,
+    model_config,
+    random_init,
+    register_model_config,
+    state_fingerprint,
+)
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -73,43 +50,6 @@ def pick_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     if precision not in table:
         raise BackboneError(f"unknown precision {precision!r}; use one of auto, fp32, fp16, bf16")
     return table[precision]
-
-
-def register_model_config(name: str, config: dict[str, Any]) -> None:
-    """Make a config (e.g. one stored in a model bundle) known to open_clip's factory by name."""
-    if name in open_clip.list_models():
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.json"
-        path.write_text(json.dumps(config))
-        open_clip.add_model_config(path)
-
-
-def model_config(name: str) -> dict[str, Any]:
-    cfg = open_clip.get_model_config(name)
-    if cfg is None:
-        raise BackboneError(
-            f"unknown open_clip architecture {name!r}; known ones include "
-            f"{', '.join(sorted(open_clip.list_models())[:8])}, ... and {TINY_MODEL}"
-        )
-    return cfg
-
-
-def state_fingerprint(config: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
-    """Identity of a backbone: its architecture and its weights (as fp16, so an fp16 copy matches).
-
-    Token features written with one backbone are meaningless to another; the
-    token bank and the index store this and refuse a different one.
-    """
-    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for name in sorted(state):
-        t = state[name].detach()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        if t.is_floating_point():
-            t = t.to(torch.float16)
-        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:24]
 
 
 @dataclass
@@ -137,10 +77,6 @@ class BackboneSource:
     name: str
     pretrained: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _looks_like_path(value: str) -> bool:
-    return os.sep in value or value.startswith(".") or value.endswith((".bin", ".pt", ".pth", ".safetensors"))
 
 
 class Backbone:
@@ -177,18 +113,9 @@ class Backbone:
 
     # ---------------------------------------------------------------- loading
     @classmethod
-    def load(
-        cls,
-        name: str,
-        pretrained: str | None = None,
-        *,
-        from_scratch: bool = False,
-        device: str | None = None,
-        precision: str = "auto",
-        cache_dir: str | None = None,
-        allow_download: bool = False,
-        seed: int = 0,
-    ) -> Backbone:
+    def load(cls, name: str, pretrained: str | None = None, *, from_scratch: bool = False, device: str | None = None,
+             precision: str = "auto", cache_dir: str | None = None, allow_download: bool = False, seed: int = 0
+             ) -> Backbone:
         """Build from an open_clip name and a pretrained tag or a local checkpoint file.
 
         No weights and no `from_scratch` is an error, never a silent random init.
@@ -211,38 +138,12 @@ class Backbone:
                     "or a local checkpoint file, or ask for random weights explicitly (--from-scratch)"
                 )
             torch.manual_seed(seed)
-            model = _random_init(name)
-            return cls(model, name, config, BackboneSource(name, None, {"init": "scratch", "seed": seed}), dev,
-                       precision)
-        if _looks_like_path(pretrained) or Path(pretrained).exists():
+            return cls(random_init(name), name, config, BackboneSource(name, None, {"init": "scratch", "seed": seed}),
+                       dev, precision)
+        if looks_like_path(pretrained) or Path(pretrained).exists():
             path = Path(pretrained).expanduser()
-            if not path.is_file():
-                raise BackboneError(f"checkpoint file not found: {path} (for {name}); check the path")
-            try:
-                model = open_clip.create_model(name, pretrained=str(path), load_weights=True)
-            except Exception as exc:
-                raise BackboneError(f"could not load checkpoint {path} into {name}: {exc}") from exc
-            return cls(model, name, config, BackboneSource(name, str(path)), dev, precision)
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            raise BackboneError(
-                f"unknown pretrained tag {pretrained!r} for {name}; known tags: {', '.join(tags) or 'none'}; "
-                "or pass a local checkpoint file"
-            )
-        try:
-            with _offline(not allow_download):
-                model = open_clip.create_model(name, pretrained=pretrained, cache_dir=cache_dir)
-        except Exception as exc:
-            import huggingface_hub.constants as hf_constants
-
-            where = cache_dir or hf_constants.HF_HUB_CACHE
-            raise BackboneError(
-                f"pretrained weights {name}/{pretrained} are not available locally ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}). Either copy the open_clip checkpoint into the "
-                f"Hugging Face cache at {where} (or --cache-dir), pass the checkpoint file itself as "
-                "--pretrained /path/to/open_clip_model.safetensors, or allow downloads (--allow-download, "
-                "FINESEARCH_ALLOW_DOWNLOAD=1) on a host with network access"
-            ) from exc
+            return cls(from_checkpoint(name, path), name, config, BackboneSource(name, str(path)), dev, precision)
+        model = from_tag(name, pretrained, cache_dir, allow_download)
         return cls(model, name, config, BackboneSource(name, pretrained), dev, precision)
 
     @classmethod
@@ -268,7 +169,7 @@ class Backbone:
             backbone.invalidate_fingerprint()
             return backbone
         register_model_config(name, config)
-        model = _random_init(name)
+        model = random_init(name)
         missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
         if missing or unexpected:
             raise BackboneError(
@@ -443,19 +344,3 @@ class Backbone:
     def train(self, mode: bool = True) -> Backbone:
         self.model.train(mode)
         return self
-
-
-@contextlib.contextmanager
-def _offline(enabled: bool) -> Iterator[None]:
-    """Make huggingface_hub resolve from its cache only, for the duration of one load."""
-    if not enabled:
-        yield
-        return
-    import huggingface_hub.constants as hf_constants
-
-    old = hf_constants.HF_HUB_OFFLINE  # read at call time by huggingface_hub (is_offline_mode), not at import
-    hf_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hf_constants.HF_HUB_OFFLINE = old
