@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from common import table, write
 
-from indexer.pipeline import ImageItem, Indexer, TextItem
+from indexer.items import ImageItem, TextItem
+from indexer.pipeline import Indexer
 from indexer.stores import open_store
 from training.model.backbone import Backbone
 from training.model.images import load_for_model

@@ -17,7 +17,8 @@ from .stores import FEATURE_HOMES, open_store
 from .validation import PayloadLimits, path_id
 
 if TYPE_CHECKING:  # torch comes with these: imported when a command runs, so `--help` answers at once
-    from .pipeline import Indexer, Summary
+    from .items import Summary
+    from .pipeline import Indexer
 
 LIST_SUFFIXES = frozenset({".txt", ".lst"})
 
@@ -176,7 +177,7 @@ def expand_paths(paths: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]
 
 
 def load_metadata(path: Path | None) -> dict[str, dict[str, Any]]:
-    from .pipeline import metadata_entry
+    from .items import metadata_entry
 
     if path is None:
         return {}
@@ -198,7 +199,7 @@ def load_metadata(path: Path | None) -> dict[str, dict[str, Any]]:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    from .pipeline import Failure, ImageItem
+    from .items import Failure, ImageItem
 
     try:
         files, other = expand_paths(args.paths)
@@ -244,7 +245,7 @@ def prune_missing(indexer: Indexer, folders: list[Path]) -> list[str]:
 def cmd_dataset(args: argparse.Namespace) -> int:
     from training.datasets import read_dataset
 
-    from .pipeline import ImageItem, TextItem
+    from .items import ImageItem, TextItem
 
     data = read_dataset(args.file, args.format, args.split)
     if args.limit:

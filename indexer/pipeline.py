@@ -11,13 +11,10 @@ before its raw tokens, so every raw row has prepared features even after a crash
 
 from __future__ import annotations
 
-import hashlib
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +22,13 @@ import numpy as np
 import torch
 
 from training.model.backbone import Backbone
-from training.model.images import DEFAULT_MAX_PIXELS, ImageRejected, load_with_info
+from training.model.images import DEFAULT_MAX_PIXELS
 from training.model.matcher import Matcher
 from training.progress import progress_bar
 
 from .blobs import BlobStore
+from .decoding import DecodedBatch, check_item, decode_batch, prefetch, read_batch
+from .items import Failure, ImageItem, Summary, TextItem, check_text, text_id
 from .preparation import (
     PreparationMismatch,
     PreparedFeatures,
@@ -41,107 +40,7 @@ from .preparation import (
 from .stores import IMAGES, TEXTS, VectorStore
 from .stores.base import FEATURES_EXTRAS, FEATURES_FP
 from .tokenbank import TokenBank
-from .validation import PayloadLimits, PayloadRejected, check_id, check_metadata
-
-MAX_TEXT_CHARS = PayloadLimits.max_text_chars
-
-
-@dataclass
-class ImageItem:
-    """One image to index: from a file (`path`) or from memory (`data`, e.g. an upload)."""
-
-    path: Path | None = None
-    data: bytes | None = None
-    id: str | None = None  # default: content hash
-    uri: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # payload fields set by the caller (blob, content type)
-
-
-@dataclass
-class TextItem:
-    text: str
-    id: str | None = None  # default: hash of the text
-    metadata: dict[str, Any] = field(default_factory=dict)
-    image_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # payload fields set by the caller (e.g. a bulk job's id)
-
-
-@dataclass
-class Failure:
-    source: str
-    reason: str
-    code: str = "invalid"
-
-
-@dataclass
-class Summary:
-    indexed: int = 0
-    skipped: int = 0
-    failed: int = 0
-    elapsed: float = 0.0
-    failures: list[Failure] = field(default_factory=list)
-    skips: list[Failure] = field(default_factory=list)  # inputs passed over for a reason the user should see
-    ids: list[str | None] = field(default_factory=list)  # per input, in order (skipped ones too); None where it failed
-    errors: dict[int, Failure] = field(default_factory=dict)  # input position → why it failed
-    duplicates: dict[int, int] = field(default_factory=dict)  # input position → earlier position with the same id
-
-    @property
-    def rate(self) -> float:
-        return self.indexed / self.elapsed if self.elapsed > 0 else 0.0
-
-    def fail(self, pos: int, failure: Failure) -> None:
-        self.failed += 1
-        self.failures.append(failure)
-        self.errors[pos] = failure
-        if pos < len(self.ids):
-            self.ids[pos] = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"indexed": self.indexed, "skipped": self.skipped, "failed": self.failed,
-                "elapsed_s": round(self.elapsed, 3), "items_per_s": round(self.rate, 2),
-                "failures": [f.__dict__ for f in self.failures], "skips": [f.__dict__ for f in self.skips]}
-
-
-def metadata_entry(row: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """One metadata.jsonl line → (file key, {"id", "metadata"}): the same format for the CLI and bulk jobs.
-
-    `{"file": ..., "id"?: ..., "metadata": {...}}`, or the other keys of the line as the metadata.
-    """
-    row = dict(row)
-    key = row.pop("file", None) or row.pop("image", None)
-    meta = row.pop("metadata", None)
-    item_id = row.pop("id", None)
-    if isinstance(item_id, int) and not isinstance(item_id, bool):
-        item_id = str(item_id)  # numeric ids are common in datasets; anything else meets the id rule's check
-    return (str(key) if key else None), {"id": item_id, "metadata": meta if isinstance(meta, dict) else row}
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def text_id(text: str) -> str:
-    return "t-" + hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def check_text(text: str, max_chars: int = MAX_TEXT_CHARS) -> str:
-    cleaned = " ".join(str(text).split())
-    if not cleaned:
-        raise ValueError("text is empty")
-    if len(cleaned) > max_chars:
-        raise ValueError(f"text is {len(cleaned)} characters long, above the limit of {max_chars} (max_text_chars)")
-    return cleaned
-
-
-@dataclass
-class _DecodedBatch:
-    ids: list[str]
-    pixels: np.ndarray | None  # [B, S, S, 3] uint8
-    payloads: list[dict[str, Any]]
-    positions: list[int]  # index of each prepared item in the caller's input order
-    skipped: list[tuple[int, str]]  # (position, id): already stored, or the same id earlier in this call
-    failures: list[tuple[int, Failure]]
+from .validation import PayloadLimits, PayloadRejected, check_id
 
 
 class Indexer:
@@ -226,82 +125,12 @@ class Indexer:
         return self.preparer.prepare(kind, tokens, lengths, globals_) if self.preparer is not None else None
 
     # --------------------------------------------------------------- images
-    def _read(self, item: ImageItem) -> tuple[bytes, str, str]:
-        """(bytes, id, sha256): the digest is both the default id and the payload's checksum."""
-        data = item.data if item.data is not None else Path(item.path).read_bytes()  # type: ignore[arg-type]
-        digest = sha256_hex(data)
-        return data, item.id or digest[:32], digest
-
-    def _decode(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-        arr, info = load_with_info(data, self.backbone.image_size, self.max_pixels)
-        return arr, {"width": info.width, "height": info.height, "format": info.format}
-
-    def _check_item(self, item: ImageItem | TextItem) -> None:
-        """The id rule and the metadata bounds (indexer/validation.py), before any byte is read or written."""
-        if item.id is not None:
-            check_id(item.id, self.limits.max_id_chars)
-        check_metadata(item.metadata, self.limits)
-
     def _prepare(self, pool: ThreadPoolExecutor, batch: Sequence[tuple[int, ImageItem]], skip_existing: bool,
-                 seen: dict[str, int], hashes: dict[str, str], collection: str) -> _DecodedBatch:
-        """Read, check and decode one batch. With `skip_existing`, a photo already indexed under another id
-        (same content hash: `index images` after `index dataset`, a bulk job over the same photos) is not
-        stored again: it is skipped under the id it already has, so captions link to that one item."""
-        def read(pair: tuple[int, ImageItem]) -> tuple[bytes, str, str] | Failure:
-            _, item = pair
-            try:
-                self._check_item(item)
-                return self._read(item)
-            except PayloadRejected as exc:
-                return Failure(str(item.path or item.id or "upload"), str(exc), exc.code)
-            except OSError as exc:
-                return Failure(str(item.path or item.id), f"cannot read file: {exc.strerror or exc}", "unreadable")
-
-        reads = list(pool.map(read, batch))
-        ids = [r[1] for r in reads if not isinstance(r, Failure)]
-        known = self.store.existing(collection, ids) if skip_existing else set()
-        if skip_existing:
-            fresh = [r[2] for r in reads if not isinstance(r, Failure) and r[1] not in known and r[1] not in seen
-                     and r[2] not in hashes]
-            hashes.update(self.store.ids_where(collection, "sha256", fresh) if fresh else {})
-        todo, skipped, failures = [], [], []
-        for (pos, item), r in zip(batch, reads, strict=True):
-            if isinstance(r, Failure):
-                failures.append((pos, r))
-            elif r[1] in known or r[1] in seen:
-                skipped.append((pos, r[1]))
-            elif skip_existing and hashes.get(r[2], r[1]) != r[1]:
-                skipped.append((pos, hashes[r[2]]))  # the same photo under the id it already has
-            else:
-                seen[r[1]] = pos
-                hashes.setdefault(r[2], r[1])
-                todo.append((pos, item, *r))
-
-        def decode(entry: tuple[int, ImageItem, bytes, str, str]) -> tuple[np.ndarray, dict[str, Any]] | Failure:
-            _, item, data, _, _ = entry
-            try:
-                return self._decode(data)
-            except ImageRejected as exc:
-                return Failure(str(item.path or item.id or "upload"), str(exc), exc.code)
-            except Exception as exc:
-                return Failure(str(item.path or item.id or "upload"), f"cannot decode image: {exc}", "invalid_image")
-
-        decoded = list(pool.map(decode, todo))
-        out_ids, pixels, payloads, positions = [], [], [], []
-        for (pos, item, data, iid, digest), d in zip(todo, decoded, strict=True):
-            if isinstance(d, Failure):
-                failures.append((pos, d))
-                continue
-            arr, info = d
-            out_ids.append(iid)
-            pixels.append(arr)
-            positions.append(pos)
-            payloads.append({
-                "kind": "image", "uri": item.uri or (str(item.path.resolve()) if item.path else None),
-                "sha256": digest, "bytes": len(data), **info,
-                "metadata": dict(item.metadata), **item.extra,
-            })
-        return _DecodedBatch(out_ids, np.stack(pixels) if pixels else None, payloads, positions, skipped, failures)
+                 seen: dict[str, int], hashes: dict[str, str], collection: str) -> DecodedBatch:
+        """Read, check and decode one batch (indexer/decoding.py)."""
+        todo, skipped, failures = read_batch(pool, batch, self.store if skip_existing else None, collection, seen,
+                                             hashes, self.limits)
+        return decode_batch(pool, todo, self.backbone.image_size, self.max_pixels, skipped, failures)
 
     def index_images(self, items: Iterable[ImageItem], *, skip_existing: bool = True, progress: bool = False,
                      total: int | None = None, on_batch: Callable[[Summary], None] | None = None,
@@ -317,7 +146,7 @@ class Indexer:
         seen: dict[str, int] = {}
         hashes: dict[str, str] = {}
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
-            for prep in _prefetch((self._prepare(pool, b, skip_existing, seen, hashes, collection) for b in batches),
+            for prep in prefetch((self._prepare(pool, b, skip_existing, seen, hashes, collection) for b in batches),
                                   depth=2):
                 summary.skipped += len(prep.skipped)
                 for pos, iid in prep.skipped:
@@ -363,7 +192,7 @@ class Indexer:
             valid: list[tuple[int, str, str, TextItem]] = []
             for pos, it in chunk:
                 try:
-                    self._check_item(it)
+                    check_item(it, self.limits)
                     if it.image_id is not None:
                         check_id(it.image_id, self.limits.max_id_chars)
                     text = check_text(it.text, max_chars)
@@ -507,39 +336,3 @@ class Indexer:
 
     def close(self) -> None:
         self.store.close()
-
-
-def _prefetch(gen: Iterator[_DecodedBatch] | Iterable[_DecodedBatch], depth: int) -> Iterator[_DecodedBatch]:
-    """Run a generator on a background thread, `depth` items ahead of the consumer."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    sentinel = object()
-    stop = threading.Event()
-
-    def run() -> None:
-        try:
-            for item in gen:
-                if stop.is_set():
-                    return
-                q.put(item)
-        except BaseException as exc:
-            q.put(exc)
-        finally:
-            q.put(sentinel)
-
-    t = threading.Thread(target=run, name="prefetch", daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is sentinel:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(0.05)

@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 
 from indexer.blobs import BlobStore
-from indexer.pipeline import Indexer, TextItem, check_text
+from indexer.items import TextItem, check_text
+from indexer.pipeline import Indexer
 from indexer.preparation import fetched_from_hits
 from indexer.stores import IMAGES, TEXTS, Hit, open_store
 from indexer.stores.base import FEATURES_FP, normalise_filter

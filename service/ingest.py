@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from indexer.blobs import BlobStore
-from indexer.pipeline import ImageItem
+from indexer.items import ImageItem
 from training.model.images import ImageRejected, probe_image
 
 from .config import Settings

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from indexer.pipeline import Summary, TextItem, metadata_entry
+from indexer.items import Summary, TextItem, metadata_entry
 from indexer.stores import IMAGES, TEXTS
 from training.model.images import IMAGE_SUFFIXES
 

@@ -93,7 +93,7 @@ def prepare_demo(engine: Engine, synth_dir: Path) -> tuple[list[str], list[str]]
 
     Returns (hard-case captions the matcher gets right and global similarity does not, other hard cases).
     """
-    from indexer.pipeline import ImageItem, TextItem
+    from indexer.items import ImageItem, TextItem
     from training.synth import generate
 
     dataset = synth_dir / "dataset.json"

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.pipeline import ImageItem, Indexer, TextItem
+from indexer.items import ImageItem, TextItem
+from indexer.pipeline import Indexer
 from indexer.stores import IMAGES, TEXTS, IndexMismatch, open_store
 from service.cli import main
 from training.model.backbone import Backbone

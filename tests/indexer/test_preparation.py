@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.pipeline import ImageItem, Indexer, TextItem
+from indexer.items import ImageItem, TextItem
+from indexer.pipeline import Indexer
 from indexer.preparation import PreparationMismatch
 from indexer.stores import IMAGES, TEXTS, open_store
 from service.cli import main

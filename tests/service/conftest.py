@@ -18,7 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
-from indexer.pipeline import ImageItem, TextItem
+from indexer.items import ImageItem, TextItem
 from service.app import create_app
 from service.config import DEMO_MODEL, Settings
 from service.engine import Engine

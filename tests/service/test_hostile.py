@@ -21,7 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from indexer.pipeline import ImageItem, TextItem
+from indexer.items import ImageItem, TextItem
 from indexer.stores import StoreLocked
 from service import jobs as jobs_module
 from service.cli import main

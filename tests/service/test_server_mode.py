@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.pipeline import Indexer, TextItem
+from indexer.items import TextItem
+from indexer.pipeline import Indexer
 from indexer.preparation import PreparationMismatch, reprepare_index
 from indexer.stores import TEXTS, StoreError, open_store
 from indexer.stores.server import ServerStore

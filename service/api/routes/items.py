@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
-from indexer.pipeline import TextItem
+from indexer.items import TextItem
 from indexer.stores import IMAGES, TEXTS
 
 from ...errors import ApiError
