@@ -16,7 +16,8 @@ from bench_query import CACHE, bundle_for, index_dir
 from common import table, write
 
 from service.config import Settings
-from service.engine import Engine, SearchOptions
+from service.engine import Engine
+from service.results import SearchOptions
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         own = engine is None
         app.state.engine = engine or Engine(settings)
         app.state.jobs = JobManager(app.state.engine, settings.data_dir / "jobs", settings.max_concurrent_jobs)
-        app.state.engine.refresh_gauges()
+        app.state.engine.catalog.refresh_gauges()
         log.info("finesearch ready: model %s on %s", app.state.engine.bundle.id, app.state.engine.device)
         try:
             yield

@@ -13,18 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from indexer.blobs import BlobStore
-from indexer.items import TextItem, check_text
+from indexer.items import check_text
 from indexer.pipeline import Indexer
 from indexer.preparation import fetched_from_hits
 from indexer.stores import IMAGES, TEXTS, Hit, open_store
@@ -35,9 +33,10 @@ from training.model.backbone import Backbone
 from training.model.bundle import Bundle, load_bundle
 from training.model.defaults import TINY_MODEL
 from training.model.images import ImageRejected, load_for_model
-from training.model.matcher import DIRECTIONS, KINDS, Matcher
+from training.model.matcher import Matcher
 
 from .batching import MicroBatcher, OutOfMemory
+from .catalog import Catalog
 from .config import Settings
 from .exceptions import (
     BadInput,
@@ -49,8 +48,8 @@ from .exceptions import (
     Unavailable,
     UnsupportedMedia,
 )
-from .ingest import Arrival, admit_all
-from .metrics import CANDIDATES, INDEX_SIZE, STAGE_LATENCY
+from .metrics import CANDIDATES, Timer
+from .results import Outcome, SearchOptions, describe, page_of
 from .scoring import QueryFeatures, RerankJob, Scorer
 
 log = logging.getLogger("finesearch.engine")
@@ -62,40 +61,6 @@ def _without_paths(info: dict[str, Any]) -> dict[str, Any]:
     """A pretrained checkpoint given as a file shows as its file name: server paths stay on the server."""
     value = info.get("pretrained")
     return {**info, "pretrained": Path(value).name} if isinstance(value, str) and "/" in value else info
-
-
-@dataclass
-class SearchOptions:
-    limit: int = 10
-    candidates: int = 100
-    rerank: bool = True
-    min_score: float | None = None
-    offset: int = 0
-    filter: dict[str, Any] | None = None
-    explain: bool = False
-
-
-@dataclass
-class Outcome:
-    results: list[dict[str, Any]]
-    timing_ms: dict[str, float]
-
-
-@dataclass
-class Timer:
-    marks: dict[str, float] = field(default_factory=dict)
-    t: float = field(default_factory=time.perf_counter)
-    start: float = field(default_factory=time.perf_counter)
-
-    def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.marks[stage] = round((now - self.t) * 1000, 3)
-        STAGE_LATENCY.labels(stage=stage).observe(now - self.t)
-        self.t = now
-
-    def done(self) -> dict[str, float]:
-        self.marks["total"] = round((time.perf_counter() - self.start) * 1000, 3)
-        return self.marks
 
 
 class Engine:
@@ -127,6 +92,7 @@ class Engine:
             self.store.close()  # and with it the embedded store's lock: a refused start leaves nothing held
             raise
         self.blobs = BlobStore(settings.blob_dir or settings.data_dir / "blobs")
+        self.catalog = Catalog(settings, self.store, self.indexer, self.blobs)
         self._start(settings)
 
     def _open_indexer(self, settings: Settings) -> Indexer:
@@ -235,53 +201,6 @@ class Engine:
             hits = [hits[i] for i in found.kept.tolist()]
         return hits, found
 
-    def _page(self, scored: list[tuple[Hit, float | None, float | None]], opts: SearchOptions, kind: str
-              ) -> tuple[list[dict[str, Any]], list[int]]:
-        """Sort by the final score (fused when reranked, else global), cut at min_score, then page; with the
-        page's indices into `scored`."""
-        if not scored:
-            return [], []
-        direction = "t2i" if kind == IMAGES else "i2t"
-        cosine = np.array([h.score for h, _, _ in scored], dtype=np.float64)
-        reranked = scored[0][1] is not None
-        fused = np.array([f for _, f, _ in scored], dtype=np.float64) if reranked else None
-        patch = np.array([p for _, _, p in scored], dtype=np.float64) if reranked else None
-        scores = self.readable_scores(direction, cosine, fused, patch)
-        order = np.argsort(-(fused if fused is not None else cosine), kind="stable")
-        if opts.min_score is not None:
-            order = order[scores["score"][order] >= opts.min_score]
-        page = order[opts.offset: opts.offset + opts.limit].tolist()
-        return [self.describe(scored[j][0], kind) | {"rank": opts.offset + i + 1} |
-                {k: (None if v is None else round(float(v[j]), 6)) for k, v in scores.items()}
-                for i, j in enumerate(page)], page
-
-    def readable_scores(self, direction: str, cosine: np.ndarray, fused: np.ndarray | None,
-                        patch: np.ndarray | None) -> dict[str, np.ndarray | None]:
-        """score, global_score and fine_score as the probabilities calibrated on validation (docs/api.md),
-        for all candidates at once; a matcher without calibration reports its raw scores."""
-        table = self.calibration
-        if table is None:
-            return {"score": fused if fused is not None else cosine, "global_score": cosine, "fine_score": patch,
-                    "cosine": cosine}
-
-        def prob(x: np.ndarray, kind: str) -> np.ndarray:
-            a, b = table[DIRECTIONS.index(direction)][KINDS.index(kind)]
-            return 1.0 / (1.0 + np.exp(-np.clip(a * x + b, -60.0, 60.0)))
-
-        glob = prob(cosine, "global")
-        return {"score": prob(fused, "fused") if fused is not None else glob, "global_score": glob,
-                "fine_score": None if patch is None else prob(patch, "fine"), "cosine": cosine}
-
-    def describe(self, hit: Hit | tuple[str, dict[str, Any]], kind: str) -> dict[str, Any]:
-        item_id, p = (hit.id, hit.payload) if isinstance(hit, Hit) else hit
-        if kind == IMAGES:  # the routes add the links (service/api/links.py); a server path is never shown
-            uri = p.get("uri")
-            uri = uri if isinstance(uri, str) and uri.startswith(("http://", "https://")) else None
-            return {"id": item_id, "uri": uri, "metadata": p.get("metadata") or {},
-                    "width": p.get("width"), "height": p.get("height")}
-        return {"id": item_id, "text": p.get("text"), "image_id": p.get("image_id"),
-                "metadata": p.get("metadata") or {}}
-
     async def search_images(self, text: str, opts: SearchOptions) -> Outcome:
         self._check(opts)
         try:
@@ -292,7 +211,7 @@ class Engine:
         query = await self.text_encoder.submit(text)
         timer.lap("encode")
         scored, found = await self._candidates(IMAGES, query, opts, timer)
-        results, page = self._page(scored, opts, IMAGES)
+        results, page = page_of(scored, opts.offset, opts.limit, opts.min_score, IMAGES, self.calibration)
         await self._explain_page("t2i", query, found, page, results, opts, timer, text)
         return Outcome(results, timer.done())
 
@@ -323,7 +242,7 @@ class Engine:
         hits = [h for h, _, _ in scored if h.id != image_id]
         if opts.min_score is not None:
             hits = [h for h in hits if h.score >= opts.min_score]
-        results = [self.describe(h, IMAGES) | {"rank": opts.offset + i + 1, "score": round(h.score, 6),
+        results = [describe(h, IMAGES) | {"rank": opts.offset + i + 1, "score": round(h.score, 6),
                                                 "global_score": round(h.score, 6), "fine_score": None,
                                                 "cosine": round(h.score, 6), "explanation": None}
                    for i, h in enumerate(hits[opts.offset: opts.offset + opts.limit])]
@@ -342,7 +261,7 @@ class Engine:
             raise InvalidRequest("send an image file or an image_id", "invalid_request")
         timer.lap("encode")
         scored, found = await self._candidates(TEXTS, query, opts, timer)
-        results, page = self._page(scored, opts, TEXTS)
+        results, page = page_of(scored, opts.offset, opts.limit, opts.min_score, TEXTS, self.calibration)
         await self._explain_page("i2t", query, found, page, results, opts, timer)
         return Outcome(results, timer.done())
 
@@ -400,81 +319,9 @@ class Engine:
                 return QueryFeatures(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device), prepared=True)
         raise NotFound(f"no image with id {image_id!r}", "not_found")
 
-    # ---------------------------------------------------------------- writes
-    def add_images(self, files: list[tuple[str, str | None, bytes]], ids: list[str | None],
-                   metadata: dict[str, dict[str, Any]], sizes: list[int] | None = None) -> list[dict[str, Any]]:
-        """Index uploaded files; one entry per file, an error entry for each rejected one, and for a file
-        sent twice (same content, no ids) the id it shares and `duplicate_of`, the earlier entry's index.
-
-        `sizes` are the files' sizes as received, when `data` holds only the first bytes of a large one."""
-        results: list[dict[str, Any] | None] = [None] * len(files)
-        arrivals = [Arrival(name, data, sizes[pos] if sizes else None, ctype, ids[pos], metadata.get(name, {}))
-                    for pos, (name, ctype, data) in enumerate(files)]
-        admitted = admit_all(arrivals, self.settings, self.blobs)
-        for pos, exc in admitted.refused.items():
-            results[pos] = {"filename": files[pos][0], "id": None, "error": {"code": exc.code, "message": str(exc)}}
-        items, positions = admitted.items, admitted.positions
-        if items:
-            summary = self.indexer.index_images(items, skip_existing=False)
-            for k, pos in enumerate(positions):
-                err = summary.errors.get(k)
-                results[pos] = ({"filename": files[pos][0], "id": None,
-                                 "error": {"code": err.code, "message": err.reason}} if err else
-                                {"filename": files[pos][0], "id": summary.ids[k], "error": None})
-                if k in summary.duplicates:
-                    results[pos]["duplicate_of"] = positions[summary.duplicates[k]]  # type: ignore[index]
-        self.refresh_gauges()
-        return results  # type: ignore[return-value]
-
-    def add_texts(self, items: list[TextItem]) -> list[dict[str, Any]]:
-        summary = self.indexer.index_texts(items, skip_existing=False, max_chars=self.settings.max_text_chars)
-        self.refresh_gauges()
-        out = []
-        for k in range(len(items)):
-            err = summary.errors.get(k)
-            out.append({"id": None, "error": {"code": err.code, "message": err.reason}} if err
-                       else {"id": summary.ids[k], "error": None})
-            if k in summary.duplicates:
-                out[-1]["duplicate_of"] = summary.duplicates[k]
-        return out
-
-    def get(self, collection: str, item_id: str) -> dict[str, Any]:
-        found = self.store.retrieve(collection, [item_id])
-        if item_id not in found:
-            raise NotFound(f"no {collection[:-1]} with id {item_id!r}", "not_found")
-        payload = found[item_id][0]
-        extra = {k: payload.get(k) for k in ("content_type", "filename", "bytes", "sha256", "format") if k in payload}
-        return self.describe((item_id, payload), collection) | extra
-
-    def delete(self, collection: str, item_id: str) -> None:
-        if self.indexer.delete(collection, [item_id]) == 0:
-            raise NotFound(f"no {collection[:-1]} with id {item_id!r}", "not_found")
-        self.refresh_gauges()
-
-    def content(self, item_id: str) -> tuple[str, str]:
-        """(file path, media type) of an image's stored bytes."""
-        found = self.store.retrieve(IMAGES, [item_id])
-        if item_id not in found:
-            raise NotFound(f"no image with id {item_id!r}", "not_found")
-        p = found[item_id][0]
-        if p.get("blob") and self.blobs.exists(p["blob"]):
-            return str(self.blobs.path(p["blob"])), p.get("content_type") or "application/octet-stream"
-        uri = p.get("uri")
-        if uri and not uri.startswith(("http://", "https://")):
-            path = Path(uri)
-            if path.is_file():
-                return str(path), Image.MIME.get(p.get("format", ""), "application/octet-stream")
-        raise NotFound(f"the original bytes of image {item_id!r} are not available on this server", "not_found")
-
     # ------------------------------------------------------------- operations
-    def refresh_gauges(self) -> dict[str, int]:
-        counts = {c: self.store.count(c) for c in (IMAGES, TEXTS)}
-        for c, n in counts.items():
-            INDEX_SIZE.labels(collection=c).set(n)
-        return counts
-
     def stats(self) -> dict[str, Any]:
-        counts = self.refresh_gauges()
+        counts = self.catalog.refresh_gauges()
         return {
             "counts": counts,
             "backbone": _without_paths(self.backbone.describe()),

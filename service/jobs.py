@@ -208,7 +208,7 @@ class JobManager:
         archived = {str(f.relative_to(root)) for f in files} | set(too_large)
         n_texts = self._index_captions(job, captions, ids, archived)
         job["items_per_s"] = round((n_images + n_texts) / max(time.perf_counter() - t0, 1e-9), 2)
-        self.engine.refresh_gauges()
+        self.engine.catalog.refresh_gauges()
 
     def _index_images(self, job: dict[str, Any], root: Path, files: list[Path], meta: dict[str, dict[str, Any]],
                       prior_images: int, t0: float) -> tuple[dict[str, str], int]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -17,3 +20,22 @@ BATCH_SIZE = Histogram("finesearch_model_batch_size", "Requests per micro-batch"
                        buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY)
 ERRORS = Counter("finesearch_errors_total", "Error responses by code", ["code"], registry=REGISTRY)
 INDEX_SIZE = Gauge("finesearch_index_items", "Items per collection", ["collection"], registry=REGISTRY)
+
+
+@dataclass
+class Timer:
+    """A search's stage timings (its `timing_ms`), each also observed in the stage-latency histogram."""
+
+    marks: dict[str, float] = field(default_factory=dict)
+    t: float = field(default_factory=time.perf_counter)
+    start: float = field(default_factory=time.perf_counter)
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.marks[stage] = round((now - self.t) * 1000, 3)
+        STAGE_LATENCY.labels(stage=stage).observe(now - self.t)
+        self.t = now
+
+    def done(self) -> dict[str, float]:
+        self.marks["total"] = round((time.perf_counter() - self.start) * 1000, 3)
+        return self.marks

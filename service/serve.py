@@ -119,7 +119,7 @@ def prepare_demo(engine: Engine, synth_dir: Path) -> tuple[list[str], list[str]]
 
 async def rerank_wins(engine: Engine, cases: list[tuple[str, str]], want: int = 4) -> list[str]:
     """Hard-case captions whose image the matcher ranks first while global similarity does not."""
-    from .engine import SearchOptions
+    from .results import SearchOptions
 
     wins = []
     for caption, image_id in cases:

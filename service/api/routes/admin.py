@@ -20,5 +20,5 @@ async def compact(engine: EngineDep) -> dict[str, Any]:
     point references, left by a crash between the feature write and the upsert), remove unreferenced
     blobs. Writes wait while it runs; searches go on."""
     result = await asyncio.to_thread(engine.indexer.compact)
-    await asyncio.to_thread(engine.refresh_gauges)
+    await asyncio.to_thread(engine.catalog.refresh_gauges)
     return {"compacted": result}

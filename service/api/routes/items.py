@@ -62,7 +62,7 @@ async def upload_images(request: Request, engine: EngineDep) -> dict[str, Any]:
               await u.read(s.max_image_bytes + 1) if sizes[k] <= s.max_image_bytes else b"")
              for k, u in enumerate(uploads)]
     sizes = [size or len(f[2]) for size, f in zip(sizes, files, strict=True)]
-    results = await asyncio.to_thread(engine.add_images, files, ids or [None] * len(files), meta, sizes)
+    results = await asyncio.to_thread(engine.catalog.add_images, files, ids or [None] * len(files), meta, sizes)
     return _summary(results)
 
 
@@ -90,35 +90,35 @@ async def add_texts(body: TextsIn, engine: EngineDep) -> dict[str, Any]:
     if len(set(ids)) != len(ids):
         raise ApiError(422, "duplicate ids in one request", "invalid_request")
     items = [TextItem(i.text, id=i.id, metadata=i.metadata, image_id=i.image_id) for i in body.items]
-    results = await asyncio.to_thread(engine.add_texts, items)
+    results = await asyncio.to_thread(engine.catalog.add_texts, items)
     return _summary(results)
 
 
 @router.get("/images/{item_id}", response_model=ImageOut, dependencies=[Read])
 async def get_image(item_id: str, engine: EngineDep) -> dict[str, Any]:
-    return linked(await asyncio.to_thread(engine.get, IMAGES, item_id))
+    return linked(await asyncio.to_thread(engine.catalog.get, IMAGES, item_id))
 
 
 @router.get("/images/{item_id}/content", dependencies=[Read], response_class=FileResponse,
             responses={200: {"content": {"image/*": {}}}})
 async def get_image_content(item_id: str, engine: EngineDep) -> FileResponse:
-    path, media = await asyncio.to_thread(engine.content, item_id)
+    path, media = await asyncio.to_thread(engine.catalog.content, item_id)
     return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600",
                                                          "X-Content-Type-Options": "nosniff"})
 
 
 @router.delete("/images/{item_id}", status_code=204, dependencies=[Write])
 async def delete_image(item_id: str, engine: EngineDep) -> Response:
-    await asyncio.to_thread(engine.delete, IMAGES, item_id)
+    await asyncio.to_thread(engine.catalog.delete, IMAGES, item_id)
     return Response(status_code=204)
 
 
 @router.get("/texts/{item_id}", response_model=TextOut, dependencies=[Read])
 async def get_text(item_id: str, engine: EngineDep) -> dict[str, Any]:
-    return await asyncio.to_thread(engine.get, TEXTS, item_id)
+    return await asyncio.to_thread(engine.catalog.get, TEXTS, item_id)
 
 
 @router.delete("/texts/{item_id}", status_code=204, dependencies=[Write])
 async def delete_text(item_id: str, engine: EngineDep) -> Response:
-    await asyncio.to_thread(engine.delete, TEXTS, item_id)
+    await asyncio.to_thread(engine.catalog.delete, TEXTS, item_id)
     return Response(status_code=204)

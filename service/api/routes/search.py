@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from ...engine import SearchOptions
 from ...errors import ApiError
+from ...results import SearchOptions
 from ...schemas import ErrorResponse, ImageIdSearch, SearchParams, SearchResponse, TextSearch
 from ...validation import FILTER_RULES, strict_loads, valid_filter
 from ..deps import EngineDep, Read, media_type
