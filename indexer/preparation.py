@@ -11,7 +11,6 @@ matcher on the same backbone is a `finesearch index reprepare` away, without re-
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import torch
 from training.model.backbone import Backbone
 from training.model.matcher import Matcher
 
+from .segments import fsync_dir
 from .stores import IMAGES, TEXTS, Hit, VectorStore
 from .stores.base import FEATURES_EXTRAS, FEATURES_FP
 from .tokenbank import Fetched, TokenBank, TokenBankError
@@ -137,14 +137,6 @@ def fetched_from_hits(hits: list[Hit], extras_dim: int) -> Fetched:
     return Fetched(torch.from_numpy(tokens), torch.from_numpy(mask), extras, np.arange(len(hits)))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _chunks(rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for lo in range(0, len(rows), size):
         yield rows[lo:lo + size]
@@ -180,7 +172,7 @@ def reprepare(raw: TokenBank, preparer: Preparer, kind: str, globals_of: dict[in
     if root.exists():
         root.rename(old)  # from here until the next rename, `open_prepared` restores `.old` if this process dies
     tmp.rename(root)
-    _fsync_dir(root.parent)
+    fsync_dir(root.parent)
     shutil.rmtree(old, ignore_errors=True)
     return {"items": int(len(live)), "seconds": round(elapsed, 3),
             "items_per_s": round(len(live) / elapsed, 1) if elapsed > 0 else 0.0, "bytes": size}

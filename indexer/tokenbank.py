@@ -19,6 +19,10 @@ tokens and the matcher's prepared features are two banks with one numbering. Seg
 and renamed, so a crash leaves either a whole segment or none. Several writers
 (indexer workers, API replicas on a shared volume) never touch the same file;
 readers pick up new segments with `refresh()`.
+
+Longer than the 350 lines the project aims for: a TokenBank is one lock-guarded state (its segments, the
+row index, tombstones and writer claims) that every method reads or changes; one segment file's reading
+and writing is segments.py.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import fcntl
 import json
 import os
 import re
-import struct
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,7 +39,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file
+
+from .segments import Segment, TokenBankError, read_segment, write_segment
 
 FORMAT_VERSION = 1
 _SEG_RE = re.compile(r"^seg-w(\d+)-(\d+)\.safetensors$")
@@ -45,21 +49,8 @@ _TOMB_RE = re.compile(r"^tomb-w(\d+)\.i64$")
 COMPACT_SEGMENT_TOKENS = 256 * 1024 * 1024 // (2 * 512)
 
 
-class TokenBankError(RuntimeError):
-    pass
-
-
 class BackboneMismatch(TokenBankError):
     pass
-
-
-@dataclass
-class _Segment:
-    path: Path
-    tokens: np.ndarray  # memmap [T, d] float16
-    offsets: np.ndarray  # [n+1] int64
-    rows: np.ndarray  # [n] int64
-    extras: np.ndarray | None = None  # [n, e] float32
 
 
 @dataclass
@@ -70,33 +61,6 @@ class Fetched:
     mask: torch.Tensor  # [k, Lmax] bool
     extras: torch.Tensor | None  # [k, e] float32, for a bank with extras
     kept: np.ndarray  # indices into the requested rows of those that were live
-
-
-def _read_segment(path: Path) -> _Segment:
-    """Map the tokens tensor of a safetensors file without reading it (the format is a JSON header + raw data)."""
-    with open(path, "rb") as fh:
-        (header_len,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(header_len))
-        base = 8 + header_len
-
-        def small(name: str, dtype: type = np.int64) -> np.ndarray:
-            meta = header[name]
-            begin, end = meta["data_offsets"]
-            fh.seek(base + begin)
-            return np.frombuffer(fh.read(end - begin), dtype=dtype).copy().reshape(meta["shape"])
-
-        offsets, rows = small("offsets"), small("rows")
-        extras = small("extras", np.float32) if "extras" in header else None
-    meta = header["tokens"]
-    if meta["dtype"] != "F16":
-        raise TokenBankError(f"{path}: tokens must be F16, found {meta['dtype']}")
-    shape = tuple(meta["shape"])
-    begin = meta["data_offsets"][0]
-    if shape[0] == 0:
-        tokens = np.zeros(shape, dtype=np.float16)
-    else:
-        tokens = np.memmap(path, dtype=np.float16, mode="r", offset=base + begin, shape=shape)
-    return _Segment(path, tokens, offsets, rows, extras)
 
 
 class TokenBank:
@@ -113,7 +77,7 @@ class TokenBank:
         self._writer: int | None = None
         self._seq = 0
         self._counter = 0
-        self._segments: dict[str, _Segment] = {}
+        self._segments: dict[str, Segment] = {}
         self._tomb_sizes: dict[str, int] = {}
         self._dead: set[int] = set()
         self._on_device: dict[str, torch.Tensor] = {}
@@ -176,7 +140,7 @@ class TokenBank:
                 if _SEG_RE.match(entry.name):
                     names.add(entry.name)
                     if entry.name not in self._segments:
-                        self._segments[entry.name] = _read_segment(Path(entry.path))
+                        self._segments[entry.name] = read_segment(Path(entry.path))
                         changed = True
                 elif _TOMB_RE.match(entry.name):
                     size = entry.stat().st_size // 8 * 8
@@ -381,20 +345,9 @@ class TokenBank:
         assert self._writer is not None
         name = f"seg-w{self._writer:06d}-{self._seq:08d}.safetensors"
         self._seq += 1
-        path = self.root / name
-        tmp = self.root / f".{name}.tmp"
-        meta: dict[str, str] = {"fingerprint": self.fingerprint}
-        if ids is not None:
-            meta["ids"] = json.dumps(list(ids))
-        tensors = {"tokens": flat.reshape(-1, self.dim), "offsets": offsets, "rows": rows}
-        if extras is not None:
-            tensors["extras"] = np.ascontiguousarray(extras, dtype=np.float32)
-        save_file(tensors, str(tmp), metadata=meta)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.root)
-        self._segments[name] = _read_segment(path)
+        path = write_segment(self.root / name, flat.reshape(-1, self.dim), offsets, rows, self.fingerprint, ids,
+                             extras)
+        self._segments[name] = read_segment(path)
         self._rebuild()
         return path
 
@@ -466,11 +419,3 @@ class TokenBank:
     def stats(self) -> dict[str, Any]:
         return {"rows": len(self), "segments": len(self._segments), "bytes": self.disk_bytes(),
                 "tokens": int(self._len.sum()) if len(self._len) else 0}
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
