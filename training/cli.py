@@ -19,6 +19,20 @@ DEFAULT_CLIP_STEPS = 1000  # backbone steps when training from scratch without -
 
 
 def register(sub: Any) -> None:
+    """The training package's commands, on the finesearch console script (service/cli.py)."""
+    _register_train(sub)
+    _register_eval(sub)
+    _register_explain(sub)
+    _register_synth(sub)
+
+
+def _model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=None,
+                   help=f"model bundle directory (default: FINESEARCH_MODEL, else the demo bundle "
+                        f"{DEMO_BUNDLE.parent.name}/{DEMO_BUNDLE.name})")
+
+
+def _register_train(sub: Any) -> None:
     p = sub.add_parser("train", help="train the matcher (and a from-scratch backbone) and write a model bundle")
     p.add_argument("--data", type=Path, required=True, help="dataset file")
     p.add_argument("--images", type=Path, required=True, help="directory the dataset's file names are relative to")
@@ -45,10 +59,10 @@ def register(sub: Any) -> None:
     add_backbone_args(p, with_model=False)
     p.set_defaults(func=cmd_train)
 
+
+def _register_eval(sub: Any) -> None:
     e = sub.add_parser("eval", help="R@K of global, two-stage and exhaustive rankers on a dataset split")
-    e.add_argument("--model", type=Path, default=None,
-                   help=f"model bundle directory (default: FINESEARCH_MODEL, else the demo bundle "
-                        f"{DEMO_BUNDLE.parent.name}/{DEMO_BUNDLE.name})")
+    _model_arg(e)
     e.add_argument("--data", type=Path, required=True, help="dataset file")
     e.add_argument("--images", type=Path, required=True, help="directory the dataset's file names are relative to")
     e.add_argument("--format", choices=FORMATS, required=True, help="dataset file format")
@@ -63,10 +77,10 @@ def register(sub: Any) -> None:
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=cmd_eval)
 
+
+def _register_explain(sub: Any) -> None:
     x = sub.add_parser("explain", help="why an image and a caption match: one map per word over the image (PNG)")
-    x.add_argument("--model", type=Path, default=None,
-                   help=f"model bundle directory (default: FINESEARCH_MODEL, else the demo bundle "
-                        f"{DEMO_BUNDLE.parent.name}/{DEMO_BUNDLE.name})")
+    _model_arg(x)
     x.add_argument("--image", type=Path, required=True, help="image file")
     x.add_argument("--text", required=True, help="caption to explain against the image")
     x.add_argument("--out", type=Path, required=True, help="PNG to write")
@@ -74,6 +88,8 @@ def register(sub: Any) -> None:
     add_device_arg(x)
     x.set_defaults(func=cmd_explain)
 
+
+def _register_synth(sub: Any) -> None:
     s = sub.add_parser("synth", help="generate the synthetic compositional dataset (Karpathy format)")
     s.add_argument("--out", type=Path, required=True, help="directory to write dataset.json and images/ to")
     s.add_argument("--seed", type=int, default=0, help="seed of the draw")

@@ -31,7 +31,7 @@ from .model.backbone import Backbone
 from .model.matcher import Matcher
 from .model.tokens import pad_words
 from .progress import progress_bar
-from .run_state import load_checkpoint, lr_schedule, save_checkpoint
+from .run_state import load_checkpoint, lr_schedule, optimiser_step, save_checkpoint
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -185,11 +185,7 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
     """Train for cfg.steps (or cfg.minutes); validate every cfg.val_every steps; keep the best validation rSum."""
     matcher.to(device)
     modules = torch.nn.ModuleDict({"matcher": matcher, **(extra_modules or {})})
-    groups: list[dict[str, Any]] = [{"params": [p for p in matcher.parameters() if p.requires_grad]}]
-    if extra_params:
-        groups.append({"params": extra_params, "lr": cfg.lr * cfg.backbone_lr_scale})
-    params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt, params = _optimiser(matcher, extra_params, cfg)
     sched = lr_schedule(opt, cfg.schedule, cfg.steps, warmup=min(100, cfg.steps // 20))
 
     t2i, i2t, mined = _mine_start(source, cfg)
@@ -217,11 +213,7 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
         pos += cfg.queries
         captions = torch.tensor([caps_of[i][np.random.randint(len(caps_of[i]))] for i in images.tolist()])
         out = matcher_step(matcher, source, images, captions, t2i, i2t, cfg)
-        opt.zero_grad(set_to_none=True)
-        out.total.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
+        optimiser_step(opt, sched, out.total, params, cfg.grad_clip)
         step += 1
         window.append({"loss": float(out.total.detach()), **out.parts})
         bar.update(1)
@@ -243,6 +235,15 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
     modules.eval()
     return {"steps": step, "history": history, "best_step": best["step"], "best_val": best["metrics"],
             "mining": mined, "seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def _optimiser(matcher: Matcher, extra_params: list[torch.nn.Parameter] | None, cfg: Any
+               ) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
+    """AdamW over the matcher, and the unfrozen backbone blocks at cfg.backbone_lr_scale of its rate."""
+    groups: list[dict[str, Any]] = [{"params": [p for p in matcher.parameters() if p.requires_grad]}]
+    if extra_params:
+        groups.append({"params": extra_params, "lr": cfg.lr * cfg.backbone_lr_scale})
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay), [p for g in groups for p in g["params"]]
 
 
 def _mine_start(source: FeatureSource, cfg: Any) -> tuple[Candidates, Candidates, dict[str, Any]]:

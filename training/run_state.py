@@ -75,3 +75,13 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def optimiser_step(opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor, params: list[torch.nn.Parameter],
+                   grad_clip: float) -> None:
+    """Backward, clip the gradient norm, step the optimiser and the schedule: every training step's tail."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    sched.step()

@@ -30,7 +30,7 @@ from .model.backbone import Backbone
 from .model.bundle import save_bundle
 from .model.matcher import Matcher, MatcherConfig
 from .progress import progress_bar
-from .run_state import autocast, load_checkpoint, lr_schedule, save_checkpoint, seed_everything
+from .run_state import autocast, load_checkpoint, lr_schedule, optimiser_step, save_checkpoint, seed_everything
 from .train_config import TrainConfig
 
 
@@ -120,10 +120,7 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
     """
     model = backbone.model
     pixels = torch.from_numpy(load_pixels(items, images_dir, backbone.image_size, cfg.workers, progress))
-    captions = [it.captions for it in items]
-    flat = [c for caps in captions for c in caps]
-    first = np.cumsum([0] + [len(c) for c in captions])
-    truth = Truth(torch.tensor([i for i, caps in enumerate(captions) for _ in caps], dtype=torch.long), flat)
+    captions, flat, first, truth = _caption_index(items)
     total = max(1, cfg.clip_steps)
     sampler = BatchSampler(items, cfg.clip_batch, cfg.hard_batches, cfg.cluster)
     mine_from = int(total * cfg.mine_after) if cfg.mine_every > 0 else total + 1
@@ -149,11 +146,7 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
         cap = torch.tensor([first[i] + random.randrange(len(captions[i])) for i in idx.tolist()], dtype=torch.long)
         loss = _clip_batch_loss(backbone, pixels[idx], [flat[c] for c in cap.tolist()],
                                 truth.matches(idx[:, None], cap[None, :]), n_random, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        optimiser_step(opt, sched, loss, list(model.parameters()), cfg.grad_clip)
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
         step += 1
@@ -175,6 +168,16 @@ def train_backbone(backbone: Backbone, items: list[CaptionedImage], images_dir: 
     model.eval()
     _round_to_fp16(backbone)
     return {"steps": step, "history": history, "seconds": round(time.perf_counter() - t_start, 1)}
+
+
+def _caption_index(items: list[CaptionedImage]) -> tuple[list[list[str]], list[str], np.ndarray, Truth]:
+    """(captions per image, all captions flat, each image's first caption in `flat`, which caption is true of
+    which image)."""
+    captions = [it.captions for it in items]
+    flat = [c for caps in captions for c in caps]
+    first = np.cumsum([0] + [len(c) for c in captions])
+    return captions, flat, first, Truth(torch.tensor([i for i, caps in enumerate(captions) for _ in caps],
+                                                     dtype=torch.long), flat)
 
 
 def _clip_batch_loss(backbone: Backbone, pixels: torch.Tensor, texts: list[str], matches: torch.Tensor,
