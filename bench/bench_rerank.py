@@ -2,8 +2,8 @@
 
     python bench/bench_rerank.py [--candidates 100] [--repeats 200] [--threads 2] [--match "UARDA,views,CAMP"]
 
-This is what `engine._rerank` runs for one request, without HTTP, recall or the token gather, so
-configurations can be compared in one run on the same machine: "prepared" is the service's path (the query
+This is what `Scorer.rerank` (service/scoring.py) runs for one request, without HTTP, recall or the token
+gather, so configurations can be compared in one run on the same machine: "prepared" is the service's path (the query
 prepared here, the candidates' features prepared at indexing: the interaction and the fusion alone);
 "on the fly" also prepares the 100 candidates per query, as the service did before index-time preparation.
 Weights are random (same compute as trained ones); captions have 12 words.
