@@ -270,19 +270,21 @@ class TokenBank:
             ar = np.arange(lmax, dtype=np.int64)
             mask = ar[None, :] < ln[:, None]
             idx = np.where(mask, start[:, None] + ar[None, :], start[:, None])  # padding reads a valid token
+            # a row without tokens reads nothing: its segment may hold no token at all to pad with
+            has = ln > 0
             if self.device is not None:
                 out_t = torch.empty((k, lmax, self.dim), dtype=torch.float16, device=self.device)
-                for s in np.unique(seg):  # one index_select per segment touched, not per item
-                    sel = np.nonzero(seg == s)[0]
+                for s in np.unique(seg[has]):  # one index_select per segment touched, not per item
+                    sel = np.nonzero((seg == s) & has)[0]
                     src = self._on_device[self._names[s]]
                     flat = torch.from_numpy(idx[sel].reshape(-1)).to(self.device)
                     out_t[torch.from_numpy(sel).to(self.device)] = src.index_select(0, flat).view(len(sel), lmax,
                                                                                                   self.dim)
                 m = torch.from_numpy(mask).to(self.device)
-                return out_t * m[..., None], m
+                return out_t.masked_fill(~m[..., None], 0), m
             out = np.empty((k, lmax, self.dim), dtype=np.float16)
-            for s in np.unique(seg):  # one fancy-index per segment touched, not per item
-                sel = seg == s
+            for s in np.unique(seg[has]):  # one fancy-index per segment touched, not per item
+                sel = (seg == s) & has
                 out[sel] = self._segments[self._names[s]].tokens[idx[sel]]
             out[~mask] = 0
             return torch.from_numpy(out), torch.from_numpy(mask)

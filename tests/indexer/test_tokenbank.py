@@ -29,6 +29,20 @@ def test_round_trip_ragged_in_requested_order(tmp_path: Path) -> None:
         assert torch.all(tok[out_i, n:] == 0)
 
 
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_a_row_without_tokens_in_a_segment_without_tokens(tmp_path: Path, device: str | None) -> None:
+    """A caption with no word tokens can be a segment of its own with no token at all; gathering it beside
+    other rows (a search, compaction) reads nothing from it and gives zeros, not an IndexError."""
+    bank = TokenBank(tmp_path, 8, "fp", device=device)
+    empty = bank.append(_batch(1, 1), [0])
+    full = bank.append(_batch(2, 3, seed=3), [3, 2])
+    tok, mask = bank.gather(np.array([full[0], empty[0], full[1]]))
+    assert mask.sum(1).tolist() == [3, 0, 2] and torch.all(tok[1] == 0)
+    assert bank.compact()["rows_after"] == 3
+    tok2, mask2 = bank.gather(np.array([full[0], empty[0], full[1]]))
+    assert torch.equal(tok.cpu(), tok2.cpu()) and torch.equal(mask.cpu(), mask2.cpu())
+
+
 def test_gather_across_segments_and_reopen(tmp_path: Path) -> None:
     bank = TokenBank(tmp_path, 8, "fp")
     r1 = bank.append(_batch(3, 5, seed=1), [5, 5, 5])
