@@ -33,7 +33,6 @@ from training.model.backbone import Backbone
 from training.model.bundle import Bundle, load_bundle
 from training.model.defaults import TINY_MODEL
 from training.model.images import ImageRejected, load_for_model
-from training.model.matcher import Matcher
 
 from .batching import MicroBatcher, OutOfMemory
 from .catalog import Catalog
@@ -119,12 +118,6 @@ class Engine:
         self.scorer.warm(self.indexer.preparer)
 
     @property
-    def matcher(self) -> Matcher:
-        """The bundle's matcher; only the rerank and explain paths ask, and a stock backbone never reaches them."""
-        assert self._matcher is not None, "a stock backbone has no matcher"
-        return self._matcher
-
-    @property
     def notice(self) -> str | None:
         """Said with every search answer when reranking is unavailable (a stock backbone)."""
         return self.bundle.notice if self._matcher is None else None
@@ -170,7 +163,7 @@ class Engine:
                 log.warning("%d candidates carry no features of this matcher; dropped (run `finesearch index "
                             "reprepare`)", len(hits) - len(ok))
             hits = ok
-            found = fetched_from_hits(hits, self.matcher.text_extras if collection == TEXTS else 0)
+            found = fetched_from_hits(hits, self.scorer.matcher.text_extras if collection == TEXTS else 0)
         else:
             hits, found = await asyncio.to_thread(self._gather, self.indexer.serving_bank(collection), hits)
         if not hits:
@@ -183,7 +176,7 @@ class Engine:
         direction = "t2i" if collection == IMAGES else "i2t"
         try:
             fused, patch = await self.reranker.submit(RerankJob(direction, query, found.tokens, found.mask,
-                                                                 found.extras, scores))
+                                                                found.extras, scores))
         except OutOfMemory as exc:
             raise Unavailable(str(exc), "out_of_memory") from exc
         timer.lap("rerank")
@@ -243,8 +236,8 @@ class Engine:
         if opts.min_score is not None:
             hits = [h for h in hits if h.score >= opts.min_score]
         results = [describe(h, IMAGES) | {"rank": opts.offset + i + 1, "score": round(h.score, 6),
-                                                "global_score": round(h.score, 6), "fine_score": None,
-                                                "cosine": round(h.score, 6), "explanation": None}
+                                          "global_score": round(h.score, 6), "fine_score": None,
+                                          "cosine": round(h.score, 6), "explanation": None}
                    for i, h in enumerate(hits[opts.offset: opts.offset + opts.limit])]
         return Outcome(results, timer.done())
 
@@ -272,7 +265,8 @@ class Engine:
         (training/model/explain.py), from one matcher call over the page alone; results stay as they are otherwise."""
         if not opts.explain:
             return
-        if found is not None and page and not self.matcher.config.top_k:  # top_k: the kept patches' places are not kept
+        # a top_k matcher keeps no places of its kept patches: nothing to draw
+        if found is not None and page and not self.scorer.matcher.config.top_k:
             loop = asyncio.get_running_loop()
             out = await loop.run_in_executor(self.model_thread, self.scorer.explain, direction, query, found, page,
                                              results, text)
@@ -307,7 +301,7 @@ class Engine:
                                "run `finesearch index reprepare`, or send the image itself", "features_stale")
             if image_id in got and vec is not None:
                 return QueryFeatures(torch.from_numpy(vec[1]).to(self.device),
-                                      torch.from_numpy(got[image_id][1]).to(self.device), prepared=True)
+                                     torch.from_numpy(got[image_id][1]).to(self.device), prepared=True)
             raise NotFound(f"no image with id {image_id!r}", "not_found")
         for _ in range(3):  # a concurrent replace may tombstone the row between retrieve and gather: look again
             found = self.store.retrieve(IMAGES, [image_id], with_vectors=True)

@@ -39,7 +39,6 @@ class RerankJob:
     scores: torch.Tensor  # [k] global cosines from Qdrant
 
 
-
 class Scorer:
     """The model's side of a search, run on the engine's model thread: encoding queries, preparing them as
     the indexer prepared the items, and the matcher's one scoring call over every candidate.
@@ -137,7 +136,8 @@ class Scorer:
 
     @torch.inference_mode()
     def explain(self, direction: str, query: QueryFeatures, found: Fetched, page: list[int],
-                 results: list[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
+                results: list[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
+        """Each result of the page explained (training/model/explain.py), from one matcher call over it."""
         dev = self.device
         idx = torch.tensor(page, device=found.tokens.device)
         if direction == "t2i":

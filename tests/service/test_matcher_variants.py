@@ -76,7 +76,7 @@ def test_the_service_reranks_with_each_matcher_variant(option: str, model_dir: P
     assert load_bundle(bundle, device="cpu").matcher.config == m.config
     srv = start_server(Settings(model=bundle, data_dir=data, **LIMITS))  # type: ignore[arg-type]  # the same index
     try:
-        assert srv.engine.matcher.preparation_fingerprint() == m.preparation_fingerprint()
+        assert srv.engine.scorer.matcher.preparation_fingerprint() == m.preparation_fingerprint()
         with srv.client() as c:
             res = _search(c, synth[1][0].captions[0])
             stats = c.get("/v1/stats").json()
