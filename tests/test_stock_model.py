@@ -16,8 +16,11 @@ from safetensors.torch import save_file
 from service.cli import main
 from service.config import Settings
 from tests.service.conftest import start_server
+from tests.service.helpers import browser_page
 from training.model.bundle import load_backbone
 from training.model.defaults import DEMO_BUNDLE, TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +61,7 @@ def test_stock_checkpoint_serves_global_only_then_upgrades_without_reencoding(
             up = c.post("/v1/images", files={"files": (extra.name, extra.read_bytes(), "image/jpeg")},
                         data={"ids": "uploaded"})
             assert up.status_code == 200 and up.json()["items"][0]["id"] == "uploaded", up.text
+        _page_says_global_only(srv.url)
     finally:
         srv.stop()
 
@@ -81,3 +85,22 @@ def test_stock_checkpoint_serves_global_only_then_upgrades_without_reencoding(
             assert all(h["fine_score"] is not None for h in r["results"])  # every item, the upload included
     finally:
         srv.stop()
+
+
+def _page_says_global_only(url: str) -> None:
+    """The page in Chromium: the notice names the missing matcher and how to get one, a text query ranks
+    globally and says so, and docs/stock-model-page.png shows it."""
+    with browser_page(url) as page:
+        page.wait_for_function("document.getElementById('stats').textContent.includes('images')")
+        assert page.is_visible("#model-notice")
+        notice = page.inner_text("#model-notice")
+        assert "reranking is unavailable" in notice and "finesearch train" in notice
+        page.fill("#query", "a man in a kitchen")
+        page.click("#text-form button")
+        page.wait_for_function("document.getElementById('image-results').dataset.state === 'global' && "
+                               "document.getElementById('t2i-status').textContent.includes('results in')")
+        assert "global ranking only" in page.inner_text("#t2i-status")
+        assert "raw similarities" in page.inner_text("#score-legend")  # not the calibrated legend
+        assert page.is_disabled("#rerank") and page.is_disabled("#explain")
+        assert len(page.eval_on_selector_all("#image-results li", "els => els.map(e => e.dataset.id)")) > 0
+        page.screenshot(path=str(REPO / "docs" / "stock-model-page.png"), full_page=True)

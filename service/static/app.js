@@ -53,6 +53,17 @@ function scoreLine(r, kind) {
             el("strong", { text: `match ${pct(r.score)}` }), ` · global ${pct(r.global_score)} · fine ${pct(r.fine_score)}`);
 }
 
+const RAW_LEGEND = "Scores are raw similarities (global: the CLIP cosine), not probabilities: this model has no " +
+  "calibration.";
+
+// The legend says what the scores of the latest answer are: calibrated probabilities, or raw similarities.
+function setLegend(kind) {
+  const legend = $("score-legend");
+  if (legend.dataset.calibrated === undefined) legend.dataset.calibrated = legend.innerHTML;
+  if (kind === "probability") legend.innerHTML = legend.dataset.calibrated;
+  else legend.textContent = RAW_LEGEND;
+}
+
 // ------------------------------------------------------------------ explanations
 // Each word's attention over the image's patch grid, drawn over the image (the matcher's own numbers).
 function drawMap(canvas, img, explanation, word) {
@@ -140,6 +151,7 @@ async function searchImages(event) {
     const res = await api("/v1/search/images", { method: "POST", headers: { "Content-Type": "application/json" },
                                                  body: JSON.stringify(body) });
     showImages(res, false);
+    setLegend(res.scores);
     const t = res.timing_ms;
     status.textContent = `${res.results.length} results in ${t.total.toFixed(1)} ms (encode ${t.encode.toFixed(1)}, ` +
       `recall ${t.recall.toFixed(1)}, gather ${t.gather.toFixed(1)}, rerank ${t.rerank.toFixed(1)}) · ` +

@@ -1,11 +1,15 @@
-"""Small helpers shared by the hostile-input, fuzzing and crash tests."""
+"""Small helpers shared by the hostile-input, fuzzing, crash and browser tests."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import shutil
 import socket
 import tarfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -94,3 +98,27 @@ def raw_exchange(url: str, requests: list[bytes]) -> list[tuple[int, bytes]]:
             out.append((int(lines[0].split()[1]), buf[:length]))
             buf = buf[length:]
     return out
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def browser_page(url: str) -> Iterator[Any]:
+    """`url` open in Debian's headless Chromium, driven by Playwright (no browser download)."""
+    import pytest
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is not installed (scripts/install-system.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url + "/")
+            yield page
+        finally:
+            browser.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,25 +11,15 @@ from training.datasets import CaptionedImage
 from training.synth import COLOURS
 
 from .conftest import Server
+from .helpers import browser_page
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
 def page(server: Server) -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is not installed (scripts/install-system.sh installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        pg = browser.new_page(viewport={"width": 1280, "height": 900})
-        pg.goto(server.url + "/")
+    with browser_page(server.url) as pg:
         yield pg
-        browser.close()
 
 
 def _order(page) -> list[str]:  # type: ignore[no-untyped-def]
@@ -72,6 +61,7 @@ def test_text_query_rerank_toggle_and_image_query(page, synth: tuple[Path, list[
     # a calibrated model's scores read "match NN% · global NN% · fine NN%", an uncalibrated one's "score …"
     assert len(captions) == 10 and all(("match" in c and "fine" in c) or "score" in c for c in captions)
     assert "captions for" in page.inner_text("#i2t-status")
+    assert "probability" in page.inner_text("#score-legend")  # the demo model is calibrated
 
     (REPO / "docs").mkdir(exist_ok=True)
     page.screenshot(path=str(REPO / "docs" / "web-page.png"), full_page=True)
