@@ -5,13 +5,17 @@ A snapshot is one tar file that any store can write and any store can read back:
     manifest.json                      format, finesearch version, counts, the index meta (backbone binding)
     points/<collection>/<k>.json       ids and payloads of one batch of points
     points/<collection>/<k>.npy        their global vectors (float32)
+    points/<collection>/<k>.features.npz   with features=qdrant: their prepared matcher features, flat
+                                       (tokens [T, d] fp16, lengths [n] i64; -1 for a point without them)
     tokens/ blobs/ jobs/               the data directory's token banks, uploaded originals and job records
 
 Points are read through the store's own API (scroll, then retrieve with vectors), so the same file backs up
 the embedded Qdrant Edge store or a Qdrant server and restores into either; Qdrant Edge has no snapshot
-writer of its own. The embedded store is opened under its exclusive lock, so no server or indexer writes while
-the snapshot is taken; with a Qdrant server, stop writes first. Restores write the files first and the points
-after, the order indexing uses, so a restore that dies halfway never leaves a point without its features.
+writer of its own. A server store that keeps the matcher features on its points (features=qdrant) has them
+in the snapshot too, and restores into a store that keeps them the same way. The embedded store is opened
+under its exclusive lock, so no server or indexer writes while the snapshot is taken; with a Qdrant server,
+stop writes first. Restores write the files first and the points after, the order indexing uses, so a
+restore that dies halfway never leaves a point without its features.
 `migrate` moves the points of an embedded index into a Qdrant server (the token bank stays in the data
 directory), batch by batch, skipping what the target already holds: rerun it to resume.
 """
@@ -68,9 +72,37 @@ def _fetch(store: VectorStore, collection: str, ids: list[str]) -> tuple[list[st
 
 def _refuse_features(store: VectorStore) -> None:
     if store.holds_features:
-        raise StoreError("this store keeps the matcher features on its points (features=qdrant), which snapshots "
-                         "and migrate do not carry; use Qdrant's own snapshots of its collections, or run with the "
-                         "token bank (features=bank)")
+        raise StoreError("this store keeps the matcher features on its points (features=qdrant); migrate moves an "
+                         "embedded index, whose features are in the token bank, into a server: back this one up "
+                         "with `finesearch snapshot create` instead, which carries its features")
+
+
+def _features_npz(store: VectorStore, collection: str, ids: list[str]) -> bytes:
+    """The points' prepared features, flat: tokens [T, d] fp16 and each point's length (-1: none)."""
+    got = store.retrieve_features(collection, ids)
+    rows = [got[i][1] if i in got else None for i in ids]
+    lengths = np.array([-1 if r is None else len(r) for r in rows], dtype=np.int64)
+    present = [r for r in rows if r is not None]
+    tokens = (np.concatenate(present).astype(np.float16) if present else np.zeros((0, 0), np.float16))
+    buf = io.BytesIO()
+    np.savez(buf, tokens=tokens, lengths=lengths)
+    return buf.getvalue()
+
+
+def _upsert_with_features(store: VectorStore, collection: str, ids: list[str], vectors: np.ndarray,
+                          payloads: list[dict[str, Any]], npz: bytes) -> None:
+    with np.load(io.BytesIO(npz), allow_pickle=False) as f:
+        tokens, lengths = f["tokens"], f["lengths"]
+    if len(lengths) != len(ids):
+        raise StoreError(f"a features file of {collection} holds {len(lengths)} points, its batch {len(ids)}")
+    starts = np.concatenate([[0], np.cumsum(np.maximum(lengths, 0))])
+    have = [k for k in range(len(ids)) if lengths[k] >= 0]
+    bare = [k for k in range(len(ids)) if lengths[k] < 0]  # written by an indexer without the model
+    if have:
+        store.upsert_with_features(collection, [ids[k] for k in have], vectors[have], [payloads[k] for k in have],
+                                   [tokens[starts[k]:starts[k + 1]] for k in have])
+    if bare:
+        store.upsert(collection, [ids[k] for k in bare], vectors[bare], [payloads[k] for k in bare])
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -88,7 +120,6 @@ def _npy(a: np.ndarray) -> bytes:
 def create_snapshot(store: VectorStore, data_dir: Path, out: Path,
                     progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Write the snapshot to `out` (through `out.partial`, renamed when complete); returns its manifest."""
-    _refuse_features(store)
     meta = store.get_meta()
     if meta is None:
         raise StoreError(f"there is no index to snapshot in {data_dir} (nothing was ever indexed there)")
@@ -103,10 +134,12 @@ def create_snapshot(store: VectorStore, data_dir: Path, out: Path,
             for k, (ids, payloads, vectors) in enumerate(point_batches(store, coll)):
                 _add(tar, f"points/{coll}/{k:06d}.json", json.dumps({"ids": ids, "payloads": payloads}).encode())
                 _add(tar, f"points/{coll}/{k:06d}.npy", _npy(vectors))
+                if store.holds_features:
+                    _add(tar, f"points/{coll}/{k:06d}.features.npz", _features_npz(store, coll, ids))
                 counts[coll] += len(ids)
             progress(f"{coll}: {counts[coll]} points")
         manifest = {"format": FORMAT, "finesearch_version": _package_version(), "created": time.time(),
-                    "backend": store.backend, "counts": counts, "meta": meta}
+                    "backend": store.backend, "features": store.holds_features, "counts": counts, "meta": meta}
         _add(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
     with open(partial, "rb") as f:
         os.fsync(f.fileno())
@@ -130,8 +163,11 @@ def read_manifest(archive: Path) -> dict[str, Any]:
 def restore_snapshot(store: VectorStore, data_dir: Path, archive: Path,
                      progress: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Restore into an empty index (store and data directory); returns the manifest with what was restored."""
-    _refuse_features(store)
     manifest = read_manifest(archive)
+    if bool(manifest.get("features")) != store.holds_features:
+        where = ("on each point (features=qdrant)", "in the token bank (features=bank)")
+        raise StoreError(f"{archive} keeps the matcher features {where[not manifest.get('features')]}, and this "
+                         f"store keeps them {where[not store.holds_features]}: restore it with the same --features")
     held = {c: store.count(c) for c in COLLECTIONS}
     if any(held.values()) or store.get_meta() is not None or any((data_dir / d).exists() for d in FILE_DIRS[:1]):
         raise StoreError(f"restore needs an empty index, and {data_dir} (or its Qdrant collections) already holds "
@@ -150,7 +186,10 @@ def restore_snapshot(store: VectorStore, data_dir: Path, archive: Path,
                 doc = json.loads(tar.extractfile(name).read())  # type: ignore[union-attr]
                 vectors = np.load(io.BytesIO(tar.extractfile(name[:-5] + ".npy").read()),  # type: ignore[union-attr]
                                   allow_pickle=False)
-                if doc["ids"]:
+                if doc["ids"] and store.holds_features:
+                    npz = tar.extractfile(name[:-5] + ".features.npz").read()  # type: ignore[union-attr]
+                    _upsert_with_features(store, coll, doc["ids"], vectors, doc["payloads"], npz)
+                elif doc["ids"]:
                     store.upsert(coll, doc["ids"], vectors, doc["payloads"])
                 n += len(doc["ids"])
             if n != manifest["counts"].get(coll):

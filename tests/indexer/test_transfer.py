@@ -93,3 +93,41 @@ def test_migrate_into_a_qdrant_server_is_resumable_and_answers_the_same(
     again = json.loads(capsys.readouterr().out.splitlines()[-2])
     assert again["images"] == {"copied": 0, "already_there": 31, "target_count": 31}
     assert _answers(Settings(data_dir=index, qdrant_url=url)) == before
+
+
+def test_a_server_store_with_its_features_on_the_points_snapshots_and_restores(
+    tmp_path: Path, coco_mini: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """features=qdrant: the prepared features live on the Qdrant points, not in the token bank; the snapshot
+    carries them and a restore into another server store answers the same, reranking included."""
+    monkeypatch.delenv("FINESEARCH_MODEL", raising=False)
+    data, url = tmp_path / "data", f"path:{tmp_path / 'qdrant-a'}"
+    store = ["--qdrant-url", url, "--features", "qdrant"]
+    assert main(["index", "dataset", str(coco_mini / "captions.json"), "--images", str(coco_mini / "images"),
+                 "--format", "coco", "--limit", "12", "--data-dir", str(data), "--no-progress", *store]) == 0
+    srv = start_server(Settings(data_dir=data, qdrant_url=url, features="qdrant"))
+    try:
+        photo = sorted((coco_mini / "images").glob("*.jpg"))[40]
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            r = c.post("/v1/images", files={"files": (photo.name, photo.read_bytes(), "image/jpeg")},
+                       data={"ids": "uploaded"})
+            assert r.status_code == 200 and r.json()["items"][0]["id"] == "uploaded"
+    finally:
+        srv.stop()
+    settings = Settings(data_dir=data, qdrant_url=url, features="qdrant")
+    before = _answers(settings)
+    assert any(fine is not None for q in QUERIES for _, _, fine in before[q])  # reranked: features were read
+    snap = tmp_path / "backup.tar"
+    assert main(["snapshot", "create", "--out", str(snap), "--data-dir", str(data), *store]) == 0
+    with tarfile.open(snap) as tar:
+        assert any(n.endswith(".features.npz") for n in tar.getnames())
+    capsys.readouterr()
+    # into the token bank's layout it is refused, saying why, and nothing is created
+    bank_dir = tmp_path / "bank"
+    assert main(["snapshot", "restore", str(snap), "--data-dir", str(bank_dir)]) == 2
+    assert "restore it with the same --features" in capsys.readouterr().err
+    assert not (bank_dir / "tokens").exists()
+    data2, url2 = tmp_path / "data2", f"path:{tmp_path / 'qdrant-b'}"
+    assert main(["snapshot", "restore", str(snap), "--data-dir", str(data2), "--qdrant-url", url2,
+                 "--features", "qdrant"]) == 0
+    assert _answers(Settings(data_dir=data2, qdrant_url=url2, features="qdrant")) == before
