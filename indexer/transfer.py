@@ -93,9 +93,10 @@ def _upsert_with_features(store: VectorStore, collection: str, ids: list[str], v
                           payloads: list[dict[str, Any]], npz: bytes) -> None:
     with np.load(io.BytesIO(npz), allow_pickle=False) as f:
         tokens, lengths = f["tokens"], f["lengths"]
-    if len(lengths) != len(ids):
-        raise StoreError(f"a features file of {collection} holds {len(lengths)} points, its batch {len(ids)}")
     starts = np.concatenate([[0], np.cumsum(np.maximum(lengths, 0))])
+    if len(lengths) != len(ids) or starts[-1] != len(tokens):
+        raise StoreError(f"a features file of {collection} does not match its batch ({len(lengths)} points for "
+                         f"{len(ids)}, {int(starts[-1])} tokens for {len(tokens)}): not a complete snapshot")
     have = [k for k in range(len(ids)) if lengths[k] >= 0]
     bare = [k for k in range(len(ids)) if lengths[k] < 0]  # written by an indexer without the model
     if have:
