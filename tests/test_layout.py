@@ -14,41 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = {"training": {"indexer", "service"}, "indexer": {"service"}, "service": set()}
 
 
-def imported_packages(path: Path, own: str) -> set[str]:
-    """Top-level packages a module imports, relative imports resolved against its own package `own`."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            out.add(own if node.level else (node.module or "").split(".")[0])
-    return out
-
-
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_packages_import_only_to_their_left(package: str) -> None:
-    modules = sorted((REPO / package).rglob("*.py"))
-    assert modules, f"no modules found under {package}/"
-    bad = {str(m.relative_to(REPO)): sorted(imported_packages(m, package) & FORBIDDEN[package]) for m in modules}
-    bad = {m: pkgs for m, pkgs in bad.items() if pkgs}
-    assert not bad, f"{package} must not import {sorted(FORBIDDEN[package])}: {bad}"
-
-
-def test_the_rule_sees_a_violation(tmp_path: Path) -> None:
-    """The checker itself: an import of `service` from a training module is found, even inside a function."""
-    fake = tmp_path / "probe.py"
-    fake.write_text("import os\nfrom . import matcher\n\ndef f():\n    from service.engine import Engine\n"
-                    "    return Engine\n")
-    assert imported_packages(fake, "training") == {"os", "training", "service"}
-
-
 def imported_modules(path: Path, root: Path = REPO) -> set[str]:
     """Dotted names a module imports (`module.name` for a from-import, since the name may be a submodule),
     relative imports resolved against the module's own place under `root`."""
-    here = list(path.relative_to(root).with_suffix("").parts)
-    package = here if here[-1] == "__init__" else here[:-1]
-    package = [p for p in package if p != "__init__"]
+    package = list(path.relative_to(root).parts[:-1])  # a package's __init__ and its modules alike
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -58,6 +27,29 @@ def imported_modules(path: Path, root: Path = REPO) -> set[str]:
             module = ".".join([*base, *([node.module] if node.module else [])])
             out |= {f"{module}.{a.name}" for a in node.names}
     return out
+
+
+def imported_packages(path: Path, root: Path = REPO) -> set[str]:
+    """Top-level packages a module imports (relative imports resolve to the module's own package)."""
+    return {name.split(".")[0] for name in imported_modules(path, root)}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_packages_import_only_to_their_left(package: str) -> None:
+    modules = sorted((REPO / package).rglob("*.py"))
+    assert modules, f"no modules found under {package}/"
+    bad = {str(m.relative_to(REPO)): sorted(imported_packages(m) & FORBIDDEN[package]) for m in modules}
+    bad = {m: pkgs for m, pkgs in bad.items() if pkgs}
+    assert not bad, f"{package} must not import {sorted(FORBIDDEN[package])}: {bad}"
+
+
+def test_the_rule_sees_a_violation(tmp_path: Path) -> None:
+    """The checker itself: an import of `service` from a training module is found, even inside a function."""
+    fake = tmp_path / "training" / "probe.py"
+    fake.parent.mkdir()
+    fake.write_text("import os\nfrom . import matcher\n\ndef f():\n    from service.engine import Engine\n"
+                    "    return Engine\n")
+    assert imported_packages(fake, tmp_path) == {"os", "training", "service"}
 
 
 def _training_imports(package: str) -> dict[str, list[str]]:

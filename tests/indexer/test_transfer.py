@@ -35,13 +35,13 @@ def _answers(settings: Settings) -> dict[str, object]:
         srv.stop()
 
 
-@pytest.fixture()
-def index(tmp_path: Path, coco_mini: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.delenv("FINESEARCH_MODEL", raising=False)
-    data = tmp_path / "data"
+def _build_index(coco_mini: Path, settings: Settings, limit: int, store_args: list[str]) -> None:
+    """The first `limit` captioned photos through `index dataset`, then one upload through the API (its
+    original lives in the blob store)."""
     assert main(["index", "dataset", str(coco_mini / "captions.json"), "--images", str(coco_mini / "images"),
-                 "--format", "coco", "--limit", "30", "--data-dir", str(data), "--no-progress"]) == 0
-    srv = start_server(Settings(data_dir=data))  # an upload too: its original lives in the blob store
+                 "--format", "coco", "--limit", str(limit), "--data-dir", str(settings.data_dir), "--no-progress",
+                 *store_args]) == 0
+    srv = start_server(settings)
     try:
         photo = sorted((coco_mini / "images").glob("*.jpg"))[40]
         with httpx.Client(base_url=srv.url, timeout=60) as c:
@@ -50,6 +50,13 @@ def index(tmp_path: Path, coco_mini: Path, monkeypatch: pytest.MonkeyPatch) -> P
             assert r.status_code == 200 and r.json()["items"][0]["id"] == "uploaded"
     finally:
         srv.stop()
+
+
+@pytest.fixture()
+def index(tmp_path: Path, coco_mini: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("FINESEARCH_MODEL", raising=False)
+    data = tmp_path / "data"
+    _build_index(coco_mini, Settings(data_dir=data), 30, [])
     return data
 
 
@@ -103,18 +110,8 @@ def test_a_server_store_with_its_features_on_the_points_snapshots_and_restores(
     monkeypatch.delenv("FINESEARCH_MODEL", raising=False)
     data, url = tmp_path / "data", f"path:{tmp_path / 'qdrant-a'}"
     store = ["--qdrant-url", url, "--features", "qdrant"]
-    assert main(["index", "dataset", str(coco_mini / "captions.json"), "--images", str(coco_mini / "images"),
-                 "--format", "coco", "--limit", "12", "--data-dir", str(data), "--no-progress", *store]) == 0
-    srv = start_server(Settings(data_dir=data, qdrant_url=url, features="qdrant"))
-    try:
-        photo = sorted((coco_mini / "images").glob("*.jpg"))[40]
-        with httpx.Client(base_url=srv.url, timeout=60) as c:
-            r = c.post("/v1/images", files={"files": (photo.name, photo.read_bytes(), "image/jpeg")},
-                       data={"ids": "uploaded"})
-            assert r.status_code == 200 and r.json()["items"][0]["id"] == "uploaded"
-    finally:
-        srv.stop()
     settings = Settings(data_dir=data, qdrant_url=url, features="qdrant")
+    _build_index(coco_mini, settings, 12, store)
     before = _answers(settings)
     assert any(fine is not None for q in QUERIES for _, _, fine in before[q])  # reranked: features were read
     snap = tmp_path / "backup.tar"

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -108,8 +109,6 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 @contextlib.contextmanager
 def browser_page(url: str) -> Iterator[Any]:
     """`url` open in Debian's headless Chromium, driven by Playwright (no browser download)."""
-    import pytest
-
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is not installed (scripts/install-system.sh installs it)")
     from playwright.sync_api import sync_playwright
