@@ -5,12 +5,20 @@
 For the global and the two-stage ranker: the t2i top-1 mistakes by kind (bench/synth_truth.py), and the
 oracle that reorders the global top-k by whether each caption is true of each image (keeping the global
 order among true ones): the headroom a reranker of those k candidates has.
+
+`t2i_truth` asks of each score alone (global cosine, the matcher's fine score, the fused two-stage score)
+how well it tells, within a caption's global top-k, the images the caption is true of from the others: the
+AUC over (true, false) pairs of each caption's candidates, the share of true images among its top 1 and 5, and
+the mean within-list z-score of true images that hold objects the caption does not name, of true images that
+hold only the named ones, and of false images. A score that ranks a partly described image below false ones
+cannot help text→image search, however well it ranks captions for an image.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,6 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synth_truth import checks_for, mistake, truth_table
+
+from training.synth import SHAPES
+from training.synth_grid import SHAPES as SHAPES_GRID
 
 from training.datasets import read_dataset
 from training.evaluate import candidate_scores, prepare, ranks_from_scores, recall, shares
@@ -46,7 +57,9 @@ def main() -> None:
     cs = candidate_scores(b.matcher, p, args.candidates)
     w_t2i, _, rho = shares(b.matcher)
     fused = (1 - w_t2i) * cs.t2i_global + w_t2i * cs.fine("t2i", rho)
-    top1 = {"global": g.T.argmax(dim=1), "two_stage": cs.t2i_top.gather(1, fused.argmax(dim=1, keepdim=True))[:, 0]}
+    fine = cs.fine("t2i", rho)
+    top1 = {"global": g.T.argmax(dim=1), "fine": cs.t2i_top.gather(1, fine.argmax(dim=1, keepdim=True))[:, 0],
+            "two_stage": cs.t2i_top.gather(1, fused.argmax(dim=1, keepdim=True))[:, 0]}
     check = checks_for(doc)
     out: dict = {"model": b.id, "split": args.split, "candidates": args.candidates}
     for name, top in top1.items():
@@ -65,8 +78,39 @@ def main() -> None:
     i2t_rank, _ = ranks_from_scores(g, f.txt_img)  # the oracle reorders captions' image lists (t2i) only
     _, t2i_rank = ranks_from_scores(oracle_t2i.T, f.txt_img)
     out["oracle_t2i_top_k"] = {"t2i": recall(i2t_rank, t2i_rank)["t2i"]}
+    out["t2i_truth"] = truth_separation(true.gather(1, cs.t2i_top), _extra_objects(doc, scenes, caps, cs.t2i_top),
+                                        {"global": cs.t2i_global, "fine": fine, "two_stage": fused})
     out["t2i_r1_expected_random_among_true"] = round(100.0 * sum(1.0 / len(x) for x in fits) / len(fits), 2)
     print(json.dumps(out, indent=2))
+
+
+def _extra_objects(doc: dict, scenes: list[dict], caps: list[str], top: torch.Tensor) -> torch.Tensor:
+    """[captions, k]: does the candidate image hold more objects than the caption names (by its shape words)?"""
+    shapes = SHAPES_GRID if doc.get("style") == "grid" else SHAPES
+    named = torch.tensor([sum(len(re.findall(rf"\b{s}\b", c.lower())) for s in shapes) for c in caps])
+    held = torch.tensor([len(sc["meta_objects"]) for sc in scenes])
+    return held[top] > named[:, None]
+
+
+def truth_separation(true: torch.Tensor, extra: torch.Tensor, scores: dict[str, torch.Tensor]) -> dict:
+    """Per score [captions, k]: AUC of true against false candidates per caption (mean over captions with
+    both), the share of true images among its top 1 and top 5, and mean within-list z-scores by kind."""
+    out = {}
+    both = true.any(1) & (~true).any(1)
+    pairs = true[:, :, None] & ~true[:, None, :]
+    for name, s in scores.items():
+        s = s.float().cpu()
+        wins = ((s[:, :, None] > s[:, None, :]) & pairs).sum((1, 2)).float()
+        auc = (wins[both] / pairs[both].sum((1, 2)).float()).mean()
+        order = s.argsort(dim=1, descending=True)
+        z = (s - s.mean(1, keepdim=True)) / s.std(1, keepdim=True).clamp(min=1e-9)
+        out[name] = {"auc": round(float(auc), 4),
+                     "true_in_top1": round(100.0 * float(true.gather(1, order[:, :1]).float().mean()), 2),
+                     "true_in_top5": round(100.0 * float(true.gather(1, order[:, :5]).float().mean()), 2),
+                     "z_true_with_unnamed_objects": round(float(z[true & extra].mean()), 3),
+                     "z_true_named_only": round(float(z[true & ~extra].mean()), 3),
+                     "z_false": round(float(z[~true].mean()), 3)}
+    return out
 
 
 if __name__ == "__main__":
