@@ -28,13 +28,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from synth_truth import checks_for, mistake, truth_table
 
-from training.synth import SHAPES
-from training.synth_grid import SHAPES as SHAPES_GRID
-
 from training.datasets import read_dataset
 from training.evaluate import candidate_scores, prepare, ranks_from_scores, recall, shares
 from training.features import cached_extract, extract
 from training.model.bundle import load_bundle
+from training.synth import SHAPES
+from training.synth_grid import SHAPES as SHAPES_GRID
 
 
 def main() -> None:
