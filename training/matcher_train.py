@@ -6,7 +6,9 @@ Those candidate lists are the hard neighbours the service will rerank, so the lo
 (listwise softmax and MGAN's hardest-negative hinge, on the fused and on the patch score)
 train exactly that ordering. Positives are every candidate the caption (or an equivalent
 one) truly describes; with `skip_implied`, candidates the caption is only implied by are left out
-(mining.Truth.implied).
+(mining.Truth.implied). With a candidate pool (`candidate_pool`, CAMP's default) each list is mined as
+deep as the service reranks and each step draws its hardest half and a random rest from it, so a score is
+also trained on the deeper candidates it will be asked to rank.
 Items are prepared once per step however many lists they appear in.
 """
 
@@ -128,9 +130,10 @@ class StepLosses:
 
 def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, captions: torch.Tensor,
                  t2i: Candidates, i2t: Candidates, cfg: Any) -> StepLosses:
-    """Losses of one step: `captions` rank their candidate images, `images` rank their candidate captions."""
-    t2i_idx, t2i_pos = t2i.index[captions], t2i.positive[captions]  # [Q, C]
-    i2t_idx, i2t_pos = i2t.index[images], i2t.positive[images]
+    """Losses of one step: `captions` rank their candidate images, `images` rank their candidate captions
+    (`t2i` and `i2t` hold the rows of these queries, in their order)."""
+    t2i_idx, t2i_pos = t2i.index, t2i.positive  # [Q, C]
+    i2t_idx, i2t_pos = i2t.index, i2t.positive
     img_u, img_inv = torch.unique(torch.cat([images, t2i_idx.flatten()]), return_inverse=True)
     txt_u, txt_inv = torch.unique(torch.cat([captions, i2t_idx.flatten()]), return_inverse=True)
     img_tok, img_glob, txt_tok, txt_mask, txt_glob = source.batch(img_u, txt_u)
@@ -147,7 +150,7 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
     k = i2t_txt.shape[1]
     f_i2t, p_i2t, r_i2t = matcher.pair_scores(pi.take(img_pos.repeat_interleave(k)), pt.take(i2t_txt.flatten()))
     t2i_pos, i2t_pos = t2i_pos.to(dev), i2t_pos.to(dev)
-    valid_t, valid_i = ~t2i.unsure[captions].to(dev), ~i2t.unsure[images].to(dev)  # all True unless skip_implied
+    valid_t, valid_i = ~t2i.unsure.to(dev), ~i2t.unsure.to(dev)  # all True unless skip_implied
     parts: dict[str, torch.Tensor] = {}
     for name, scores, pos, valid in (("t2i", f_t2i.view(q, c), t2i_pos, valid_t),
                                      ("i2t", f_i2t.view(len(images), k), i2t_pos, valid_i),
@@ -188,7 +191,7 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
     opt, params = _optimiser(matcher, extra_params, cfg)
     sched = lr_schedule(opt, cfg.schedule, cfg.steps, warmup=min(100, cfg.steps // 20))
 
-    t2i, i2t, mined = _mine_start(source, cfg)
+    t2i, i2t, mined = _mine_start(source, cfg, pool_depth(matcher, cfg))
     caps_of: list[list[int]] = [[] for _ in source.image_ids]
     for t, i in enumerate(source.txt_img.tolist()):
         caps_of[i].append(t)
@@ -212,7 +215,8 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
         images = perm[pos:pos + cfg.queries]
         pos += cfg.queries
         captions = torch.tensor([caps_of[i][np.random.randint(len(caps_of[i]))] for i in images.tolist()])
-        out = matcher_step(matcher, source, images, captions, t2i, i2t, cfg)
+        out = matcher_step(matcher, source, images, captions, t2i.draw(captions, cfg.candidates),
+                           i2t.draw(images, cfg.candidates), cfg)
         optimiser_step(opt, sched, out.total, params, cfg.grad_clip)
         step += 1
         window.append({"loss": float(out.total.detach()), **out.parts})
@@ -246,13 +250,23 @@ def _optimiser(matcher: Matcher, extra_params: list[torch.nn.Parameter] | None, 
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay), [p for g in groups for p in g["params"]]
 
 
-def _mine_start(source: FeatureSource, cfg: Any) -> tuple[Candidates, Candidates, dict[str, Any]]:
-    """Each query's global top-k at the start, with its positives (and unsure pairs), and what mining found."""
+def pool_depth(matcher: Matcher, cfg: Any) -> int:
+    """How deep each query's list is mined: `candidate_pool`, or by default the depth the service reranks for a
+    CAMP matcher (its MLP logit, trained on the top 16 only, ranks the deeper candidates it never saw
+    anywhere; measured in docs/evaluation.md) and the top `candidates` for the others."""
+    if cfg.candidate_pool is not None:
+        return max(cfg.candidates, cfg.candidate_pool)
+    return max(cfg.candidates, cfg.calibrate_candidates) if matcher.camp is not None else cfg.candidates
+
+
+def _mine_start(source: FeatureSource, cfg: Any, depth: int) -> tuple[Candidates, Candidates, dict[str, Any]]:
+    """Each query's global top-`depth` at the start, with its positives (and unsure pairs), and what mining
+    found; each step draws `cfg.candidates` of them (Candidates.draw)."""
     t_mine = time.perf_counter()
     start_f = source.features()
     truth = Truth(source.txt_img, source.texts)
-    t2i, i2t = mine(start_f.img_glob, start_f.txt_glob, truth, cfg.candidates, implied=cfg.skip_implied)
-    mined = {"candidates": cfg.candidates, "seconds": round(time.perf_counter() - t_mine, 1),
+    t2i, i2t = mine(start_f.img_glob, start_f.txt_glob, truth, depth, implied=cfg.skip_implied)
+    mined = {"candidates": cfg.candidates, "pool": depth, "seconds": round(time.perf_counter() - t_mine, 1),
              "t2i_positives_per_query": round(float(t2i.positive.sum(1).float().mean()), 2),
              "i2t_positives_per_query": round(float(i2t.positive.sum(1).float().mean()), 2)}
     if cfg.skip_implied:

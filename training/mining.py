@@ -100,6 +100,22 @@ class Candidates:
     def __len__(self) -> int:
         return self.index.shape[0]
 
+    def draw(self, rows: torch.Tensor, size: int, generator: torch.Generator | None = None) -> Candidates:
+        """Rows `rows`, each cut to `size` candidates: its first size//2 (the global ranking's hardest) and the
+        rest drawn at random from the remainder of its list, so that a list mined as deep as the service
+        reranks is seen whole over the steps. A row whose draw holds no positive gets its first positive in
+        the last slot (mining put one in every list)."""
+        index, positive, unsure = self.index[rows], self.positive[rows], self.unsure[rows]
+        depth = index.shape[1]
+        if size >= depth:
+            return Candidates(index, positive, unsure)
+        head = size // 2
+        tail = torch.rand(len(rows), depth - head, generator=generator).argsort(dim=1)[:, :size - head] + head
+        cols = torch.cat([torch.arange(head).expand(len(rows), head), tail], dim=1)
+        lacking = ~positive.gather(1, cols).any(dim=1)
+        cols[lacking, -1] = positive[lacking].float().argmax(dim=1)
+        return Candidates(index.gather(1, cols), positive.gather(1, cols), unsure.gather(1, cols))
+
 
 def _topk_chunked(q: torch.Tensor, c: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
     k = min(k, c.shape[0])

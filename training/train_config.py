@@ -35,7 +35,12 @@ class TrainConfig:
     steps: int = opt(1000, "matcher optimiser steps")
     minutes: float | None = opt(None, "matcher wall-clock budget in minutes; whichever ends first")
     queries: int = opt(32, "queries per direction per step, each against its mined candidates")
-    candidates: int = opt(16, "each query's global top-k, mined once from the frozen globals")
+    candidates: int = opt(16, "candidates per query per step, from its global top-k mined once from the frozen "
+                              "globals")
+    candidate_pool: int | None = opt(None, "mine each query's global top-N (N > candidates) and draw its candidates "
+                                           "from it each step: the hardest half always, the rest at random; 0: "
+                                           "the top `candidates` only; default: calibrate-candidates (the depth the "
+                                           "service reranks) for interaction 'camp', else 0")
     lr: float = opt(1e-3, "matcher learning rate")
     weight_decay: float = opt(1e-4, "matcher weight decay")
     schedule: str = opt("cosine", "learning-rate schedule: cosine or step")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from training.mining import Truth, mine
+from training.mining import Candidates, Truth, mine
 
 CAPTIONS = [  # (image, caption)
     (0, "A red circle left of a blue square."),
@@ -62,3 +62,44 @@ def test_mine_labels_candidates_and_leaves_implied_ones_out() -> None:
     assert {row[s] for s in range(8) if t2i.positive[2, s]} == {1}
     assert {row[s] for s in range(8) if t2i.unsure[2, s]} == {0, 2, 4, 5}
     assert not (t2i.positive & t2i.unsure).any() and not (i2t.positive & i2t.unsure).any()
+
+
+def test_a_draw_keeps_the_hardest_half_samples_the_rest_and_always_holds_a_positive() -> None:
+    depth, size = 10, 4
+    index = torch.arange(depth).repeat(3, 1) + 100 * torch.arange(3)[:, None]  # [3, depth]
+    positive = torch.zeros(3, depth, dtype=torch.bool)
+    positive[0, 0] = True  # in the head: always drawn
+    positive[1, 9] = True  # deep in the list: drawn by chance, else put in the last slot
+    positive[2, [5, 6, 7, 8, 9]] = True
+    unsure = torch.zeros_like(positive)
+    unsure[2, 1] = True
+    pool = Candidates(index, positive, unsure)
+    seen: set[int] = set()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        d = pool.draw(torch.tensor([2, 0, 1]), size, g)  # rows in the queries' order
+        assert d.index.shape == (3, size)
+        assert d.index[:, :2].tolist() == [[200, 201], [0, 1], [100, 101]]  # the global ranking's hardest half
+        assert d.positive.any(dim=1).all()  # every list can be learned from
+        assert d.positive[2, -1] or 109 in d.index[2].tolist()
+        assert torch.equal(d.positive, (d.index % 100 == 0) & (d.index < 100) | (d.index == 109) |
+                           ((d.index >= 205) & (d.index <= 209)))  # labels travel with their candidates
+        assert torch.equal(d.unsure, d.index == 201)
+        assert len(set(d.index[1].tolist())) == size  # no candidate twice
+        seen |= set(d.index[1].tolist())
+    assert seen == set(range(depth))  # over the steps the whole list is seen
+    assert pool.draw(torch.tensor([1]), depth).index.tolist() == [index[1].tolist()]  # no pool: the list as mined
+
+
+def test_the_pool_is_as_deep_as_the_service_reranks_for_camp_unless_told() -> None:
+    from training.matcher_train import pool_depth
+    from training.model.matcher import Matcher, MatcherConfig
+    from training.train_config import TrainConfig
+
+    small = {"dim": 16, "num_patches": 4, "max_words": 6, "adapter_hidden": 8, "lda_hidden": 16}
+    camp, mgan = Matcher(MatcherConfig(interaction="camp", **small)), Matcher(MatcherConfig(**small))
+    cfg = TrainConfig()
+    assert (cfg.candidates, cfg.calibrate_candidates) == (16, 100)
+    assert pool_depth(camp, cfg) == 100 and pool_depth(mgan, cfg) == 16
+    assert pool_depth(camp, TrainConfig(candidate_pool=0)) == 16  # 0: the top `candidates` only
+    assert pool_depth(mgan, TrainConfig(candidate_pool=50)) == 50
