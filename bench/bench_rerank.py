@@ -32,6 +32,7 @@ VARIANTS = {  # changes from MatcherConfig's defaults
     "default + patch context": {"patch_context": True},
     "default + UARDA relevance": {"relevance": "uarda"},
     "default + 4 region views": {"views": 4},
+    "default + UARDA relevance + 4 region views": {"relevance": "uarda", "views": 4},
     "default + CAMP interaction": {"interaction": "camp"},
 }
 
