@@ -28,6 +28,7 @@ VARIANTS = {  # changes from MatcherConfig's defaults
                                           "patch_adapter": True},
     "interim: all patches, adapters": {"word_context": False, "patch_position": False, "patch_adapter": True},
     "default: word context, positions": {},
+    "default without word context": {"word_context": False},
     "default + patch adapter": {"patch_adapter": True},
     "default + patch context": {"patch_context": True},
     "default + UARDA relevance": {"relevance": "uarda"},

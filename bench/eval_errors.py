@@ -55,8 +55,8 @@ def main() -> None:
     g = (p.img.globals @ p.txt.globals.T).cpu()
     cs = candidate_scores(b.matcher, p, args.candidates)
     w_t2i, _, rho = shares(b.matcher)
-    fused = (1 - w_t2i) * cs.t2i_global + w_t2i * cs.fine("t2i", rho)
     fine = cs.fine("t2i", rho)
+    fused = (1 - w_t2i) * cs.t2i_global + w_t2i * fine
     top1 = {"global": g.T.argmax(dim=1), "fine": cs.t2i_top.gather(1, fine.argmax(dim=1, keepdim=True))[:, 0],
             "two_stage": cs.t2i_top.gather(1, fused.argmax(dim=1, keepdim=True))[:, 0]}
     check = checks_for(doc)

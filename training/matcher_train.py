@@ -252,8 +252,8 @@ def _optimiser(matcher: Matcher, extra_params: list[torch.nn.Parameter] | None, 
 
 def pool_depth(matcher: Matcher, cfg: Any) -> int:
     """How deep each query's list is mined: `candidate_pool`, or by default the depth the service reranks for a
-    CAMP matcher (its MLP logit, trained on the top 16 only, ranks the deeper candidates it never saw
-    anywhere; measured in docs/evaluation.md) and the top `candidates` for the others."""
+    CAMP matcher (trained on the top 16 alone, its MLP logit ranked the deeper candidates, which it had never
+    seen, at random: docs/evaluation.md) and the top `candidates` for the others."""
     if cfg.candidate_pool is not None:
         return max(cfg.candidates, cfg.candidate_pool)
     return max(cfg.candidates, cfg.calibrate_candidates) if matcher.camp is not None else cfg.candidates
