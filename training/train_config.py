@@ -39,8 +39,8 @@ class TrainConfig:
                               "globals")
     candidate_pool: int | None = opt(None, "mine each query's global top-N (N > candidates) and draw its candidates "
                                            "from it each step: the hardest half always, the rest at random; 0: "
-                                           "the top `candidates` only; default: calibrate-candidates (the depth the "
-                                           "service reranks) for interaction 'camp', else 0")
+                                           "the top `candidates` only (default: calibrate-candidates, the depth the "
+                                           "service reranks, for interaction 'camp'; else 0)")
     lr: float = opt(1e-3, "matcher learning rate")
     weight_decay: float = opt(1e-4, "matcher weight decay")
     schedule: str = opt("cosine", "learning-rate schedule: cosine or step")
