@@ -167,6 +167,8 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
             parts[f"listwise_{name}"] = weight * cfg.listwise * listwise_loss(scores, pos, valid, cfg.listwise_scale)
         if cfg.triplet > 0:
             parts[f"triplet_{name}"] = weight * cfg.triplet * list_triplet_loss(scores, pos, valid, cfg.margin) / q
+        if name.endswith("_patch") and cfg.patch_bce > 0:
+            parts[f"bce_{name[:3]}"] = weight * cfg.patch_bce * patch_bce_loss(scores, pos, valid, cfg.listwise_scale)
     if matcher.relevance_boundary is not None and cfg.relevance_loss > 0:
         pairs = ((pi.take(t2i_img.flatten()), pt.take(cap_pos.repeat_interleave(c)), t2i_pos, valid_t),
                  (pi.take(img_pos.repeat_interleave(k)), pt.take(i2t_txt.flatten()), i2t_pos, valid_i))
@@ -179,6 +181,15 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
         parts["view_diversity"] = cfg.view_diversity * ((att @ att.transpose(1, 2) - eye) ** 2).sum((1, 2)).mean()
     total = torch.stack(list(parts.values())).sum()
     return StepLosses(total, {k: float(v.detach()) for k, v in parts.items()})
+
+
+def patch_bce_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
+    """CAMP's hardest-negative BCE on a bounded score [Q, C]: the logit is scale · (score − the mean valid score of
+    these lists, held fixed), so the threshold follows the score's own range. Ranking losses only ask that the
+    ground truth come first, and the fine score learns to prefer captions that describe the whole image; this
+    asks whether the pair matches at all, so a partly described true image is not pushed below false ones."""
+    centre = scores.detach()[valid].mean() if bool(valid.any()) else scores.detach().mean()
+    return hardest_bce_loss(scale * (scores - centre), positive, valid)
 
 
 def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | None, cfg: Any,

@@ -97,8 +97,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
     cfg = types.SimpleNamespace(steps=150, minutes=None, queries=16, candidates=8, lr=3e-3, weight_decay=1e-4,
                                 schedule="cosine", grad_clip=2.0, margin=0.2, listwise=1.0, triplet=1.0,
                                 patch_loss=1.0, listwise_scale=20.0, val_every=50, val_candidates=8,
-                                backbone_lr_scale=0.1, skip_implied=True, candidate_pool=None, relevance_loss=1.0,
-                                relevance_margin=0.1, view_diversity=0.1)
+                                backbone_lr_scale=0.1, skip_implied=True, candidate_pool=None, patch_bce=0.0,
+                                relevance_loss=1.0, relevance_margin=0.1, view_diversity=0.1)
     # the patch adapter on: this world's patch and word tokens are built from different parts, so the image
     # side needs a map of its own (the default leaves it off for speed; real tokens share one space)
     m = Matcher(MatcherConfig(dim=DIM, num_patches=PATCHES, max_words=WORDS, adapter_hidden=32, lda_hidden=32,
@@ -134,3 +134,33 @@ def test_trained_matcher_beats_global_on_unseen_scenes(trained: Matcher) -> None
     assert res["two_stage"]["rsum"] >= res["global"]["rsum"] + 30, res
     assert res["two_stage"]["i2t"]["r1"] >= res["global"]["i2t"]["r1"] + 20, res
     assert abs(res["exhaustive"]["rsum"] - res["two_stage"]["rsum"]) <= 5, res
+
+
+def test_patch_bce_asks_each_pair_whether_it_matches_around_the_lists_mean() -> None:
+    from training.losses import hardest_bce_loss
+    from training.matcher_train import matcher_step, patch_bce_loss
+    from training.mining import Truth, mine
+    from training.train_config import TrainConfig
+
+    scores = torch.tensor([[0.6, 0.5, 0.1, 0.2], [0.3, 0.7, 0.4, 9.0]], requires_grad=True)
+    positive = torch.tensor([[True, True, False, False], [False, True, False, False]])
+    valid = torch.tensor([[True, True, True, True], [True, True, True, False]])  # 9.0 is left out
+    centre = (0.6 + 0.5 + 0.1 + 0.2 + 0.3 + 0.7 + 0.4) / 7
+    got = patch_bce_loss(scores, positive, valid, 20.0)
+    want = hardest_bce_loss(20.0 * (scores.detach() - centre), positive, valid)
+    assert float(got.detach()) == pytest.approx(float(want), rel=1e-5)
+    got.backward()  # the centre is held fixed: every gradient is the plain BCE's
+    assert float(scores.grad[0, 1]) < 0 and float(scores.grad[0, 3]) > 0 and float(scores.grad[1, 3]) == 0
+    assert float(scores.grad[0, 2]) == 0  # not the hardest negative of its list
+
+    seed_everything(0)  # in a training step: one term per direction beside the ranking terms, only when asked
+    f = world(40, 3)
+    m = Matcher(MatcherConfig(dim=DIM, num_patches=PATCHES, max_words=WORDS, adapter_hidden=16, lda_hidden=16))
+    t2i, i2t = mine(f.img_glob, f.txt_glob, Truth(f.txt_img, f.texts), 6)
+    images, captions = torch.arange(8), torch.tensor([int((f.txt_img == i).nonzero()[0]) for i in range(8)])
+    source = Frozen(f, torch.device("cpu"))
+    for weight in (0.0, 1.0):
+        out = matcher_step(m, source, images, captions, t2i.draw(captions, 6), i2t.draw(images, 6),
+                           TrainConfig(patch_bce=weight))
+        assert ("bce_t2i" in out.parts and "bce_i2t" in out.parts) == (weight > 0)
+        assert "listwise_t2i_patch" in out.parts and torch.isfinite(out.total)
