@@ -129,7 +129,7 @@ class StepLosses:
 
 
 def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, captions: torch.Tensor,
-                 t2i: Candidates, i2t: Candidates, cfg: Any) -> StepLosses:
+                 t2i: Candidates, i2t: Candidates, cfg: Any, bce: MatchThreshold | None = None) -> StepLosses:
     """Losses of one step: `captions` rank their candidate images, `images` rank their candidate captions
     (`t2i` and `i2t` hold the rows of these queries, in their order)."""
     t2i_idx, t2i_pos = t2i.index, t2i.positive  # [Q, C]
@@ -167,8 +167,8 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
             parts[f"listwise_{name}"] = weight * cfg.listwise * listwise_loss(scores, pos, valid, cfg.listwise_scale)
         if cfg.triplet > 0:
             parts[f"triplet_{name}"] = weight * cfg.triplet * list_triplet_loss(scores, pos, valid, cfg.margin) / q
-        if name.endswith("_patch") and cfg.patch_bce > 0:
-            parts[f"bce_{name[:3]}"] = weight * cfg.patch_bce * patch_bce_loss(scores, pos, valid, cfg.listwise_scale)
+        if name.endswith("_patch") and bce is not None:
+            parts[f"bce_{name[:3]}"] = weight * cfg.patch_bce * bce.loss(scores, pos, valid, cfg.listwise_scale)
     if matcher.relevance_boundary is not None and cfg.relevance_loss > 0:
         pairs = ((pi.take(t2i_img.flatten()), pt.take(cap_pos.repeat_interleave(c)), t2i_pos, valid_t),
                  (pi.take(img_pos.repeat_interleave(k)), pt.take(i2t_txt.flatten()), i2t_pos, valid_i))
@@ -183,13 +183,25 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
     return StepLosses(total, {k: float(v.detach()) for k, v in parts.items()})
 
 
-def patch_bce_loss(scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
-    """CAMP's hardest-negative BCE on a bounded score [Q, C]: the logit is scale · (score − the mean valid score of
-    these lists, held fixed), so the threshold follows the score's own range. Ranking losses only ask that the
-    ground truth come first, and the fine score learns to prefer captions that describe the whole image; this
-    asks whether the pair matches at all, so a partly described true image is not pushed below false ones."""
-    centre = scores.detach()[valid].mean() if bool(valid.any()) else scores.detach().mean()
-    return hardest_bce_loss(scale * (scores - centre), positive, valid)
+class MatchThreshold(torch.nn.Module):
+    """`patch_bce`: CAMP's hardest-negative BCE on the bounded word–patch score [Q, C], its logit
+    scale · (score − t) with one learned threshold t, set to the first lists' mean valid score and trained
+    from there. Ranking losses only ask that the ground truth come first, and the fine score learns to prefer
+    captions that describe the whole image; this asks whether a pair matches at all, against one absolute t
+    (a threshold that followed each batch's mean would be a ranking loss again), so a partly described true
+    image is not pushed below false ones. It lives for training only: serving ranks, it does not threshold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threshold = torch.nn.Parameter(torch.zeros(()))
+        self.register_buffer("started", torch.tensor(False))
+
+    def loss(self, scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
+        if not bool(self.started) and bool(valid.any()):
+            with torch.no_grad():
+                self.threshold.fill_(float(scores.detach()[valid].mean()))
+                self.started.fill_(True)
+        return hardest_bce_loss(scale * (scores - self.threshold), positive, valid)
 
 
 def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | None, cfg: Any,
@@ -198,8 +210,10 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
                   log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train for cfg.steps (or cfg.minutes); validate every cfg.val_every steps; keep the best validation rSum."""
     matcher.to(device)
-    modules = torch.nn.ModuleDict({"matcher": matcher, **(extra_modules or {})})
-    opt, params = _optimiser(matcher, extra_params, cfg)
+    bce = MatchThreshold().to(device) if cfg.patch_bce > 0 and matcher.camp is None else None
+    modules = torch.nn.ModuleDict({"matcher": matcher, **({"match_threshold": bce} if bce else {}),
+                                   **(extra_modules or {})})
+    opt, params = _optimiser(matcher, extra_params, cfg, list(bce.parameters()) if bce else [])
     sched = lr_schedule(opt, cfg.schedule, cfg.steps, warmup=min(100, cfg.steps // 20))
 
     t2i, i2t, mined = _mine_start(source, cfg, pool_depth(matcher, cfg))
@@ -227,7 +241,7 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
         pos += cfg.queries
         captions = torch.tensor([caps_of[i][np.random.randint(len(caps_of[i]))] for i in images.tolist()])
         out = matcher_step(matcher, source, images, captions, t2i.draw(captions, cfg.candidates),
-                           i2t.draw(images, cfg.candidates), cfg)
+                           i2t.draw(images, cfg.candidates), cfg, bce)
         optimiser_step(opt, sched, out.total, params, cfg.grad_clip)
         step += 1
         window.append({"loss": float(out.total.detach()), **out.parts})
@@ -252,10 +266,13 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
             "mining": mined, "seconds": round(time.perf_counter() - t_start, 1)}
 
 
-def _optimiser(matcher: Matcher, extra_params: list[torch.nn.Parameter] | None, cfg: Any
+def _optimiser(matcher: Matcher, extra_params: list[torch.nn.Parameter] | None, cfg: Any,
+               loss_params: list[torch.nn.Parameter] | None = None
                ) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter]]:
-    """AdamW over the matcher, and the unfrozen backbone blocks at cfg.backbone_lr_scale of its rate."""
-    groups: list[dict[str, Any]] = [{"params": [p for p in matcher.parameters() if p.requires_grad]}]
+    """AdamW over the matcher (and the losses' own parameters), and the unfrozen backbone blocks at
+    cfg.backbone_lr_scale of its rate."""
+    groups: list[dict[str, Any]] = [{"params": [p for p in matcher.parameters() if p.requires_grad]
+                                     + list(loss_params or [])}]
     if extra_params:
         groups.append({"params": extra_params, "lr": cfg.lr * cfg.backbone_lr_scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay), [p for g in groups for p in g["params"]]

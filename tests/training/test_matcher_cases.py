@@ -136,22 +136,29 @@ def test_trained_matcher_beats_global_on_unseen_scenes(trained: Matcher) -> None
     assert abs(res["exhaustive"]["rsum"] - res["two_stage"]["rsum"]) <= 5, res
 
 
-def test_patch_bce_asks_each_pair_whether_it_matches_around_the_lists_mean() -> None:
+def test_patch_bce_asks_each_pair_whether_it_matches_against_one_learned_threshold() -> None:
     from training.losses import hardest_bce_loss
-    from training.matcher_train import matcher_step, patch_bce_loss
+    from training.matcher_train import MatchThreshold, matcher_step
     from training.mining import Truth, mine
     from training.train_config import TrainConfig
 
     scores = torch.tensor([[0.6, 0.5, 0.1, 0.2], [0.3, 0.7, 0.4, 9.0]], requires_grad=True)
     positive = torch.tensor([[True, True, False, False], [False, True, False, False]])
     valid = torch.tensor([[True, True, True, True], [True, True, True, False]])  # 9.0 is left out
-    centre = (0.6 + 0.5 + 0.1 + 0.2 + 0.3 + 0.7 + 0.4) / 7
-    got = patch_bce_loss(scores, positive, valid, 20.0)
-    want = hardest_bce_loss(20.0 * (scores.detach() - centre), positive, valid)
+    bce = MatchThreshold()
+    got = bce.loss(scores, positive, valid, 20.0)
+    start = (0.6 + 0.5 + 0.1 + 0.2 + 0.3 + 0.7 + 0.4) / 7  # the first lists' mean valid score
+    assert float(bce.threshold.detach()) == pytest.approx(start) and bool(bce.started)
+    want = hardest_bce_loss(20.0 * (scores.detach() - start), positive, valid)
     assert float(got.detach()) == pytest.approx(float(want), rel=1e-5)
-    got.backward()  # the centre is held fixed: every gradient is the plain BCE's
+    got.backward()
     assert float(scores.grad[0, 1]) < 0 and float(scores.grad[0, 3]) > 0 and float(scores.grad[1, 3]) == 0
     assert float(scores.grad[0, 2]) == 0  # not the hardest negative of its list
+    assert bce.threshold.grad is not None and float(bce.threshold.grad) != 0  # the threshold is learned
+    with torch.no_grad():
+        bce.threshold.fill_(0.25)
+    bce.loss(scores.detach() + 1.0, positive, valid, 20.0)  # absolute: later lists do not move it
+    assert float(bce.threshold.detach()) == 0.25
 
     seed_everything(0)  # in a training step: one term per direction beside the ranking terms, only when asked
     f = world(40, 3)
@@ -159,8 +166,8 @@ def test_patch_bce_asks_each_pair_whether_it_matches_around_the_lists_mean() -> 
     t2i, i2t = mine(f.img_glob, f.txt_glob, Truth(f.txt_img, f.texts), 6)
     images, captions = torch.arange(8), torch.tensor([int((f.txt_img == i).nonzero()[0]) for i in range(8)])
     source = Frozen(f, torch.device("cpu"))
-    for weight in (0.0, 1.0):
+    for threshold in (None, MatchThreshold()):
         out = matcher_step(m, source, images, captions, t2i.draw(captions, 6), i2t.draw(images, 6),
-                           TrainConfig(patch_bce=weight))
-        assert ("bce_t2i" in out.parts and "bce_i2t" in out.parts) == (weight > 0)
+                           TrainConfig(patch_bce=1.0), threshold)
+        assert ("bce_t2i" in out.parts and "bce_i2t" in out.parts) == (threshold is not None)
         assert "listwise_t2i_patch" in out.parts and torch.isfinite(out.total)
