@@ -52,8 +52,8 @@ class TrainConfig:
     patch_loss: float = opt(1.0, "the same losses on the word–patch score alone, whatever the fusion share (for "
                                  "interaction 'camp': the weight of its binary cross-entropy on the logits)")
     patch_bce: float = opt(0.0, "weight of a binary cross-entropy on the word–patch score beside its ranking "
-                                "losses: each query's positives above, its hardest negative below the lists' mean "
-                                "score (CAMP's objective: a match classifier, which text→image ranking needs)")
+                                "losses: each query's positives above, its hardest negative below one learned "
+                                "threshold (CAMP's objective: a match classifier, which text→image ranking needs)")
     relevance_loss: float = opt(1.0, "weight of UARDA's relevance-distinguishable term (matchers with "
                                      "relevance 'uarda' only)")
     relevance_margin: float = opt(0.1, "its margin on each side of the learned relevance boundary")
