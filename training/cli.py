@@ -49,9 +49,7 @@ def _register_train(sub: Any) -> None:
         if f.name in ("matcher", "seed"):
             continue
         base = str(f.type).split(" ")[0]
-        helptext = f.metadata["help"]  # an option whose default depends on others says it in its help
-        if "default:" not in helptext:
-            helptext += f" (default: {f.default})"
+        helptext = f"{f.metadata['help']} (default: {f.metadata['shown']})"
         if base == "bool":
             p.add_argument(f"--{f.name.replace('_', '-')}", type=lambda v: v.lower() in ("1", "true", "yes"),
                            default=None, metavar="true|false", help=helptext)

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def opt(default: Any, help: str, shown: str | None = None) -> Any:
+    """A field with its help line; `shown` is the default as the help states it, for a default that depends
+    on other settings."""
+    return field(default=default, metadata={"help": help, "shown": default if shown is None else shown})
 
 
 @dataclass
@@ -39,8 +41,8 @@ class TrainConfig:
                               "globals")
     candidate_pool: int | None = opt(None, "mine each query's global top-N (N > candidates) and draw its candidates "
                                            "from it each step: the hardest half always, the rest at random; 0: "
-                                           "the top `candidates` only (default: calibrate-candidates, the depth the "
-                                           "service reranks, for interaction 'camp'; else 0)")
+                                           "the top `candidates` only", shown="calibrate-candidates, the depth the "
+                                           "service reranks, for interaction 'camp'; else 0")
     lr: float = opt(1e-3, "matcher learning rate")
     weight_decay: float = opt(1e-4, "matcher weight decay")
     schedule: str = opt("cosine", "learning-rate schedule: cosine or step")
@@ -53,7 +55,8 @@ class TrainConfig:
                                  "interaction 'camp': the weight of its binary cross-entropy on the logits)")
     patch_bce: float = opt(0.0, "weight of a binary cross-entropy on the word–patch score beside its ranking "
                                 "losses: each query's positives above, its hardest negative below one learned "
-                                "threshold (CAMP's objective: a match classifier, which text→image ranking needs)")
+                                "threshold (CAMP's objective: a match classifier, which text→image ranking needs; "
+                                "interaction 'camp' has its own)")
     relevance_loss: float = opt(1.0, "weight of UARDA's relevance-distinguishable term (matchers with "
                                      "relevance 'uarda' only)")
     relevance_margin: float = opt(0.1, "its margin on each side of the learned relevance boundary")
