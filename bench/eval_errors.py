@@ -11,7 +11,8 @@ how well it tells, within a caption's global top-k, the images the caption is tr
 AUC over (true, false) pairs of each caption's candidates, the share of true images among its top 1 and 5, and
 the mean within-list z-score of true images that hold objects the caption does not name, of true images that
 hold only the named ones, and of false images. A score that ranks a partly described image below false ones
-cannot help text→image search, however well it ranks captions for an image.
+cannot help text→image search, however well it ranks captions for an image. `t2i_partial_captions` splits
+text→image R@1/R@5 between captions that name only part of their own image and the rest.
 """
 
 from __future__ import annotations
@@ -77,8 +78,11 @@ def main() -> None:
     i2t_rank, _ = ranks_from_scores(g, f.txt_img)  # the oracle reorders captions' image lists (t2i) only
     _, t2i_rank = ranks_from_scores(oracle_t2i.T, f.txt_img)
     out["oracle_t2i_top_k"] = {"t2i": recall(i2t_rank, t2i_rank)["t2i"]}
-    out["t2i_truth"] = truth_separation(true.gather(1, cs.t2i_top), _extra_objects(doc, scenes, caps, cs.t2i_top),
+    extra = _extra_objects(doc, scenes, caps, cs.t2i_top)
+    out["t2i_truth"] = truth_separation(true.gather(1, cs.t2i_top), extra,
                                         {"global": cs.t2i_global, "fine": fine, "two_stage": fused})
+    out["t2i_partial_captions"] = partial_recall(cs.t2i_top == torch.tensor(own)[:, None], extra,
+                                                 {"global": cs.t2i_global, "fine": fine, "two_stage": fused})
     out["t2i_r1_expected_random_among_true"] = round(100.0 * sum(1.0 / len(x) for x in fits) / len(fits), 2)
     print(json.dumps(out, indent=2))
 
@@ -89,6 +93,25 @@ def _extra_objects(doc: dict, scenes: list[dict], caps: list[str], top: torch.Te
     named = torch.tensor([sum(len(re.findall(rf"\b{s}\b", c.lower())) for s in shapes) for c in caps])
     held = torch.tensor([len(sc["meta_objects"]) for sc in scenes])
     return held[top] > named[:, None]
+
+
+def partial_recall(gt: torch.Tensor, extra: torch.Tensor, scores: dict[str, torch.Tensor]) -> dict:
+    """t2i R@1/R@5 within the top-k, per score, apart for captions that name only part of their own image (it
+    holds an object they do not name) and for the rest: where text→image recall is lost. `gt` and `extra` are
+    [captions, k] (is the candidate the caption's image; does it hold an unnamed object)."""
+    partial = (gt & extra).any(1)
+    inside = gt.any(1)
+    out: dict = {"share_of_captions": round(100.0 * float(partial.float().mean()), 2)}
+    for name, s in scores.items():
+        s = s.float().cpu()
+        own = s.masked_fill(~gt, float("-inf")).max(1, keepdim=True).values
+        rank = (s > own).sum(1)
+        row = {}
+        for part, sel in (("partial", partial), ("complete", ~partial)):
+            for k in (1, 5):
+                row[f"{part}_r{k}"] = round(100.0 * float(((rank < k) & inside)[sel].float().mean()), 2)
+        out[name] = row
+    return out
 
 
 def truth_separation(true: torch.Tensor, extra: torch.Tensor, scores: dict[str, torch.Tensor]) -> dict:

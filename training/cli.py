@@ -131,8 +131,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         src = read_bundle_config(args.backbone_from)
         cfg_file = args.out / "config.json"
         merged = json.loads(cfg_file.read_text())
+        stage = src.get("training", {})
+        # a bundle whose backbone was itself reused passes on the stage that trained it
+        earlier = stage.get("backbone_from") or {} if "backbone" not in stage else {}
         merged["training"]["backbone_from"] = {"bundle": str(args.backbone_from),
-                                               "training": src.get("training", {}).get("backbone")}
+                                               "training": stage.get("backbone", earlier.get("training")),
+                                               **({"via": earlier["bundle"]} if "bundle" in earlier else {})}
         cfg_file.write_text(json.dumps(merged, indent=2, sort_keys=True))
     print(f"model bundle written to {args.out}")
     if "val" in report:

@@ -216,7 +216,7 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
     opt, params = _optimiser(matcher, extra_params, cfg, list(bce.parameters()) if bce else [])
     sched = lr_schedule(opt, cfg.schedule, cfg.steps, warmup=min(100, cfg.steps // 20))
 
-    t2i, i2t, mined = _mine_start(source, cfg, pool_depth(matcher, cfg))
+    t2i, i2t, mined = _mine_start(source, cfg, pool_depth(cfg))
     caps_of: list[list[int]] = [[] for _ in source.image_ids]
     for t, i in enumerate(source.txt_img.tolist()):
         caps_of[i].append(t)
@@ -278,13 +278,13 @@ def _optimiser(matcher: Matcher, extra_params: list[torch.nn.Parameter] | None, 
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay), [p for g in groups for p in g["params"]]
 
 
-def pool_depth(matcher: Matcher, cfg: Any) -> int:
-    """How deep each query's list is mined: `candidate_pool`, or by default the depth the service reranks for a
-    CAMP matcher (trained on the top 16 alone, its MLP logit ranked the deeper candidates, which it had never
-    seen, at random: docs/evaluation.md) and the top `candidates` for the others."""
+def pool_depth(cfg: Any) -> int:
+    """How deep each query's list is mined: `candidate_pool`, by default the depth the service reranks. A matcher
+    trained on each query's top 16 alone never sees the deeper candidates it will rerank: CAMP's MLP logit ranked
+    them at random, and the match BCE (`patch_bce`) needs them to set its threshold (docs/evaluation.md)."""
     if cfg.candidate_pool is not None:
         return max(cfg.candidates, cfg.candidate_pool)
-    return max(cfg.candidates, cfg.calibrate_candidates) if matcher.camp is not None else cfg.candidates
+    return max(cfg.candidates, cfg.calibrate_candidates)
 
 
 def _mine_start(source: FeatureSource, cfg: Any, depth: int) -> tuple[Candidates, Candidates, dict[str, Any]]:

@@ -42,7 +42,7 @@ class TrainConfig:
     candidate_pool: int | None = opt(None, "mine each query's global top-N (N > candidates) and draw its candidates "
                                            "from it each step: the hardest half always, the rest at random; 0: "
                                            "the top `candidates` only", shown="calibrate-candidates, the depth the "
-                                           "service reranks, for interaction 'camp'; else 0")
+                                           "service reranks")
     lr: float = opt(1e-3, "matcher learning rate")
     weight_decay: float = opt(1e-4, "matcher weight decay")
     schedule: str = opt("cosine", "learning-rate schedule: cosine or step")
@@ -53,7 +53,7 @@ class TrainConfig:
     triplet: float = opt(1.0, "weight of MGAN's hardest-negative hinge among the candidates")
     patch_loss: float = opt(1.0, "the same losses on the word–patch score alone, whatever the fusion share (for "
                                  "interaction 'camp': the weight of its binary cross-entropy on the logits)")
-    patch_bce: float = opt(0.0, "weight of a binary cross-entropy on the word–patch score beside its ranking "
+    patch_bce: float = opt(1.0, "weight of a binary cross-entropy on the word–patch score beside its ranking "
                                 "losses: each query's positives above, its hardest negative below one learned "
                                 "threshold (CAMP's objective: a match classifier, which text→image ranking needs; "
                                 "interaction 'camp' has its own)")

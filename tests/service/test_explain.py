@@ -68,12 +68,12 @@ def test_colour_words_light_up_their_own_object(client: httpx.Client,
             assert abs(parts - ex["fine_raw"]) < 1e-4
     assert words_seen >= 40, f"only {words_seen} colour words in two-colour captions found their image"
     binding = np.mean([o > x for o, x in zip(own, others, strict=True)])
-    # measured on this data with models/demo: 83 % of colour words put more attention on their own object
-    # than on the other objects, 72 % have one of their 3 strongest patches on it, and the mass on their own
-    # object is 3.3× its share of the image
-    assert binding >= 0.75, f"only {binding:.0%} of colour words attend to their own object more than to others"
-    assert np.mean(top3) >= 0.6, f"the 3 strongest patches touch the word's object for only {np.mean(top3):.0%}"
-    assert np.mean(own) >= 2.5 * np.mean(area)
+    # measured on this data with models/demo (130 colour words): 88 % put more attention on their own object
+    # than on the other objects, 81 % have one of their 3 strongest patches on it, and the mass on their own
+    # object is 4.6× its share of the image (83 %, 72 % and 3.3× before the matcher trained with the match BCE)
+    assert binding >= 0.8, f"only {binding:.0%} of colour words attend to their own object more than to others"
+    assert np.mean(top3) >= 0.7, f"the 3 strongest patches touch the word's object for only {np.mean(top3):.0%}"
+    assert np.mean(own) >= 3.5 * np.mean(area)
 
 
 def test_explanations_only_when_asked_and_only_for_the_page(client: httpx.Client,

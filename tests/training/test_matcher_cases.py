@@ -97,7 +97,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReq
     cfg = types.SimpleNamespace(steps=150, minutes=None, queries=16, candidates=8, lr=3e-3, weight_decay=1e-4,
                                 schedule="cosine", grad_clip=2.0, margin=0.2, listwise=1.0, triplet=1.0,
                                 patch_loss=1.0, listwise_scale=20.0, val_every=50, val_candidates=8,
-                                backbone_lr_scale=0.1, skip_implied=True, candidate_pool=None, patch_bce=0.0,
+                                backbone_lr_scale=0.1, skip_implied=True, candidate_pool=None, patch_bce=1.0,
+                                calibrate_candidates=32,
                                 relevance_loss=1.0, relevance_margin=0.1, view_diversity=0.1)
     # the patch adapter on: this world's patch and word tokens are built from different parts, so the image
     # side needs a map of its own (the default leaves it off for speed; real tokens share one space)

@@ -91,15 +91,13 @@ def test_a_draw_keeps_the_hardest_half_samples_the_rest_and_always_holds_a_posit
     assert pool.draw(torch.tensor([1]), depth).index.tolist() == [index[1].tolist()]  # no pool: the list as mined
 
 
-def test_the_pool_is_as_deep_as_the_service_reranks_for_camp_unless_told() -> None:
+def test_the_pool_is_as_deep_as_the_service_reranks_unless_told() -> None:
     from training.matcher_train import pool_depth
-    from training.model.matcher import Matcher, MatcherConfig
     from training.train_config import TrainConfig
 
-    small = {"dim": 16, "num_patches": 4, "max_words": 6, "adapter_hidden": 8, "lda_hidden": 16}
-    camp, mgan = Matcher(MatcherConfig(interaction="camp", **small)), Matcher(MatcherConfig(**small))
     cfg = TrainConfig()
     assert (cfg.candidates, cfg.calibrate_candidates) == (16, 100)
-    assert pool_depth(camp, cfg) == 100 and pool_depth(mgan, cfg) == 16
-    assert pool_depth(camp, TrainConfig(candidate_pool=0)) == 16  # 0: the top `candidates` only
-    assert pool_depth(mgan, TrainConfig(candidate_pool=50)) == 50
+    assert pool_depth(cfg) == 100
+    assert pool_depth(TrainConfig(candidate_pool=0)) == 16  # 0: the top `candidates` only
+    assert pool_depth(TrainConfig(candidate_pool=50)) == 50
+    assert pool_depth(TrainConfig(calibrate_candidates=8)) == 16  # never shallower than a step

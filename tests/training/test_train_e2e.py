@@ -141,6 +141,15 @@ def test_unfreezing_the_last_blocks_fine_tunes_only_those(tiny_run: tuple[Path, 
     b = load_bundle(tuned)
     assert b.backbone.fingerprint == cfg["backbone"]["fingerprint"] != load_bundle(out).backbone.fingerprint
     assert cfg["training"]["config"]["unfreeze_blocks"] == 1
+    # provenance: the reused backbone's training stage, passed on when that bundle is reused in turn
+    stage = json.loads((out / "config.json").read_text())["training"]["backbone"]
+    assert cfg["training"]["backbone_from"] == {"bundle": str(out), "training": stage}
+    again = tmp_path / "again"
+    assert main(["train", "--data", str(data / "dataset.json"), "--images", str(data / "images"), "--format",
+                 "karpathy", "--out", str(again), "--backbone-from", str(tuned), "--steps", "1", "--val-every", "1",
+                 "--queries", "4", "--candidates", "4", "--calibrate-candidates", "6", "--no-progress"]) == 0
+    chained = json.loads((again / "config.json").read_text())["training"]["backbone_from"]
+    assert chained == {"bundle": str(tuned), "training": stage, "via": str(out)}
 
 
 def test_heads_over_a_cached_trunk_equal_the_whole_towers(tiny_run: tuple[Path, Path]) -> None:
