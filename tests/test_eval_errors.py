@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from eval_errors import partial_recall  # noqa: E402
+from eval_errors import partial_recall
 
 
 def test_partial_and_complete_captions_are_scored_apart() -> None:

@@ -365,10 +365,14 @@ class Matcher(nn.Module):
             s_global = (img.globals * txt.globals).sum(-1)
         return self.mix(s_global.to(fine.dtype), fine, direction), fine, raw
 
-    def score_matrices(self, img: PreparedImages, txt: PreparedTexts, chunk: int = 65536
+    def score_matrices(self, img: PreparedImages, txt: PreparedTexts, chunk: int | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """All pairs → (global, raw fine) score matrices [B_images, B_texts], chunked over texts to bound memory
-        (`fine_of` maps the raw scores of a CAMP matcher for a direction)."""
+        """All pairs → (global, raw fine) score matrices [B_images, B_texts], in blocks of about `chunk` pairs
+        over texts: small enough for the intermediates to stay in the CPU's caches (1000 × 1000 pairs of the
+        tiny model: 5.8 s in blocks of 2048, 21.9 s in blocks of 65536); a GPU keeps blocks of 65536. `fine_of`
+        maps the raw scores of a CAMP matcher for a direction."""
+        if chunk is None:
+            chunk = 2048 if img.patches.device.type == "cpu" else 65536
         bi, bt = img.patches.shape[0], txt.words.shape[0]
         views = self.views_of(img) if self.region_mix is not None else None
         if self.camp is not None:
@@ -390,7 +394,7 @@ class Matcher(nn.Module):
         return img.globals @ txt.globals.T, torch.cat(patches, dim=1)
 
     def score_matrix(self, img: PreparedImages, txt: PreparedTexts, direction: str | None = None,
-                     chunk: int = 65536) -> torch.Tensor:
+                     chunk: int | None = None) -> torch.Tensor:
         """All pairs → fused scores [B_images, B_texts] (the share of `direction`, or the trained one)."""
         g, p = self.score_matrices(img, txt, chunk)
         return self.mix(g, self.fine_of(p, direction), direction)
