@@ -179,8 +179,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     render(original, ex).save(args.out)
     if args.json:
         args.json.write_text(json.dumps(ex, indent=2))
-    print(json.dumps({k: v for k, v in ex.items() if k != "words"} | {
-        "words": {w["text"]: w["contribution"] for w in ex["words"]}, "png": str(args.out)}))
+    print(json.dumps({k: v for k, v in ex.items() if k != "words"} | {  # a list: a caption repeats words
+        "words": [[w["text"], w["contribution"]] for w in ex["words"]], "png": str(args.out)}))
     return 0
 
 

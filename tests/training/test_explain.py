@@ -17,7 +17,7 @@ from training.model.explain import word_pieces
 from training.synth import generate
 
 
-def test_explain_writes_one_map_per_word(tmp_path: Path) -> None:
+def test_explain_writes_one_map_per_word(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     generate(tmp_path / "synth", seed=3, train=0, val=0, test=4)
     item = read_dataset(tmp_path / "synth" / "dataset.json", "karpathy", "test")[0]
     text = item.captions[0]
@@ -25,6 +25,9 @@ def test_explain_writes_one_map_per_word(tmp_path: Path) -> None:
     assert main(["explain", "--model", str(DEMO_MODEL), "--image", str(tmp_path / "synth" / "images" / item.filename),
                  "--text", text, "--out", str(out), "--json", str(js)]) == 0
     ex = json.loads(js.read_text())
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # every word in order, repeated ones ("a … a …") too
+    assert summary["words"] == [[w["text"], w["contribution"]] for w in ex["words"]]
     assert [text.lower()[a:b] for a, b in (w["span"] for w in ex["words"])] == [w["text"] for w in ex["words"]]
     assert abs(ex["patch_side"] + sum(w["contribution"] for w in ex["words"]) + ex["region"] - ex["fine_raw"]) < 1e-4
     png = Image.open(out)
