@@ -81,7 +81,9 @@ def main() -> None:
     extra = _extra_objects(doc, scenes, caps, cs.t2i_top)
     out["t2i_truth"] = truth_separation(true.gather(1, cs.t2i_top), extra,
                                         {"global": cs.t2i_global, "fine": fine, "two_stage": fused})
-    out["t2i_partial_captions"] = partial_recall(cs.t2i_top == torch.tensor(own)[:, None], extra,
+    own_t = torch.tensor(own)
+    partial = _extra_objects(doc, scenes, caps, own_t[:, None])[:, 0]  # its own image holds an unnamed object
+    out["t2i_partial_captions"] = partial_recall(cs.t2i_top == own_t[:, None], partial,
                                                  {"global": cs.t2i_global, "fine": fine, "two_stage": fused})
     out["t2i_r1_expected_random_among_true"] = round(100.0 * sum(1.0 / len(x) for x in fits) / len(fits), 2)
     print(json.dumps(out, indent=2))
@@ -95,21 +97,22 @@ def _extra_objects(doc: dict, scenes: list[dict], caps: list[str], top: torch.Te
     return held[top] > named[:, None]
 
 
-def partial_recall(gt: torch.Tensor, extra: torch.Tensor, scores: dict[str, torch.Tensor]) -> dict:
-    """t2i R@1/R@5 within the top-k, per score, apart for captions that name only part of their own image (it
-    holds an object they do not name) and for the rest: where text→image recall is lost. `gt` and `extra` are
-    [captions, k] (is the candidate the caption's image; does it hold an unnamed object)."""
-    partial = (gt & extra).any(1)
+def partial_recall(gt: torch.Tensor, partial: torch.Tensor, scores: dict[str, torch.Tensor]) -> dict:
+    """t2i R@1/R@5 within the top-k, per score, apart for captions that name only part of their own image
+    (`partial` [captions]: it holds an object they do not name) and for the rest: where text→image recall is
+    lost. `gt` [captions, k]: is the candidate the caption's image (a caption whose image is outside its top-k
+    counts as missed). None for a group without captions."""
     inside = gt.any(1)
     out: dict = {"share_of_captions": round(100.0 * float(partial.float().mean()), 2)}
     for name, s in scores.items():
         s = s.float().cpu()
         own = s.masked_fill(~gt, float("-inf")).max(1, keepdim=True).values
         rank = (s > own).sum(1)
-        row = {}
+        row: dict = {}
         for part, sel in (("partial", partial), ("complete", ~partial)):
             for k in (1, 5):
-                row[f"{part}_r{k}"] = round(100.0 * float(((rank < k) & inside)[sel].float().mean()), 2)
+                hit = ((rank < k) & inside)[sel]
+                row[f"{part}_r{k}"] = round(100.0 * float(hit.float().mean()), 2) if len(hit) else None
         out[name] = row
     return out
 

@@ -42,7 +42,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--data", type=Path, required=True, help="a `finesearch synth` output folder")
     ap.add_argument("--split", default="train")
-    ap.add_argument("--candidates", type=int, default=16, help="the trainer's mined top-k")
+    ap.add_argument("--candidates", type=int, default=16, help="how deep each list is checked: 16, a step's "
+                    "candidates (the figures in docs/evaluation.md); the trainer mines 100 (its candidate pool)")
     ap.add_argument("--cache", type=Path, default=None)
     args = ap.parse_args()
     doc = json.loads((args.data / "dataset.json").read_text())

@@ -116,10 +116,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(seed=args.seed, matcher=json.loads(args.matcher), **overrides)
     train = read_dataset(args.data, args.format, args.train_split)
     val = read_dataset(args.data, args.format, args.val_split) if args.val_split else None
+    provenance = None
     if args.backbone_from:
         backbone = load_backbone(args.backbone_from, device=args.device, precision=args.precision)
-        # keep shipping the weights it came with
-        from_scratch = bool(read_bundle_config(args.backbone_from)["backbone"].get("weights"))
+        source = read_bundle_config(args.backbone_from)  # before training: --out may be the same folder
+        from_scratch = bool(source["backbone"].get("weights"))  # keep shipping the weights it came with
+        provenance = backbone_provenance(str(args.backbone_from), source)
     else:
         backbone = backbone_from_args(args)
     info = {"file": str(args.data), "format": args.format, "train_images": len(train),
@@ -127,21 +129,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     report = run_training(backbone, train, val, args.images, args.out, cfg, from_scratch=from_scratch,
                           resume=args.resume, progress=not args.no_progress, data_info=info,
                           keep_backbone=args.backbone_from is not None)
-    if args.backbone_from:  # keep the provenance of the reused backbone in the new bundle
-        src = read_bundle_config(args.backbone_from)
+    if provenance is not None:  # keep the provenance of the reused backbone in the new bundle
         cfg_file = args.out / "config.json"
         merged = json.loads(cfg_file.read_text())
-        stage = src.get("training", {})
-        # a bundle whose backbone was itself reused passes on the stage that trained it
-        earlier = stage.get("backbone_from") or {} if "backbone" not in stage else {}
-        merged["training"]["backbone_from"] = {"bundle": str(args.backbone_from),
-                                               "training": stage.get("backbone", earlier.get("training")),
-                                               **({"via": earlier["bundle"]} if "bundle" in earlier else {})}
+        merged["training"]["backbone_from"] = provenance
         cfg_file.write_text(json.dumps(merged, indent=2, sort_keys=True))
     print(f"model bundle written to {args.out}")
     if "val" in report:
         print(json.dumps({k: v["rsum"] for k, v in report["val"].items()}))
     return 0
+
+
+def backbone_provenance(path: str, source: dict[str, Any]) -> dict[str, Any]:
+    """Where a reused backbone comes from: the bundle it was taken from, the stage that trained it (passed on
+    through bundles that reused it in turn, with the first of them as `via`), and, when any bundle along the
+    chain fine-tuned it (`--unfreeze-blocks`), the most blocks one of them did (`fine_tuned_blocks`): the stage
+    trained the weights those started from."""
+    stage = source.get("training", {})
+    earlier = {} if "backbone" in stage else (stage.get("backbone_from") or {})
+    out: dict[str, Any] = {"bundle": path, "training": stage.get("backbone", earlier.get("training"))}
+    if "bundle" in earlier:
+        out["via"] = earlier.get("via", earlier["bundle"])
+    tuned = max(int(stage.get("config", {}).get("unfreeze_blocks") or 0), int(earlier.get("fine_tuned_blocks", 0)))
+    if tuned:
+        out["fine_tuned_blocks"] = tuned
+    return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

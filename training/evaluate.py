@@ -94,9 +94,9 @@ def candidate_scores(matcher: Matcher, p: PreparedSet, candidates: int, pairs_pe
     interaction over the block with the query's mask and weights broadcast, not copied per pair.
 
     Blocks of about a thousand pairs keep the interaction's [pairs, words, patches] intermediates in the CPU's
-    caches: the whole seed-0 test split at 100 candidates took 3.3 s in blocks of 1024 pairs against 10.3 s in
-    blocks of 8192 (docs/benchmarks.md). A GPU keeps the larger blocks it was given before (8192): fewer
-    kernel launches."""
+    caches: the whole seed-0 test split at 100 candidates took 3.3 s in blocks of 1024 pairs against 8.6 s in
+    blocks of 8192 (bench/bench_blocks.py, docs/benchmarks.md). A GPU keeps the larger blocks it was given
+    before (8192): fewer kernel launches."""
     if pairs_per_call is None:
         pairs_per_call = 1024 if p.img.patches.device.type == "cpu" else 8192
     g = p.img.globals @ p.txt.globals.T  # [Ni, Nt]

@@ -3,11 +3,11 @@
 Every step draws `queries` images; each image's query caption (one of its own, at random)
 ranks its mined top-k images (t2i), and the image ranks its mined top-k captions (i2t).
 Those candidate lists are the hard neighbours the service will rerank, so the losses
-(listwise softmax and MGAN's hardest-negative hinge, on the fused and on the patch score)
-train exactly that ordering. Positives are every candidate the caption (or an equivalent
+(listwise softmax and MGAN's hardest-negative hinge, on the fused and on the patch score, and the match BCE
+on the patch score) train exactly that ordering. Positives are every candidate the caption (or an equivalent
 one) truly describes; with `skip_implied`, candidates the caption is only implied by are left out
-(mining.Truth.implied). With a candidate pool (`candidate_pool`, CAMP's default) each list is mined as
-deep as the service reranks and each step draws its hardest half and a random rest from it, so a score is
+(mining.Truth.implied). With the candidate pool (`candidate_pool`, by default the depth the service reranks)
+each list is mined that deep and each step draws its hardest half and a random rest from it, so a score is
 also trained on the deeper candidates it will be asked to rank.
 Items are prepared once per step however many lists they appear in.
 """
@@ -194,13 +194,18 @@ class MatchThreshold(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.threshold = torch.nn.Parameter(torch.zeros(()))
-        self.register_buffer("started", torch.tensor(False))
+        self.register_buffer("started", torch.tensor(False))  # checkpointed with the threshold
+        self._known = False  # `started` read once (a device sync), not on every step
 
     def loss(self, scores: torch.Tensor, positive: torch.Tensor, valid: torch.Tensor, scale: float) -> torch.Tensor:
-        if not bool(self.started) and bool(valid.any()):
-            with torch.no_grad():
-                self.threshold.fill_(float(scores.detach()[valid].mean()))
-                self.started.fill_(True)
+        if not self._known:
+            if bool(self.started):
+                self._known = True
+            elif bool(valid.any()):
+                with torch.no_grad():
+                    self.threshold.fill_(float(scores.detach()[valid].mean()))
+                    self.started.fill_(True)
+                self._known = True
         return hardest_bce_loss(scale * (scores - self.threshold), positive, valid)
 
 
@@ -225,7 +230,14 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
     step, history = 0, []
     best: dict[str, Any] = {"rsum": -1.0, "step": 0, "state": None, "metrics": None}
     if resume and ckpt_path.is_file():
-        ck = load_checkpoint(ckpt_path, modules, opt, sched)
+        try:
+            ck = load_checkpoint(ckpt_path, modules, opt, sched)
+        except (RuntimeError, ValueError, KeyError) as e:  # other modules or parameter groups than this run's
+            raise ValueError(
+                f"cannot resume from {ckpt_path}: it was written by a run with other matcher options or training "
+                "losses. Resume with the options it started with (a run begun before the match BCE and the "
+                "candidate pool became defaults: add --patch-bce 0 --candidate-pool 0), or start afresh without "
+                f"--resume. ({str(e).splitlines()[0]})") from e
         step, history, best = ck["step"], ck["history"], ck["best"]
         log(f"resumed matcher training after step {step}")
     t_start = time.perf_counter()

@@ -67,7 +67,8 @@ def test_eval_command_writes_all_three_rankers(tiny_run: tuple[Path, Path], tmp_
     assert res["two_stage"]["candidates"] == 10 and res["images"] == 24 and res["captions"] == 120
 
 
-def test_training_resumes_from_its_checkpoints(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_training_resumes_from_its_checkpoints(tiny_run: tuple[Path, Path], tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     data, out = tiny_run
     import shutil
 
@@ -80,6 +81,15 @@ def test_training_resumes_from_its_checkpoints(tiny_run: tuple[Path, Path], tmp_
     assert rc == 0
     cfg = json.loads((copy / "config.json").read_text())
     assert [h["step"] for h in cfg["training"]["matcher"]["history"]] == [3, 6, 9]  # only step 9 was new
+    # a checkpoint of other training losses (here: without the match BCE's threshold) is refused, saying how
+    capsys.readouterr()
+    assert main(["train", "--data", str(data / "dataset.json"), "--images", str(data / "images"), "--format",
+              "karpathy", "--out", str(copy), "--from-scratch", "--clip-steps", "6", "--clip-batch", "32",
+              "--steps", "12", "--val-every", "3", "--queries", "8", "--candidates", "6", "--calibrate-candidates",
+              "10", "--no-progress", "--resume", "--patch-bce", "0",
+              "--matcher", '{"top_k": 16, "num_samples": 20}']) != 0
+    err = capsys.readouterr().err
+    assert "cannot resume from" in err and "--patch-bce 0 --candidate-pool 0" in err
 
 
 def test_indexing_with_a_bundle_uses_its_backbone(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
@@ -149,7 +159,21 @@ def test_unfreezing_the_last_blocks_fine_tunes_only_those(tiny_run: tuple[Path, 
                  "karpathy", "--out", str(again), "--backbone-from", str(tuned), "--steps", "1", "--val-every", "1",
                  "--queries", "4", "--candidates", "4", "--calibrate-candidates", "6", "--no-progress"]) == 0
     chained = json.loads((again / "config.json").read_text())["training"]["backbone_from"]
-    assert chained == {"bundle": str(tuned), "training": stage, "via": str(out)}
+    assert chained == {"bundle": str(tuned), "training": stage, "via": str(out), "fine_tuned_blocks": 1}
+
+
+def test_backbone_provenance_keeps_its_origin_along_a_chain() -> None:
+    from training.cli import backbone_provenance
+
+    stage = {"steps": 1000}
+    a = {"training": {"backbone": stage, "config": {"unfreeze_blocks": 0}}}
+    b = {"training": {"backbone_from": backbone_provenance("A", a), "config": {"unfreeze_blocks": 2}}}
+    c = {"training": {"backbone_from": backbone_provenance("B", b), "config": {"unfreeze_blocks": 0}}}
+    assert backbone_provenance("A", a) == {"bundle": "A", "training": stage}
+    assert backbone_provenance("B", b) == {"bundle": "B", "training": stage, "via": "A", "fine_tuned_blocks": 2}
+    # a third hop still names the first bundle and the fine-tuning B did
+    assert backbone_provenance("C", c) == {"bundle": "C", "training": stage, "via": "A", "fine_tuned_blocks": 2}
+    assert backbone_provenance("S", {"training": {}}) == {"bundle": "S", "training": None}  # a stock backbone
 
 
 def test_heads_over_a_cached_trunk_equal_the_whole_towers(tiny_run: tuple[Path, Path]) -> None:
