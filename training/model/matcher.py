@@ -370,8 +370,7 @@ class Matcher(nn.Module):
         """All pairs → (global, raw fine) score matrices [B_images, B_texts], in blocks of about `chunk` pairs
         over texts: small enough for the intermediates to stay in the CPU's caches (1000 × 1000 pairs of the
         tiny model: 6.7 s in blocks of 2048, 21.7 s in blocks of 65536, bench/bench_blocks.py); a GPU keeps
-        blocks of 65536. `fine_of`
-        maps the raw scores of a CAMP matcher for a direction."""
+        blocks of 65536. `fine_of` maps the raw scores of a CAMP matcher for a direction."""
         if chunk is None:
             chunk = 2048 if img.patches.device.type == "cpu" else 65536
         bi, bt = img.patches.shape[0], txt.words.shape[0]
