@@ -230,14 +230,7 @@ def train_matcher(matcher: Matcher, source: FeatureSource, val: FeatureSource | 
     step, history = 0, []
     best: dict[str, Any] = {"rsum": -1.0, "step": 0, "state": None, "metrics": None}
     if resume and ckpt_path.is_file():
-        try:
-            ck = load_checkpoint(ckpt_path, modules, opt, sched)
-        except (RuntimeError, ValueError, KeyError) as e:  # other modules or parameter groups than this run's
-            raise ValueError(
-                f"cannot resume from {ckpt_path}: it was written by a run with other matcher options or training "
-                "losses. Resume with the options it started with (a run begun before the match BCE and the "
-                "candidate pool became defaults: add --patch-bce 0 --candidate-pool 0), or start afresh without "
-                f"--resume. ({str(e).splitlines()[0]})") from e
+        ck = _resume(ckpt_path, modules, opt, sched)
         step, history, best = ck["step"], ck["history"], ck["best"]
         log(f"resumed matcher training after step {step}")
     t_start = time.perf_counter()
@@ -288,6 +281,18 @@ def _optimiser(matcher: Matcher, extra_params: list[torch.nn.Parameter] | None, 
     if extra_params:
         groups.append({"params": extra_params, "lr": cfg.lr * cfg.backbone_lr_scale})
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay), [p for g in groups for p in g["params"]]
+
+
+def _resume(ckpt_path: Path, modules: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
+    """The checkpoint's state into this run, or an error that says which options to resume it with."""
+    try:
+        return load_checkpoint(ckpt_path, modules, opt, sched)
+    except (RuntimeError, ValueError, KeyError) as e:  # other modules or parameter groups than this run's
+        raise ValueError(
+            f"cannot resume from {ckpt_path}: it was written by a run with other matcher options or training "
+            "losses. Resume with the options it started with (a run begun before the match BCE and the "
+            "candidate pool became defaults: add --patch-bce 0 --candidate-pool 0), or start afresh without "
+            f"--resume. ({str(e).splitlines()[0]})") from e
 
 
 def pool_depth(cfg: Any) -> int:
