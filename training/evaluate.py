@@ -43,6 +43,15 @@ def recall(i2t_rank: torch.Tensor, t2i_rank: torch.Tensor) -> dict[str, Any]:
 class PreparedSet:
     img: PreparedImages
     txt: PreparedTexts
+    # each caption's first caption with the same text: identical captions share one pair score, so their
+    # ties with each other stay exact ties (as in the global and exhaustive rankers), and are scored once
+    same_text: torch.Tensor | None = None
+
+
+def first_of_same_text(texts: list[str]) -> torch.Tensor:
+    """[Nt] index of the first caption whose text equals each caption's."""
+    first: dict[str, int] = {}
+    return torch.tensor([first.setdefault(t, i) for i, t in enumerate(texts)], dtype=torch.long)
 
 
 @torch.inference_mode()
@@ -55,7 +64,8 @@ def prepare(matcher: Matcher, f: Features, device: torch.device | str = "cpu", b
     for lo in range(0, len(f.texts), batch):
         txts.append(matcher.prepare_texts(f.txt_tok[lo:lo + batch].to(device), f.txt_mask[lo:lo + batch].to(device),
                                           f.txt_glob[lo:lo + batch].to(device)))
-    return PreparedSet(PreparedImages.cat(imgs), PreparedTexts.cat(txts).trimmed())
+    return PreparedSet(PreparedImages.cat(imgs), PreparedTexts.cat(txts).trimmed(),
+                       first_of_same_text(f.texts).to(device))
 
 
 @dataclass
@@ -86,48 +96,84 @@ class CandidateScores:
         return patch if region is None else patch + region_weight * region
 
 
+def _pair_chunks(img: torch.Tensor, length: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs (sorted by image) → a table [chunks, chunk] of pair indices (−1 = empty) where each row holds
+    up to `chunk` pairs of one image, its captions in length order, and each row's longest caption.
+
+    A row then costs one image's patches (broadcast, never copied per pair) and its captions' words trimmed
+    to nearly their own length; rows of similar length go into the same block."""
+    n_img = int(img.max()) + 1 if img.numel() else 0
+    by_len = torch.argsort(length, stable=True)
+    order = by_len[torch.argsort(img[by_len], stable=True)]  # image, then caption length
+    counts = torch.bincount(img, minlength=n_img)
+    start = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=img.device) - start[img[order]]
+    per_img = (counts + chunk - 1) // chunk
+    base = torch.cumsum(per_img, 0) - per_img
+    row = base[img[order]] + rank // chunk
+    table = torch.full((int(per_img.sum()), chunk), -1, dtype=torch.long, device=img.device)
+    table[row, rank % chunk] = order
+    longest = torch.zeros(table.shape[0], dtype=length.dtype, device=img.device).scatter_reduce(
+        0, row, length[order], "amax")
+    return table, longest
+
+
+@torch.inference_mode()
+def pair_patch_scores(matcher: Matcher, p: PreparedSet, img: torch.Tensor, txt: torch.Tensor,
+                      pairs_per_call: int | None = None, chunk: int = 32) -> torch.Tensor:
+    """The raw fine score (`Interaction.patch`) of the pairs (img[i], txt[i]), in dense blocks.
+
+    Image-major: a block is a few images, each with up to `chunk` of its captions, so only the captions'
+    words are gathered ([pairs, words, d]), not the images' patches ([pairs, patches, d], 4–6× larger), and
+    each similarity product is one image's patches against its captions' words.
+
+    Blocks of about a thousand pairs keep the interaction's [pairs, words, patches] intermediates in the CPU's
+    caches (bench/bench_blocks.py, docs/benchmarks.md); a GPU takes blocks of 8192: fewer kernel launches."""
+    if pairs_per_call is None:
+        pairs_per_call = 1024 if p.img.patches.device.type == "cpu" else 8192
+    lengths = p.txt.mask.sum(1)
+    table, longest = _pair_chunks(img, lengths[txt], chunk)
+    out = torch.empty(img.shape[0], device=p.img.patches.device)
+    rows = torch.argsort(longest, stable=True)
+    step = max(1, pairs_per_call // chunk)
+    for lo in range(0, rows.numel(), step):
+        r = rows[lo:lo + step]
+        idx = table[r]  # [B, chunk]
+        real = idx >= 0
+        pair = idx.clamp(min=0)  # an empty slot scores the row's first pair again; dropped below
+        pair = torch.where(real, pair, pair[:, :1])
+        n = max(1, int(longest[r].max()))
+        t = txt[pair]
+        patches, words = p.img.patches[img[pair[:, 0]]], p.txt.words[t, :n]  # [B, K, d], [B, chunk, L, d]
+        b, c = words.shape[:2]  # one product per image, written straight in words × patches order
+        sim = torch.bmm(words.reshape(b, c * n, -1), patches.transpose(1, 2)).view(b, c, n, -1)
+        score = matcher.pair_interaction(sim, patches[:, None], words, p.txt.mask[t, :n], p.txt.lda[t],
+                                         p.txt.importance[t, :n]).patch
+        out[idx[real]] = score[real]
+    return out
+
+
 @torch.inference_mode()
 def candidate_scores(matcher: Matcher, p: PreparedSet, candidates: int, pairs_per_call: int | None = None
                      ) -> CandidateScores:
-    """Each query against its global top-k in dense blocks: a block of queries, each query's k candidates
-    gathered once, one similarity product per query (its tokens against all k candidates' tokens), and the
-    interaction over the block with the query's mask and weights broadcast, not copied per pair.
+    """Each query's global top-k, both directions, and the fine scores of those pairs.
 
-    Blocks of about a thousand pairs keep the interaction's [pairs, words, patches] intermediates in the CPU's
-    caches: the whole seed-0 test split at 100 candidates took 3.3 s in blocks of 1024 pairs against 8.6 s in
-    blocks of 8192 (bench/bench_blocks.py, docs/benchmarks.md). A GPU keeps the larger blocks it was given
-    before (8192): fewer kernel launches."""
-    if pairs_per_call is None:
-        pairs_per_call = 1024 if p.img.patches.device.type == "cpu" else 8192
+    A pair's raw fine score does not depend on the direction (only its fusion and CAMP's calibration do), and
+    nearly every image→text pair is also a text→image pair (an image's nearest captions have it among their
+    nearest images: 99,991 of the seed-0 test split's 100,000 i2t pairs at k = 100 were), so the union of both
+    directions' pairs is scored once (`pair_patch_scores`), and a caption that repeats an earlier caption's
+    text takes that caption's scores."""
     g = p.img.globals @ p.txt.globals.T  # [Ni, Nt]
     ni, nt = g.shape
-    lengths = p.txt.mask.sum(1)
     t2i_g, t2i_top = g.T.topk(min(candidates, ni), dim=1)
     i2t_g, i2t_top = g.topk(min(candidates, nt), dim=1)
-    k = t2i_top.shape[1]
-    t2i_p = torch.empty(nt, k, device=g.device)
-    # captions of similar length share a block, trimmed to the block's longest: less padding per pair
-    order = torch.argsort(lengths, stable=True)
-    step = max(1, pairs_per_call // max(k, 1))
-    for lo in range(0, nt, step):
-        q = order[lo:lo + step]
-        n = max(1, int(lengths[q].max()))
-        words, mask = p.txt.words[q, :n], p.txt.mask[q, :n]
-        cand = p.img.patches[t2i_top[q]]  # [Q, k, K, d]
-        sim = torch.einsum("qld,qnkd->qnlk", words, cand)
-        t2i_p[q] = matcher.pair_interaction(sim, cand, words[:, None], mask[:, None], p.txt.lda[q][:, None],
-                                            p.txt.importance[q, :n][:, None]).patch
-    k = i2t_top.shape[1]
-    i2t_p = torch.empty(ni, k, device=g.device)
-    step = max(1, pairs_per_call // max(k, 1))
-    for lo in range(0, ni, step):
-        q = torch.arange(lo, min(lo + step, ni), device=g.device)
-        top = i2t_top[q]
-        n = max(1, int(lengths[top].max()))
-        words = p.txt.words[top, :n]  # [Q, k, L, d]
-        sim = torch.einsum("qkd,qnld->qnlk", p.img.patches[q], words)
-        i2t_p[q] = matcher.pair_interaction(sim, p.img.patches[q][:, None], words, p.txt.mask[top, :n],
-                                            p.txt.lda[top], p.txt.importance[top, :n]).patch
+    text = p.same_text if p.same_text is not None else torch.arange(nt, device=g.device)
+    t2i_keys = t2i_top * nt + text[:, None]
+    i2t_keys = torch.arange(ni, device=g.device)[:, None] * nt + text[i2t_top]
+    keys, where = torch.unique(torch.cat([t2i_keys.flatten(), i2t_keys.flatten()]), return_inverse=True)
+    scores = pair_patch_scores(matcher, p, keys // nt, keys % nt, pairs_per_call)
+    t2i_p = scores[where[:t2i_keys.numel()]].view_as(t2i_top)
+    i2t_p = scores[where[t2i_keys.numel():]].view_as(i2t_top)
     t2i_r = i2t_r = None
     if matcher.view_attn is not None:  # S_region of the same pairs: one dot product per view
         views, vecs = matcher.views_of(p.img), matcher.text_vectors(p.txt.words, p.txt.mask)
@@ -172,11 +218,17 @@ def two_stage_ranks(matcher: Matcher, p: PreparedSet, txt_img: torch.Tensor, can
 @torch.inference_mode()
 def exhaustive_ranks(matcher: Matcher, p: PreparedSet, txt_img: torch.Tensor, block: int = 256
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The matcher over every pair; each direction ranks by its own fusion share."""
-    ni = p.img.patches.shape[0]
-    gs, ps = zip(*[matcher.score_matrices(p.img.take(torch.arange(lo, min(lo + block, ni))), p.txt)
+    """The matcher over every pair; each direction ranks by its own fusion share. Like two-stage, it scores
+    each distinct caption text once (see `PreparedSet.same_text`)."""
+    ni, nt = p.img.patches.shape[0], p.txt.words.shape[0]
+    text = p.same_text if p.same_text is not None else torch.arange(nt, device=p.txt.words.device)
+    distinct, column = torch.unique(text, return_inverse=True)
+    by_length = torch.argsort(p.txt.mask[distinct].sum(1), stable=True)  # each block trimmed to its longest
+    column = torch.argsort(by_length)[column]
+    txt = p.txt.take(distinct[by_length])
+    gs, ps = zip(*[matcher.score_matrices(p.img.take(torch.arange(lo, min(lo + block, ni))), txt)
                    for lo in range(0, ni, block)], strict=True)
-    g, s = torch.cat(gs).cpu(), torch.cat(ps)
+    g, s = torch.cat(gs)[:, column].cpu(), torch.cat(ps)[:, column]
     w_t2i, w_i2t, _ = shares(matcher)  # the fine matrix has ρ·region in it
     i2t, _ = ranks_from_scores((1 - w_i2t) * g + w_i2t * matcher.fine_of(s, "i2t").cpu(), txt_img)
     _, t2i = ranks_from_scores((1 - w_t2i) * g + w_t2i * matcher.fine_of(s, "t2i").cpu(), txt_img)

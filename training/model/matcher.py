@@ -380,7 +380,7 @@ class Matcher(nn.Module):
         step = max(1, chunk // max(bi, 1))
         patches = []
         for lo in range(0, bt, step):
-            t = txt.take(torch.arange(lo, min(lo + step, bt), device=txt.words.device))
+            t = txt.take(torch.arange(lo, min(lo + step, bt), device=txt.words.device)).trimmed()
             sim = torch.einsum("ikd,tld->itlk", img.patches, t.words)
             e = lambda x: x[None].expand(bi, *x.shape)  # noqa: E731
             patch = self.pair_interaction(sim, img.patches[:, None], t.words[None], e(t.mask), e(t.lda),
