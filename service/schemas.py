@@ -49,6 +49,10 @@ class WordExplanation(BaseModel):
                                                    "summing to 1, or less where a matcher with a relevance "
                                                    "threshold found patches irrelevant to the word): where in the "
                                                    "image the word was matched")
+    picked_by: list[list[float]] | None = Field(
+        None, description="eq. 7's attention read for this word: how much of each patch's attention over the "
+                          "caption's words went to it, as a distribution over the grid (summing to 1): where the "
+                          "word's object is, with the words competing for each patch; null for a CAMP matcher")
 
 
 class Explanation(BaseModel):

@@ -65,8 +65,13 @@ function setLegend(kind) {
 }
 
 // ------------------------------------------------------------------ explanations
-// Each word's attention over the image's patch grid, drawn over the image (the matcher's own numbers).
+// Each word's weights over the image's patch grid, drawn over the image (the matcher's own numbers): by
+// default eq. 7 read per word (`picked_by`: the patches that gave this word their attention, i.e. where its
+// object is), or eq. 9's attention α′ (`patches`: the weights behind the word's score).
+const wordMap = (w) => ($("explain-map").value === "picked_by" && w.picked_by ? w.picked_by : w.patches);
+
 function drawMap(canvas, img, explanation, word) {
+  canvas.lastMap = [img, explanation, word];  // redrawn as it is when the map kind changes
   const w = img.clientWidth || img.width, h = img.clientHeight || img.height;
   canvas.width = w; canvas.height = h;
   const ctx = canvas.getContext("2d");
@@ -77,7 +82,7 @@ function drawMap(canvas, img, explanation, word) {
     ctx.font = "11px sans-serif"; ctx.textBaseline = "top";
     for (const wd of explanation.words) {
       let best = [0, 0, -1];
-      wd.patches.forEach((row, r) => row.forEach((v, c) => { if (v > best[2]) best = [r, c, v]; }));
+      wordMap(wd).forEach((row, r) => row.forEach((v, c) => { if (v > best[2]) best = [r, c, v]; }));
       ctx.strokeStyle = "rgba(230,40,30,0.9)"; ctx.lineWidth = 2;
       ctx.strokeRect(best[1] * cw + 1, best[0] * ch + 1, cw - 2, ch - 2);
       ctx.fillStyle = "rgba(0,0,0,0.65)"; ctx.fillRect(best[1] * cw, best[0] * ch, ctx.measureText(wd.text).width + 4, 13);
@@ -85,8 +90,9 @@ function drawMap(canvas, img, explanation, word) {
     }
     return;
   }
-  const top = Math.max(...word.patches.flat(), 1e-9);
-  word.patches.forEach((row, r) => row.forEach((v, c) => {
+  const map = wordMap(word);
+  const top = Math.max(...map.flat(), 1e-9);
+  map.forEach((row, r) => row.forEach((v, c) => {
     ctx.fillStyle = `rgba(230,40,30,${(0.75 * v / top).toFixed(3)})`;
     ctx.fillRect(c * cw, r * ch, cw, ch);
   }));
@@ -282,11 +288,14 @@ document.addEventListener("DOMContentLoaded", () => {
   $("text-form").addEventListener("submit", searchImages);
   $("rerank").addEventListener("change", () => $("query").value.trim() && searchImages());
   $("explain").addEventListener("change", () => $("query").value.trim() && searchImages());
+  $("explain-map").addEventListener("change", () => document.querySelectorAll("canvas.heat").forEach(
+    (c) => c.lastMap && drawMap(c, ...c.lastMap)));
   $("upload-form").addEventListener("submit", upload);
   setUpDrop();
   loadStats();
   const params = new URLSearchParams(location.search);
   if (params.get("rerank") === "0") $("rerank").checked = false;
   if (params.get("explain") === "1") $("explain").checked = true;
+  if (params.get("map") === "attention") $("explain-map").value = "patches";
   if (params.get("q")) { $("query").value = params.get("q"); searchImages(); }
 });

@@ -32,7 +32,8 @@ def _object_cells(img: np.ndarray, grid: tuple[int, int], rgb: tuple[int, int, i
 def test_colour_words_light_up_their_own_object(client: httpx.Client,
                                                 synth: tuple[Path, list[CaptionedImage]]) -> None:
     root, items = synth
-    own, others, area, top3, words_seen = [], [], [], [], 0
+    stats: dict[str, dict[str, list[float]]] = {"patches": {}, "picked_by": {}}  # map → measure → per word
+    words_seen = 0
     for it in items[:40]:
         for caption in it.captions[:2]:
             colours = [w for w in caption.lower().split() if w in COLOURS]
@@ -52,28 +53,31 @@ def test_colour_words_light_up_their_own_object(client: httpx.Client,
                 if w["text"] not in COLOURS:
                     continue
                 words_seen += 1
-                att = np.array(w["patches"])
-                assert att.shape == grid and abs(att.sum() - 1) < 1e-3  # a distribution over the grid
                 assert caption.lower()[w["span"][0]:w["span"][1]] == w["text"]
                 mask = _object_cells(img, grid, COLOURS[w["text"]])
-                other = anything & ~mask
-                own.append(float(att[mask].sum()))
-                others.append(float(att[other].sum()))
-                area.append(float(mask.mean()))
-                top3.append(bool(mask.ravel()[np.argsort(-att.ravel())[:3]].any()))
+                for name, s in stats.items():
+                    att = np.array(w[name])
+                    assert att.shape == grid and abs(att.sum() - 1) < 1e-3  # a distribution over the grid
+                    strongest = mask.ravel()[np.argsort(-att.ravel())]
+                    for key, v in (("own", att[mask].sum()), ("others", att[anything & ~mask].sum()),
+                                   ("area", mask.mean()), ("top1", strongest[0]), ("top3", strongest[:3].any())):
+                        s.setdefault(key, []).append(float(v))
             # the word side of the fine score, recomputed from the explanation's own numbers
             for w in ex["words"]:
                 assert abs(w["contribution"] - w["weight"] * w["score"] / 2) < 1e-5
             parts = ex["patch_side"] + sum(w["contribution"] for w in ex["words"]) + ex["region"]
             assert abs(parts - ex["fine_raw"]) < 1e-4
     assert words_seen >= 40, f"only {words_seen} colour words in two-colour captions found their image"
-    binding = np.mean([o > x for o, x in zip(own, others, strict=True)])
-    # measured on this data with models/demo (130 colour words): 88 % put more attention on their own object
-    # than on the other objects, 81 % have one of their 3 strongest patches on it, and the mass on their own
-    # object is 4.6× its share of the image (83 %, 72 % and 3.3× before the matcher trained with the match BCE)
-    assert binding >= 0.8, f"only {binding:.0%} of colour words attend to their own object more than to others"
-    assert np.mean(top3) >= 0.7, f"the 3 strongest patches touch the word's object for only {np.mean(top3):.0%}"
-    assert np.mean(own) >= 3.5 * np.mean(area)
+    got = {name: {"binding": np.mean(np.array(s["own"]) > np.array(s["others"])), "top1": np.mean(s["top1"]),
+                  "top3": np.mean(s["top3"]), "mass": np.mean(s["own"]) / np.mean(s["area"])}
+           for name, s in stats.items()}
+    # measured on this data with models/demo (130 colour words). `patches` (α′, eq. 9): 88 % put more weight on
+    # their own object than on the other objects, 76 % have their strongest patch on it and 81 % one of their 3
+    # strongest, mass on their own object 4.6× its share of the image. `picked_by` (eq. 7): 85 %, 90 %, 95 %,
+    # 2.9× (each patch gives every word a little: a floor over the background)
+    assert got["patches"]["binding"] >= 0.8 and got["patches"]["top3"] >= 0.7 and got["patches"]["mass"] >= 3.5, got
+    assert got["picked_by"]["binding"] >= 0.8 and got["picked_by"]["mass"] >= 2.5, got
+    assert got["picked_by"]["top1"] >= 0.85 and got["picked_by"]["top3"] >= 0.9, got
 
 
 def test_explanations_only_when_asked_and_only_for_the_page(client: httpx.Client,

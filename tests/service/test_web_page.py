@@ -88,6 +88,15 @@ def test_explain_shows_each_words_map(page, synth: tuple[Path, list[CaptionedIma
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return [n, c.width * c.height]; }""")
     assert 0 < painted[0] <= painted[1]
+    # the map switch redraws the shown word with the other map (eq. 9's attention instead of eq. 7's)
+    alpha = """() => { const c = document.querySelector('#image-results li canvas.heat');
+        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 4 === 3)); }"""
+    eq7 = page.evaluate(alpha)
+    page.select_option("#explain-map", "patches")
+    eq9 = page.evaluate(alpha)
+    assert eq9 != eq7 and max(eq9) > 0
+    page.select_option("#explain-map", "picked_by")
+    assert page.evaluate(alpha) == eq7
     # the image → captions panel explains each caption's words over the query image
     page.set_input_files("#image-file", str(root / "images" / items[4].filename))
     page.wait_for_function("document.querySelectorAll('#text-results li .chip').length > 0 && "

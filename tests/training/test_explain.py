@@ -1,4 +1,4 @@
-"""`finesearch explain`: a PNG with one map per word, and the word pieces' spans in the caption."""
+"""`finesearch explain`: a PNG with two maps per word, and the word pieces' spans in the caption."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ def test_explain_writes_one_map_per_word(tmp_path: Path, capsys: pytest.CaptureF
     assert [text.lower()[a:b] for a, b in (w["span"] for w in ex["words"])] == [w["text"] for w in ex["words"]]
     assert abs(ex["patch_side"] + sum(w["contribution"] for w in ex["words"]) + ex["region"] - ex["fine_raw"]) < 1e-4
     png = Image.open(out)
-    assert png.size == (8 + 168 * (len(ex["words"]) + 1), 40 + 160 + 28 + 8)  # the image, then a map per word
+    # a row per map (α′, then eq. 7 read per word): the image, then a map per word
+    assert png.size == (8 + 168 * (len(ex["words"]) + 1), 40 + 2 * (160 + 28) + 8)
+    assert all(abs(sum(map(sum, w["picked_by"])) - 1) < 1e-3 for w in ex["words"])
     assert "score" in ex and 0 <= ex["score"] <= 1  # the demo model is calibrated
 
 

@@ -23,6 +23,27 @@ import torch
 from .matcher import Matcher, PreparedImages, PreparedTexts
 
 
+def picked_by(matcher: Matcher, sim: torch.Tensor, txt_mask: torch.Tensor) -> torch.Tensor | None:
+    """[..., L, K] eq. 7's attention read per word: each patch's softmax over the caption's words (its inverse
+    temperature τ₁ learned; UARDA's relevance applied as in the interaction), as a distribution over the
+    patches for each word. Where the word's object is: a patch of the red square gives "red" more of its
+    attention than it gives "blue". None for CAMP, which has no eq. 7.
+
+    Why next to α′ (eq. 9, `patches`): α′ asks which patch is most like the word, and a word's context mixes
+    the other words into it, so its peak can sit on the other object; eq. 7 makes the words compete for each
+    patch. On 1,514 colour words of two-colour captions (the demo's validation images), the strongest patch
+    lay on the word's own object for 81 % under eq. 7 against 69 % under α′, one of the 3 strongest for 90 %
+    against 73 %."""
+    if matcher.camp is not None:
+        return None
+    m = txt_mask.to(sim.dtype)[..., None]
+    inner = torch.softmax(matcher.log_temp[0].exp() * sim + (m - 1) * 1e4, dim=-2) * m
+    gate = matcher.relevance_gate(sim)
+    if gate is not None:
+        inner = inner * gate
+    return inner / inner.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
 @dataclass
 class Piece:
     text: str  # the token as the tokenizer sees it (lower case, no end-of-word marker)
@@ -49,6 +70,10 @@ def word_pieces(tokenizer: Any, text: str, n: int) -> list[Piece]:
     return out
 
 
+def _grid(weights: torch.Tensor) -> list[list[float]]:
+    return [[round(float(v), 5) for v in row] for row in weights.tolist()]
+
+
 @torch.inference_mode()
 def explain_pairs(matcher: Matcher, img: PreparedImages, txt: PreparedTexts, grid: tuple[int, int],
                   pieces: list[list[Piece]]) -> list[dict[str, Any]]:
@@ -61,11 +86,13 @@ def explain_pairs(matcher: Matcher, img: PreparedImages, txt: PreparedTexts, gri
     if region is None:
         region = torch.zeros_like(inter.patch)
     fine = inter.patch + region
+    picked = picked_by(matcher, sim, txt.mask)
     gh, gw = grid
     out = []
     for i, words in enumerate(pieces):
         n = min(len(words), int(txt.mask[i].sum()))
         att = inter.word_attention[i, :n].float().cpu().view(n, gh, gw)
+        chosen = None if picked is None else picked[i, :n].float().cpu().view(n, gh, gw)
         scores, weights = inter.word_scores[i, :n].float().cpu(), inter.word_weights[i, :n].float().cpu()
         out.append({
             "grid": [gh, gw],
@@ -75,7 +102,7 @@ def explain_pairs(matcher: Matcher, img: PreparedImages, txt: PreparedTexts, gri
             "words": [{"text": w.text, "span": list(w.span) if w.span else None, "score": round(float(scores[k]), 6),
                        "weight": round(float(weights[k]), 6),
                        "contribution": round(float(weights[k] * scores[k]) / 2, 6),
-                       "patches": [[round(float(v), 5) for v in row] for row in att[k].tolist()]}
+                       "patches": _grid(att[k]), "picked_by": None if chosen is None else _grid(chosen[k])}
                       for k, w in enumerate(words[:n])],
         })
     return out
@@ -109,32 +136,39 @@ def explain_one(bundle: Any, pixels: Any, text: str) -> dict[str, Any]:
 
 
 def render(image: Any, explanation: dict[str, Any], side: int = 160) -> Any:
-    """The image, then one small map per word (its attention over the patch grid, over the image), labelled
-    with the word and its contribution; the scores on top. A PIL image."""
+    """The image, then one small map per word over it, labelled with the word and its contribution; the scores
+    on top. A row per map: eq. 9's attention α′ (`patches`), then eq. 7 read per word (`picked_by`, absent for
+    CAMP). A PIL image."""
     import numpy as np
     from PIL import Image, ImageDraw
 
     base = image.convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
     words = explanation["words"]
+    maps = [("patches", "eq. 9: each word's attention")]
+    if words and words[0].get("picked_by") is not None:
+        maps.append(("picked_by", "eq. 7: where each word is"))
     pad, label, header = 8, 28, 40
-    canvas = Image.new("RGB", (pad + (side + pad) * (len(words) + 1), header + side + label + pad), "white")
+    row_h = side + label
+    canvas = Image.new("RGB", (pad + (side + pad) * (len(words) + 1), header + row_h * len(maps) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     scores = [f"cosine {explanation['cosine']:.3f}", f"fine (raw) {explanation['fine_raw']:.3f}"]
     scores += [f"{k.replace('_', ' ')} {explanation[k]:.3f}" for k in ("global_score", "fine_score", "score")
                if k in explanation]
     draw.text((pad, 6), explanation["text"], fill="black")
     draw.text((pad, 22), " · ".join(scores), fill=(90, 90, 90))
-    canvas.paste(base, (pad, header))
-    draw.text((pad, header + side + 6), "image", fill="black")
     grey = np.asarray(base.convert("L").convert("RGB"), dtype=np.float32)
-    for k, w in enumerate(words, 1):
-        att = np.asarray(w["patches"], dtype=np.float32)
-        heat = Image.fromarray((255 * att / max(float(att.max()), 1e-9)).astype(np.uint8)).resize(
-            (side, side), Image.Resampling.NEAREST)
-        h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
-        hot = np.array([230.0, 40.0, 30.0])
-        blend = (0.45 * grey + 0.55 * (h * hot + (1 - h) * grey)).clip(0, 255).astype(np.uint8)
-        x = pad + k * (side + pad)
-        canvas.paste(Image.fromarray(blend), (x, header))
-        draw.text((x, header + side + 6), f"{w['text']}  {w['contribution']:+.3f}", fill="black")
+    hot = np.array([230.0, 40.0, 30.0])
+    for r, (key, title) in enumerate(maps):
+        y = header + r * row_h
+        canvas.paste(base, (pad, y))
+        draw.text((pad, y + side + 6), title, fill="black")
+        for k, w in enumerate(words, 1):
+            att = np.asarray(w[key], dtype=np.float32)
+            heat = Image.fromarray((255 * att / max(float(att.max()), 1e-9)).astype(np.uint8)).resize(
+                (side, side), Image.Resampling.NEAREST)
+            h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
+            blend = (0.45 * grey + 0.55 * (h * hot + (1 - h) * grey)).clip(0, 255).astype(np.uint8)
+            x = pad + k * (side + pad)
+            canvas.paste(Image.fromarray(blend), (x, y))
+            draw.text((x, y + side + 6), f"{w['text']}  {w['contribution']:+.3f}", fill="black")
     return canvas
