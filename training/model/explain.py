@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .matcher import Matcher, PreparedImages, PreparedTexts
@@ -70,8 +71,10 @@ def word_pieces(tokenizer: Any, text: str, n: int) -> list[Piece]:
     return out
 
 
-def _grid(weights: torch.Tensor) -> list[list[float]]:
-    return [[round(float(v), 5) for v in row] for row in weights.tolist()]
+def _rounded(x: torch.Tensor, digits: int) -> np.ndarray:
+    """The page's numbers as float64, rounded once for the whole page (a `round` per value in Python cost as
+    much as the matcher call); n / 10^digits in float64 prints as its short decimal form in JSON."""
+    return np.round(x.detach().float().cpu().numpy().astype(np.float64), digits)
 
 
 @torch.inference_mode()
@@ -88,21 +91,21 @@ def explain_pairs(matcher: Matcher, img: PreparedImages, txt: PreparedTexts, gri
     fine = inter.patch + region
     picked = picked_by(matcher, sim, txt.mask)
     gh, gw = grid
+    shape = (*inter.word_attention.shape[:2], gh, gw)
+    att = _rounded(inter.word_attention, 5).reshape(shape)
+    chosen = None if picked is None else _rounded(picked, 5).reshape(shape)
+    scores, weights = _rounded(inter.word_scores, 6), _rounded(inter.word_weights, 6)
+    shares = _rounded(inter.word_scores * inter.word_weights / 2, 6)
+    fine_raw, patch_side, regions = _rounded(fine, 6), _rounded(inter.patch_side / 2, 6), _rounded(region, 6)
     out = []
     for i, words in enumerate(pieces):
         n = min(len(words), int(txt.mask[i].sum()))
-        att = inter.word_attention[i, :n].float().cpu().view(n, gh, gw)
-        chosen = None if picked is None else picked[i, :n].float().cpu().view(n, gh, gw)
-        scores, weights = inter.word_scores[i, :n].float().cpu(), inter.word_weights[i, :n].float().cpu()
         out.append({
             "grid": [gh, gw],
-            "fine_raw": round(float(fine[i]), 6),
-            "patch_side": round(float(inter.patch_side[i]) / 2, 6),
-            "region": round(float(region[i]), 6),
-            "words": [{"text": w.text, "span": list(w.span) if w.span else None, "score": round(float(scores[k]), 6),
-                       "weight": round(float(weights[k]), 6),
-                       "contribution": round(float(weights[k] * scores[k]) / 2, 6),
-                       "patches": _grid(att[k]), "picked_by": None if chosen is None else _grid(chosen[k])}
+            "fine_raw": float(fine_raw[i]), "patch_side": float(patch_side[i]), "region": float(regions[i]),
+            "words": [{"text": w.text, "span": list(w.span) if w.span else None, "score": float(scores[i, k]),
+                       "weight": float(weights[i, k]), "contribution": float(shares[i, k]),
+                       "patches": att[i, k].tolist(), "picked_by": None if chosen is None else chosen[i, k].tolist()}
                       for k, w in enumerate(words[:n])],
         })
     return out
@@ -111,7 +114,6 @@ def explain_pairs(matcher: Matcher, img: PreparedImages, txt: PreparedTexts, gri
 @torch.inference_mode()
 def explain_one(bundle: Any, pixels: Any, text: str) -> dict[str, Any]:
     """One image (model-input pixels) and one caption through the bundle: scores and the explanation."""
-    import numpy as np
 
     from .tokens import pad_words
 
@@ -139,7 +141,6 @@ def render(image: Any, explanation: dict[str, Any], side: int = 160) -> Any:
     """The image, then one small map per word over it, labelled with the word and its contribution; the scores
     on top. A row per map: eq. 9's attention α′ (`patches`), then eq. 7 read per word (`picked_by`, absent for
     CAMP). A PIL image."""
-    import numpy as np
     from PIL import Image, ImageDraw
 
     base = image.convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
