@@ -3,10 +3,10 @@
     python bench/bench_blocks.py --model models/demo --data data/synth --split test --cache data/cache
 
 Two-stage (`candidate_scores`: both directions' global top-k pairs, in image-major blocks) and exhaustive
-(`Matcher.score_matrices`: every pair) both run the interaction over blocks of pairs; a block's [pairs, words, patches] intermediates
-either fit the CPU's caches or do not, which moved their time by 3–4× here. Prints the median of `--repeats`
-runs per block size: two-stage over the whole split, exhaustive over the first `--pairs-side` images ×
-captions.
+(`Matcher.score_matrices`: every pair) both run the interaction over blocks of pairs; a block's
+[pairs, words, patches] intermediates either fit the CPU's caches or do not, which moved their time by
+3–4× here. Prints the median of `--repeats` runs per block size: two-stage over the whole split,
+exhaustive over the first `--pairs-side` images × captions.
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ def test_explain_shows_each_words_map(page, synth: tuple[Path, list[CaptionedIma
     assert 0 < painted[0] <= painted[1]
     # the map switch redraws the shown word with the other map (eq. 9's attention instead of eq. 7's)
     alpha = """() => { const c = document.querySelector('#image-results li canvas.heat');
-        return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((_, i) => i % 4 === 3)); }"""
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        return Array.from(d.filter((_, i) => i % 4 === 3)); }"""
     eq7 = page.evaluate(alpha)
     page.select_option("#explain-map", "patches")
     eq9 = page.evaluate(alpha)
