@@ -175,6 +175,10 @@ def matcher_step(matcher: Matcher, source: FeatureSource, images: torch.Tensor, 
         parts["relevance"] = cfg.relevance_loss * sum(
             relevance_loss(matcher.word_evidence(im, tx), tx.mask, pos.flatten(), valid.flatten(),
                            matcher.relevance_boundary, cfg.relevance_margin) for im, tx, pos, valid in pairs) / 2
+    if matcher.config.top_k and cfg.selector_loss > 0:  # each query image against its own query caption
+        own = pt.take(cap_pos)
+        parts["selector"] = cfg.selector_loss * matcher.selector_loss(
+            img_tok[img_pos], img_glob[img_pos], own.words.detach(), own.mask)
     if matcher.view_attn is not None and cfg.view_diversity > 0:  # CAMERA's ‖AAᵀ − I‖²: views that differ
         att = matcher.image_views(pi.patches)[1]
         eye = torch.eye(att.shape[1], device=att.device, dtype=att.dtype)

@@ -172,3 +172,27 @@ def test_patch_bce_asks_each_pair_whether_it_matches_against_one_learned_thresho
                            TrainConfig(patch_bce=1.0), threshold)
         assert ("bce_t2i" in out.parts and "bce_i2t" in out.parts) == (threshold is not None)
         assert "listwise_t2i_patch" in out.parts and torch.isfinite(out.total)
+
+
+def test_a_selector_is_trained_towards_the_attended_patches_in_a_step() -> None:
+    """With `top_k` > 0 a training step adds the selector loss (and it reaches the selector's weights); with
+    all patches, or `selector_loss` 0, there is nothing to add."""
+    from training.matcher_train import matcher_step
+    from training.mining import Truth, mine
+    from training.train_config import TrainConfig
+
+    seed_everything(0)
+    f = world(40, 3)
+    t2i, i2t = mine(f.img_glob, f.txt_glob, Truth(f.txt_img, f.texts), 6)
+    images, captions = torch.arange(8), torch.tensor([int((f.txt_img == i).nonzero()[0]) for i in range(8)])
+    source = Frozen(f, torch.device("cpu"))
+    for top_k, weight, added in ((4, 1.0, True), (4, 0.0, False), (0, 1.0, False)):
+        m = Matcher(MatcherConfig(dim=DIM, num_patches=PATCHES, max_words=WORDS, adapter_hidden=16, lda_hidden=16,
+                                  top_k=top_k, num_samples=20)).train()
+        out = matcher_step(m, source, images, captions, t2i.draw(captions, 6), i2t.draw(images, 6),
+                           TrainConfig(selector_loss=weight))
+        assert ("selector" in out.parts) == added and torch.isfinite(out.total)
+        if added:
+            assert out.parts["selector"] >= 0  # a KL divergence
+            out.total.backward()
+            assert m.sel_patch.weight.grad is not None and float(m.sel_patch.weight.grad.abs().sum()) > 0

@@ -18,8 +18,9 @@ What differs from a literal reading of MGAN, and why (each measured on validatio
   and still lets training choose how sharp each attention is. `slot_linear` keeps
   the positional layers for the ablation.
 * The selector's perturbation noise is relative to the spread of the image's own
-  selector scores, so training and inference pick the same patches; `top_k=0`
-  keeps every patch.
+  selector scores, so training and inference pick the same patches, and a loss
+  (`selector_loss`) trains its scores towards the patches the words attend to;
+  `top_k=0` keeps every patch.
 * LDA projects up (hidden ≥ d) and mixes two length-invariant aggregations of the
   word scores: the mean, and a sum weighted by learned word importances that sum
   to one. A plain sum makes the score grow with the caption's length.
@@ -109,13 +110,17 @@ class Matcher(nn.Module):
         self.register_buffer("calibrated", torch.tensor(False))
 
     # ----------------------------------------------------------- per side
+    def selector_scores(self, patches: torch.Tensor, globals_: torch.Tensor) -> torch.Tensor:
+        """[B, M, d] patches (as `select` gets them) → [B, M]: the selector's score of each patch (MGAN eq. 5)."""
+        h = self.sel_patch(patches) + self.sel_global(globals_)[:, None, :]
+        return self.sel_out(F.gelu(h)).squeeze(-1)
+
     def select(self, patches: torch.Tensor, globals_: torch.Tensor) -> torch.Tensor:
         """[B, M, d] → [B, K, d]: hard top-K at inference, perturbed (differentiable) in training."""
         if not self.config.top_k:
             return patches
         b, m, d = patches.shape
-        h = self.sel_patch(patches) + self.sel_global(globals_)[:, None, :]
-        scores = self.sel_out(F.gelu(h)).squeeze(-1)  # [B, M]
+        scores = self.selector_scores(patches, globals_)  # [B, M]
         k = self.config.top_k
         if self.training and torch.is_grad_enabled():
             sigma = self.config.sigma * scores.detach().std(dim=-1, keepdim=True).clamp(min=1e-4)
@@ -125,6 +130,29 @@ class Matcher(nn.Module):
         return torch.gather(patches, 1, idx[..., None].expand(b, k, d))
 
     def prepare_images(self, patches: torch.Tensor, globals_: torch.Tensor) -> PreparedImages:
+        sel = self.select(self._before_selection(patches), globals_.float())
+        sel = self.patch_adapter(sel) if self.patch_adapter is not None else F.normalize(sel, dim=-1)
+        views = self.image_views(sel)[0] if self.view_attn is not None else None
+        return PreparedImages(sel, globals_.float(), views)
+
+    def selector_loss(self, patches: torch.Tensor, globals_: torch.Tensor, words: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+        """Images with their positive captions' prepared words → KL divergence from where those words attend
+        (eq. 9 over every patch, averaged over the words; no gradient through the target) to the selector's
+        softmax over the M patches. Through the perturbed top-k alone the selector learns from the noise
+        it is trained with; this tells it directly which patches the words need (MGAN's selector, warm-started
+        and held by the interaction's own attention)."""
+        x = self._before_selection(patches)
+        scores = self.selector_scores(x, globals_.float())
+        with torch.no_grad():
+            full = self.patch_adapter(x) if self.patch_adapter is not None else F.normalize(x, dim=-1)
+            att = self._sharpen(torch.einsum("bmd,bld->blm", full, words), 2, -1, None, x.shape[1])
+            m = mask.to(att.dtype)[..., None]
+            target = (att * m).sum(1) / m.sum(1).clamp(min=1)
+        return (target * (target.clamp(min=1e-12).log() - F.log_softmax(scores, dim=-1))).sum(-1).mean()
+
+    def _before_selection(self, patches: torch.Tensor) -> torch.Tensor:
+        """The image side's per-patch steps that come before the selector: centring, positions, context."""
         patches = patches.float()
         if self.config.centre:
             patches = centre_tokens(patches)
@@ -135,10 +163,7 @@ class Matcher(nn.Module):
             patches = patches + self.patch_pos
         if self.patch_refiner is not None:
             patches = self.patch_refiner(patches)
-        sel = self.select(patches, globals_.float())
-        sel = self.patch_adapter(sel) if self.patch_adapter is not None else F.normalize(sel, dim=-1)
-        views = self.image_views(sel)[0] if self.view_attn is not None else None
-        return PreparedImages(sel, globals_.float(), views)
+        return patches
 
     def image_views(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prepared patches [B, K, d] → (view vectors [B, V, d] normalised, their attention over the patches
