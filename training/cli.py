@@ -79,7 +79,7 @@ def _register_eval(sub: Any) -> None:
 
 
 def _register_explain(sub: Any) -> None:
-    x = sub.add_parser("explain", help="why an image and a caption match: two maps per word over the image (PNG)")
+    x = sub.add_parser("explain", help="why an image and a caption match: each word's maps over the image (PNG)")
     _model_arg(x)
     x.add_argument("--image", type=Path, required=True, help="image file")
     x.add_argument("--text", required=True, help="caption to explain against the image")

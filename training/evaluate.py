@@ -97,7 +97,7 @@ class CandidateScores:
 
 
 def _pair_chunks(img: torch.Tensor, length: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pairs (sorted by image) → a table [chunks, chunk] of pair indices (−1 = empty) where each row holds
+    """Pairs (any order) → a table [chunks, chunk] of pair indices (−1 = empty) where each row holds
     up to `chunk` pairs of one image, its captions in length order, and each row's longest caption.
 
     A row then costs one image's patches (broadcast, never copied per pair) and its captions' words trimmed

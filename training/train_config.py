@@ -57,8 +57,9 @@ class TrainConfig:
                                 "losses: each query's positives above, its hardest negative below one learned "
                                 "threshold (CAMP's objective: a match classifier, which text→image ranking needs; "
                                 "interaction 'camp' has its own)")
-    selector_loss: float = opt(1.0, "weight of the selector's cross-entropy against where the positive caption's "
-                                    "words attend over every patch (matchers with a selector, top_k > 0, only)")
+    selector_loss: float = opt(1.0, "weight of a KL divergence from where the positive caption's words attend "
+                                    "over every patch to the selector's softmax (matchers with a selector, "
+                                    "top_k > 0, only)")
     relevance_loss: float = opt(1.0, "weight of UARDA's relevance-distinguishable term (matchers with "
                                      "relevance 'uarda' only)")
     relevance_margin: float = opt(0.1, "its margin on each side of the learned relevance boundary")

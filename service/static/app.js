@@ -135,7 +135,7 @@ async function loadStats() {
     notice.textContent = s.model.notice ? `Note: ${s.model.notice}` : "";
     notice.hidden = !s.model.notice;
     if (s.model.rerank === false) {  // a stock backbone: there is no matcher to rerank with
-      $("rerank").checked = false; $("rerank").disabled = true; $("explain").disabled = true;
+      $("rerank").checked = false; $("rerank").disabled = true; $("explain").disabled = true; $("explain-map").disabled = true;
     }
   } catch (e) { $("stats").textContent = `stats unavailable (${e.message})`; }
 }

@@ -93,7 +93,9 @@ def test_the_service_reranks_with_each_matcher_variant(option: str, model_dir: P
             assert all(abs(sum(map(sum, w["patches"])) - 1) < 1e-3 and 0 <= w["score"] <= 1 for w in ex["words"])
             assert all(w["picked_by"] is None for w in ex["words"])  # CAMP has no eq. 7
             continue
-        assert all(abs(sum(map(sum, w["picked_by"])) - 1) < 1e-3 for w in ex["words"])  # eq. 7, over the grid
+        for w in ex["words"]:  # eq. 7 over the grid; UARDA's gate leaves less than 1 where patches are irrelevant
+            total = sum(map(sum, w["picked_by"]))
+            assert total <= 1 + 1e-3 and (abs(total - 1) < 1e-3 or option == "uarda")
         parts = ex["patch_side"] + sum(w["contribution"] for w in ex["words"]) + ex["region"]
         assert abs(parts - ex["fine_raw"]) < 1e-4
         assert (ex["region"] != 0.0) == (option == "views")

@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from tests.training.test_matcher import OPTIONS, _trained_like
-from training.evaluate import candidate_scores, evaluate, prepare, ranks_from_scores, recall, shares, two_stage_ranks
+from training.evaluate import (
+    candidate_scores,
+    evaluate,
+    pair_patch_scores,
+    prepare,
+    ranks_from_scores,
+    recall,
+    shares,
+    two_stage_ranks,
+)
 from training.features import Features
 from training.model.matcher import Matcher, MatcherConfig
 
@@ -108,3 +117,20 @@ def test_repeated_captions_tie_exactly_and_rank_as_exhaustively() -> None:
     res = evaluate(matcher, f, candidates=len(f.texts))  # every image and every caption
     assert res["two_stage"]["i2t"] == res["exhaustive"]["i2t"]
     assert res["two_stage"]["t2i"] == res["exhaustive"]["t2i"]
+
+
+@pytest.mark.parametrize("option", ["selector", "all_patches", "camp", "slot_linear", "uarda"])
+def test_pair_scores_in_any_order_and_any_block_shape(option: str) -> None:
+    """Pairs in random order, several images per block and one image's captions split over several rows
+    (chunk 4): each pair gets the all-pairs matrix's score."""
+    cfg = replace(OPTIONS[option], dim=16, num_patches=12, max_words=10, top_k=min(OPTIONS[option].top_k, 12))
+    matcher = _trained_like(cfg)
+    p = prepare(matcher, _features())
+    with torch.inference_mode():
+        full = matcher.score_matrices(p.img, p.txt)[1]
+    g = torch.Generator().manual_seed(1)
+    img = torch.randint(0, full.shape[0], (90,), generator=g)
+    txt = torch.randint(0, full.shape[1], (90,), generator=g)
+    for per_call, chunk in ((100, 4), (7, 4), (1000, 32)):
+        got = pair_patch_scores(matcher, p, img, txt, per_call, chunk)
+        torch.testing.assert_close(got, full[img, txt], atol=1e-5, rtol=0)

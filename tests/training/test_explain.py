@@ -58,3 +58,24 @@ def test_explain_refuses_a_top_k_matcher(tmp_path: Path) -> None:
         b = load_bundle(DEMO_MODEL, device="cpu")
         b.matcher.config.top_k = 16
         explain_one(b, None, "a red circle")
+
+
+def test_picked_by_makes_the_words_compete_for_each_patch() -> None:
+    """A generic word close to every patch and a specific word close to one patch: α′ of the generic word
+    peaks wherever its cosine is highest, but under eq. 7 the specific word takes its patch from it."""
+    import torch
+
+    from training.model.explain import picked_by
+    from training.model.matcher import Matcher, MatcherConfig
+
+    m = Matcher(MatcherConfig(dim=16, num_patches=12, max_words=10))
+    sim = torch.full((1, 2, 12), 0.5)
+    sim[0, 0, 3] = 0.6  # the generic word's best patch is patch 3 ...
+    sim[0, 1] = 0.0
+    sim[0, 1, 3] = 0.9  # ... which the specific word fits far better
+    with torch.no_grad():
+        maps = picked_by(m, sim, torch.ones(1, 2, dtype=torch.bool))[0]
+    assert torch.allclose(maps.sum(-1), torch.ones(2))
+    assert int(maps[1].argmax()) == 3 and int(maps[0].argmin()) == 3
+    assert picked_by(Matcher(MatcherConfig(dim=16, num_patches=12, max_words=10, interaction="camp")), sim,
+                     torch.ones(1, 2, dtype=torch.bool)) is None

@@ -1,7 +1,8 @@
-"""Why a pair matched: each caption word's attention over the image's patch grid, from the matcher itself.
+"""Why a pair matched: two maps per caption word over the image's patch grid, from the matcher itself.
 
-The numbers are the interaction's own (Matcher.interact): α′ of eq. 9 (a word's weights over the patches),
-the word's score s_w, and its LDA weight in the word side of the fine score, so that
+The numbers are the interaction's own (Matcher.interact): α′ of eq. 9 (a word's weights over the patches,
+`patches`), eq. 7's attention of each patch over the words read per word (`picked_by`: where the word's object
+is), the word's score s_w, and its LDA weight in the word side of the fine score, so that
 
     fine (raw) = (patch_side + Σ_words weight · score) / 2 + region
 
@@ -26,9 +27,10 @@ from .matcher import Matcher, PreparedImages, PreparedTexts
 
 def picked_by(matcher: Matcher, sim: torch.Tensor, txt_mask: torch.Tensor) -> torch.Tensor | None:
     """[..., L, K] eq. 7's attention read per word: each patch's softmax over the caption's words (its inverse
-    temperature τ₁ learned; UARDA's relevance applied as in the interaction), as a distribution over the
-    patches for each word. Where the word's object is: a patch of the red square gives "red" more of its
-    attention than it gives "blue". None for CAMP, which has no eq. 7.
+    temperature τ₁ learned; the interaction sharpens it once more before weighing the patch side), as a
+    distribution over the patches for each word (times UARDA's relevance, as `patches` is). Where the word's
+    object is: a patch of the red square gives "red" more of its attention than it gives "blue". None for
+    CAMP, which has no eq. 7.
 
     Why next to α′ (eq. 9, `patches`): α′ asks which patch is most like the word, and a word's context mixes
     the other words into it, so its peak can sit on the other object; eq. 7 makes the words compete for each
@@ -39,10 +41,9 @@ def picked_by(matcher: Matcher, sim: torch.Tensor, txt_mask: torch.Tensor) -> to
         return None
     m = txt_mask.to(sim.dtype)[..., None]
     inner = torch.softmax(matcher.log_temp[0].exp() * sim + (m - 1) * 1e4, dim=-2) * m
-    gate = matcher.relevance_gate(sim)
-    if gate is not None:
-        inner = inner * gate
-    return inner / inner.sum(-1, keepdim=True).clamp(min=1e-12)
+    inner = inner / inner.sum(-1, keepdim=True).clamp(min=1e-12)
+    gate = matcher.relevance_gate(sim)  # gated after normalising: an irrelevant word's map sums to less than 1
+    return inner if gate is None else inner * gate
 
 
 @dataclass

@@ -141,7 +141,9 @@ class Matcher(nn.Module):
         (eq. 9 over every patch, averaged over the words; no gradient through the target) to the selector's
         softmax over the M patches. Through the perturbed top-k alone the selector learns from the noise
         it is trained with; this tells it directly which patches the words need (MGAN's selector, warm-started
-        and held by the interaction's own attention)."""
+        and held by the interaction's own attention). Its gradient also reaches the steps before the selector
+        (patch positions, patch context), which feed the selector as they feed the interaction; the target's
+        eq. 9 runs over all M patches, so it is sharper than the interaction's over the K kept ones."""
         x = self._before_selection(patches)
         scores = self.selector_scores(x, globals_.float())
         with torch.no_grad():
