@@ -115,7 +115,6 @@ def explain_pairs(matcher: Matcher, img: PreparedImages, txt: PreparedTexts, gri
 @torch.inference_mode()
 def explain_one(bundle: Any, pixels: Any, text: str) -> dict[str, Any]:
     """One image (model-input pixels) and one caption through the bundle: scores and the explanation."""
-
     from .tokens import pad_words
 
     m, bb = bundle.matcher, bundle.backbone
