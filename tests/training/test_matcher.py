@@ -15,7 +15,8 @@ from training.model.bundle import load_bundle, save_bundle
 from training.model.matcher import LDA, Matcher, MatcherConfig, PreparedImages, PreparedTexts
 
 CFG = MatcherConfig(dim=16, num_patches=12, max_words=10, top_k=5, selector_hidden=8, adapter_hidden=8,
-                    lda_hidden=24, num_samples=50, word_context=False, patch_position=False, patch_adapter=True)
+                    lda_hidden=24, num_samples=50, word_context=False, patch_position=False, patch_context=False,
+                    patch_adapter=True)
 # every option the matcher has, each changed alone from CFG
 OPTIONS = {
     "selector": CFG,
@@ -422,7 +423,7 @@ def test_an_older_config_without_the_new_options_loads_as_trained() -> None:
     cfg = MatcherConfig.from_dict({k: v for k, v in CFG.to_dict().items() if k not in added})
     assert not any(getattr(cfg, k) for k in added[:-1]) and cfg.patch_adapter
     new = MatcherConfig()  # what a new training uses
-    assert new.word_context and new.patch_position and not new.patch_adapter
+    assert new.word_context and new.patch_position and new.patch_context and not new.patch_adapter
 
 
 @pytest.mark.parametrize("option", ["selector", "views"])

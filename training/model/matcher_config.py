@@ -26,10 +26,11 @@ class MatcherConfig:
     # word_context: one bidirectional self-attention block over the caption's words (the backbone's text tokens are
     # causal, so "red" never sees the "circle" it belongs to nor the "left of" after it); patch_position: a learned
     # embedding of each patch's place in the grid (relations such as "left of" or "above" are about places);
-    # patch_context: a self-attention block over the image's patches (costly at query time, ablation)
+    # patch_context: a self-attention block over the image's patches (a patch learns what lies beside it: +2.4
+    # validation rSum, nearly all text→image; prepared at indexing, so a text query pays nothing for it)
     word_context: bool = True
     patch_position: bool = True
-    patch_context: bool = False
+    patch_context: bool = True
     # residual adapters on tokens (zero-initialised); patch_adapter=False keeps them on the words only: the
     # per-patch MLP is most of the rerank stage's time (every candidate image's every patch, at query time)
     adapters: bool = True
@@ -110,7 +111,8 @@ class MatcherConfig:
 
 # options added after bundle format 2 whose new default differs from what older bundles were trained with:
 # a saved config without them gets these values, so older bundles keep scoring exactly as they were trained
-ABSENT_MEANS = {"word_context": False, "patch_position": False, "softmin": False, "patch_adapter": True}
+ABSENT_MEANS = {"word_context": False, "patch_position": False, "patch_context": False, "softmin": False,
+                "patch_adapter": True}
 
 
 # the modules whose weights shape an item's prepared features (what the token bank stores at index time); the
