@@ -40,7 +40,7 @@ def picked_by(matcher: Matcher, sim: torch.Tensor, txt_mask: torch.Tensor) -> to
     if matcher.camp is not None:
         return None
     m = txt_mask.to(sim.dtype)[..., None]
-    inner = torch.softmax(matcher.log_temp[0].exp() * sim + (m - 1) * 1e4, dim=-2) * m
+    inner = matcher.inner_attention(sim, 0, -2, (m - 1) * 1e4) * m
     inner = inner / inner.sum(-1, keepdim=True).clamp(min=1e-12)
     gate = matcher.relevance_gate(sim)  # gated after normalising: an irrelevant word's map sums to less than 1
     return inner if gate is None else inner * gate

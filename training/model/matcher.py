@@ -131,7 +131,7 @@ class Matcher(nn.Module):
 
     def prepare_images(self, patches: torch.Tensor, globals_: torch.Tensor) -> PreparedImages:
         sel = self.select(self._before_selection(patches), globals_.float())
-        sel = self.patch_adapter(sel) if self.patch_adapter is not None else F.normalize(sel, dim=-1)
+        sel = self._after_selection(sel)
         views = self.image_views(sel)[0] if self.view_attn is not None else None
         return PreparedImages(sel, globals_.float(), views)
 
@@ -147,7 +147,7 @@ class Matcher(nn.Module):
         x = self._before_selection(patches)
         scores = self.selector_scores(x, globals_.float())
         with torch.no_grad():
-            full = self.patch_adapter(x) if self.patch_adapter is not None else F.normalize(x, dim=-1)
+            full = self._after_selection(x)
             att = self._sharpen(torch.einsum("bmd,bld->blm", full, words), 2, -1, None, x.shape[1])
             m = mask.to(att.dtype)[..., None]
             target = (att * m).sum(1) / m.sum(1).clamp(min=1)
@@ -166,6 +166,10 @@ class Matcher(nn.Module):
         if self.patch_refiner is not None:
             patches = self.patch_refiner(patches)
         return patches
+
+    def _after_selection(self, patches: torch.Tensor) -> torch.Tensor:
+        """The image side's step after the selector: the patch adapter, or a plain normalisation."""
+        return self.patch_adapter(patches) if self.patch_adapter is not None else F.normalize(patches, dim=-1)
 
     def image_views(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Prepared patches [B, K, d] → (view vectors [B, V, d] normalised, their attention over the patches
@@ -257,10 +261,13 @@ class Matcher(nn.Module):
                  ) -> torch.Tensor:
         """softmax(τ_out · n · softmax(τ_in · c)) along `dim` (see the module docstring); `bias` is 0 on real
         positions and −10⁴ on padding, whose weights then underflow to exactly 0."""
-        t_in, t_out = self.log_temp[2 * which: 2 * which + 2].exp()
-        x = t_in * c
-        inner = torch.softmax(x if bias is None else x + bias, dim)
-        x = (t_out * n) * inner
+        x = (self.log_temp[2 * which + 1].exp() * n) * self.inner_attention(c, which, dim, bias)
+        return torch.softmax(x if bias is None else x + bias, dim)
+
+    def inner_attention(self, c: torch.Tensor, which: int, dim: int, bias: torch.Tensor | None) -> torch.Tensor:
+        """softmax(τ_in · c) along `dim`: `_sharpen`'s first softmax, before its learned sharpening (what an
+        explanation reads of eq. 7, training/model/explain.py `picked_by`); `bias` as in `_sharpen`."""
+        x = self.log_temp[2 * which].exp() * c
         return torch.softmax(x if bias is None else x + bias, dim)
 
     def interact(self, sim: torch.Tensor, txt_mask: torch.Tensor, lda: torch.Tensor, importance: torch.Tensor
