@@ -43,13 +43,17 @@ HERE = Path(__file__).resolve().parent
 
 
 def bundle_for(name: str) -> Path:
+    """The demo bundle for "tiny"; otherwise a random-weight bundle of that backbone with today's matcher
+    defaults, rebuilt when the defaults changed since it was cached."""
     if name == "tiny":
         return REPO / "models" / "demo"
     out = CACHE / f"bundle-{name}-random"
-    if not (out / "config.json").is_file():
-        bb = Backbone.load(name, from_scratch=True, device="cpu")
+    bb = Backbone.load(name, from_scratch=True, device="cpu")
+    config = matcher_config_for(bb, {})
+    saved = out / "config.json"
+    if not saved.is_file() or json.loads(saved.read_text()).get("matcher") != config.to_dict():
         torch.manual_seed(0)
-        save_bundle(out, bb, Matcher(matcher_config_for(bb, {})), include_backbone=True)
+        save_bundle(out, bb, Matcher(config), include_backbone=True)
     return out
 
 

@@ -45,6 +45,10 @@ def call_splitting_on_oom(fn: Callable[[list[T]], list[R]], items: list[T]) -> l
         return call_splitting_on_oom(fn, items[:half]) + call_splitting_on_oom(fn, items[half:])
 
 
+# a batch handed to the executor: its requests with their futures, and the call's own future
+Started = tuple[list[tuple[T, "asyncio.Future[R]"]], "asyncio.Future[list[R]]"]
+
+
 class MicroBatcher(Generic[T, R]):
     def __init__(self, name: str, fn: Callable[[list[T]], Sequence[R]], executor: Executor, max_batch: int,
                  window_ms: float) -> None:
@@ -58,32 +62,55 @@ class MicroBatcher(Generic[T, R]):
         self._last_batch = 0
 
     async def submit(self, item: T) -> R:
+        return await self.enqueue(item)
+
+    def enqueue(self, item: T) -> asyncio.Future[R]:
+        """Queue `item`; its future gets the result. An idle batcher hands the item to the executor before
+        this returns, so the model thread is already working on it while the caller goes on (the engine
+        recalls candidates meanwhile) and no event-loop turn passes first."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, fut))
         if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._drain())
-        return await fut
+            started = None if self._should_wait() else self._dispatch(loop)
+            self._worker = loop.create_task(self._drain(started))
+        return fut
 
-    async def _drain(self) -> None:
+    def _should_wait(self) -> bool:
+        """Under load (the previous batch held several requests) a partial batch waits one window for more."""
+        return bool(self.window) and self._last_batch > 1 and len(self._pending) < self.max_batch
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> Started[T, R] | None:
+        """The next batch of live requests, handed to the executor now."""
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+        batch = [(i, f) for i, f in batch if not f.cancelled()]
+        if not batch:
+            return None
+        BATCH_SIZE.labels(stage=self.name).observe(len(batch))
+        self._last_batch = len(batch)
+        items = [i for i, _ in batch]
+        return batch, loop.run_in_executor(self.executor, call_splitting_on_oom, self.fn, items)
+
+    async def _drain(self, started: Started[T, R] | None) -> None:
         loop = asyncio.get_running_loop()
-        while self._pending:
-            if self.window and self._last_batch > 1 and len(self._pending) < self.max_batch:
+        while True:
+            if started is not None:
+                await self._settle(*started)
+            if not self._pending:
+                return
+            if self._should_wait():
                 await asyncio.sleep(self.window)
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
-            batch = [(i, f) for i, f in batch if not f.cancelled()]
-            if not batch:
-                continue
-            BATCH_SIZE.labels(stage=self.name).observe(len(batch))
-            self._last_batch = len(batch)
-            items = [i for i, _ in batch]
-            try:
-                results = await loop.run_in_executor(self.executor, call_splitting_on_oom, self.fn, items)
-            except Exception as exc:
-                for _, f in batch:
-                    if not f.done():
-                        f.set_exception(exc)
-                continue
-            for (_, f), r in zip(batch, results, strict=True):
+            started = self._dispatch(loop)
+
+    @staticmethod
+    async def _settle(batch: list[tuple[T, asyncio.Future[R]]], running: asyncio.Future[list[R]]) -> None:
+        try:
+            results = await running
+        except Exception as exc:
+            for _, f in batch:
                 if not f.done():
-                    f.set_result(r)
+                    f.set_exception(exc)
+            return
+        for (_, f), r in zip(batch, results, strict=True):
+            if not f.done():
+                f.set_result(r)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,8 @@ import torch
 from indexer.blobs import BlobStore
 from indexer.items import check_text
 from indexer.pipeline import Indexer
-from indexer.preparation import fetched_from_hits
-from indexer.stores import IMAGES, TEXTS, Hit, open_store
-from indexer.stores.base import FEATURES_FP, normalise_filter
+from indexer.stores import IMAGES, TEXTS, open_store
+from indexer.stores.base import normalise_filter
 from indexer.tokenbank import Fetched
 from indexer.validation import PayloadLimits, id_problem
 from training.model.backbone import Backbone
@@ -39,7 +38,6 @@ from .catalog import Catalog
 from .config import Settings
 from .exceptions import (
     BadInput,
-    Conflict,
     InvalidRequest,
     NotFound,
     ServiceError,
@@ -48,12 +46,22 @@ from .exceptions import (
     UnsupportedMedia,
 )
 from .metrics import CANDIDATES, Timer
-from .results import Outcome, SearchOptions, describe, page_of
-from .scoring import QueryFeatures, RerankJob, Scorer
+from .results import Outcome, Scored, SearchOptions, describe, page_of
+from .scoring import PreparedQuery, QueryFeatures, RerankJob, Scorer
+from .stored_features import StoredFeatures
 
 log = logging.getLogger("finesearch.engine")
 IMAGE_REFUSALS: dict[str, type[ServiceError]] = {"image_too_large": TooLarge,
                                                  "unsupported_media_type": UnsupportedMedia}
+
+
+@dataclass
+class Reranked:
+    """What an explanation of a reranked page reads: the candidates' prepared features (in the order of the
+    scored candidates) and the query as the rerank scored it."""
+
+    found: Fetched
+    query: PreparedQuery
 
 
 def _without_paths(info: dict[str, Any]) -> dict[str, Any]:
@@ -92,6 +100,8 @@ class Engine:
             raise
         self.blobs = BlobStore(settings.blob_dir or settings.data_dir / "blobs")
         self.catalog = Catalog(settings, self.store, self.indexer, self.blobs)
+        self.stored = StoredFeatures(settings, self.store, self.indexer, self.device,
+                                     self._matcher.text_extras if self._matcher is not None else 0)
         self._start(settings)
 
     def _open_indexer(self, settings: Settings) -> Indexer:
@@ -113,6 +123,8 @@ class Engine:
             "encode_text", self.scorer.encode_texts, self.model_thread, settings.encode_batch, window)
         self.image_encoder: MicroBatcher[np.ndarray, QueryFeatures] = MicroBatcher(
             "encode_image", self.scorer.encode_images, self.model_thread, settings.encode_batch, window)
+        self.query_preparer: MicroBatcher[tuple[str, QueryFeatures], PreparedQuery] = MicroBatcher(
+            "prepare_query", self.scorer.prepare_queries, self.model_thread, settings.rerank_batch, window)
         self.reranker: MicroBatcher[RerankJob, tuple[torch.Tensor, torch.Tensor]] = MicroBatcher(
             "rerank", self.scorer.rerank, self.model_thread, settings.rerank_batch, window)
         self.scorer.warm(self.indexer.preparer)
@@ -138,61 +150,46 @@ class Engine:
             raise InvalidRequest(f"filter: {exc}", "invalid_request") from exc
 
     async def _candidates(self, collection: str, query: QueryFeatures, opts: SearchOptions, timer: Timer
-                          ) -> tuple[list[tuple[Hit, float | None, float | None]], Fetched | None]:
-        """(hit, fused score, patch score) for the recalled candidates, scores None without rerank; and the
-        reranked candidates' prepared features, in the same order (for explanations)."""
+                          ) -> tuple[Scored, Reranked | None]:
+        """(hit, fused score, patch score) for the recalled candidates, scores None without rerank; and for a
+        rerank, what an explanation of the page needs: the candidates' prepared features in the same order and
+        the prepared query.
+
+        The query's own preparation depends on nothing else, so it runs on the model thread while the store
+        recalls the candidates and the bank gathers their features (two cores busy instead of one)."""
         want = opts.offset + opts.limit
         if self._matcher is None:
             opts = replace(opts, rerank=False)
         n = max(opts.candidates, want) if opts.rerank else want
         vec = query.globals.float().cpu().numpy()
-        in_store = opts.rerank and self.indexer.features_in_store
-        if in_store:  # the candidates and their prepared features in one call (features="qdrant")
-            hits = await asyncio.to_thread(self.store.search_with_features, collection, vec, n, opts.filter)
-        else:  # candidates come without vectors: their prepared features hold all the rerank needs
+        if not opts.rerank:
             hits = await asyncio.to_thread(self.store.search, collection, vec, n, opts.filter, 0, False)
-        timer.lap("recall")
-        if not opts.rerank or not hits:
-            timer.marks.setdefault("gather", 0.0)
-            timer.marks.setdefault("rerank", 0.0)
+            timer.lap("recall")
+            for stage in ("gather", "rerank"):
+                timer.marks.setdefault(stage, 0.0)
             return [(h, None, None) for h in hits], None
-        if in_store:  # a point written since startup by a process with another matcher (or none) is left out
-            fp = self.indexer.preparer.fingerprint  # type: ignore[union-attr]
-            ok = [h for h in hits if h.features is not None and h.payload.get(FEATURES_FP) == fp]
-            if len(ok) < len(hits):
-                log.warning("%d candidates carry no features of this matcher; dropped (run `finesearch index "
-                            "reprepare`)", len(hits) - len(ok))
-            hits = ok
-            found = fetched_from_hits(hits, self.scorer.matcher.text_extras if collection == TEXTS else 0)
-        else:
-            hits, found = await asyncio.to_thread(self._gather, self.indexer.serving_bank(collection), hits)
-        if not hits:
-            timer.lap("gather")
-            timer.marks.setdefault("rerank", 0.0)
-            return [], None
-        scores = torch.tensor([h.score for h in hits], dtype=torch.float32)
-        timer.lap("gather")
-        CANDIDATES.observe(len(hits))
         direction = "t2i" if collection == IMAGES else "i2t"
+        preparing = self.query_preparer.enqueue((direction, query))  # on the model thread from here on
         try:
-            fused, patch = await self.reranker.submit(RerankJob(direction, query, found.tokens, found.mask,
+            hits, found = await asyncio.to_thread(self.stored.recall_and_gather, collection, vec, n, opts.filter,
+                                                  timer)
+            if not hits:
+                timer.marks.setdefault("rerank", 0.0)
+                return [], None
+            CANDIDATES.observe(len(hits))
+            scores = torch.tensor([h.score for h in hits], dtype=torch.float32)
+            prepared = await preparing  # the rerank stage's time includes any wait for it
+            fused, patch = await self.reranker.submit(RerankJob(direction, prepared, found.tokens, found.mask,
                                                                 found.extras, scores))
         except OutOfMemory as exc:
             raise Unavailable(str(exc), "out_of_memory") from exc
+        finally:
+            if not preparing.done():  # the recall failed or found nothing: the preparation is not wanted
+                preparing.cancel()
+            elif not preparing.cancelled():
+                preparing.exception()  # seen here, so asyncio does not log a failed, unwanted one as lost
         timer.lap("rerank")
-        return list(zip(hits, fused.tolist(), patch.tolist(), strict=True)), found
-
-    @staticmethod
-    def _gather(bank: Any, hits: list[Hit]) -> tuple[list[Hit], Fetched]:
-        """The candidates' features in one consistent step (under the bank's lock); a candidate whose row a
-        concurrent replace or delete tombstoned after recall is dropped from this answer, not an internal error."""
-        hits = [h for h in hits if isinstance(h.payload.get("row"), int)]
-        found = bank.fetch([h.payload["row"] for h in hits])
-        if len(found.kept) < len(hits):
-            log.info("%d candidates lost their token features to a concurrent write; dropped",
-                     len(hits) - len(found.kept))
-            hits = [hits[i] for i in found.kept.tolist()]
-        return hits, found
+        return list(zip(hits, fused.tolist(), patch.tolist(), strict=True)), Reranked(found, prepared)
 
     async def search_images(self, text: str, opts: SearchOptions) -> Outcome:
         self._check(opts)
@@ -203,9 +200,9 @@ class Engine:
         timer = Timer()
         query = await self.text_encoder.submit(text)
         timer.lap("encode")
-        scored, found = await self._candidates(IMAGES, query, opts, timer)
+        scored, reranked = await self._candidates(IMAGES, query, opts, timer)
         results, page = page_of(scored, opts.offset, opts.limit, opts.min_score, IMAGES, self.calibration)
-        await self._explain_page("t2i", query, found, page, results, opts, timer, text)
+        await self._explain_page("t2i", query, reranked, page, results, opts, timer, text)
         return Outcome(results, timer.done())
 
     async def search_similar_images(self, opts: SearchOptions, image: bytes | None = None,
@@ -249,16 +246,16 @@ class Engine:
             pixels = await asyncio.to_thread(self.decode_upload, image)
             query = await self.image_encoder.submit(pixels)
         elif image_id is not None:
-            query = await asyncio.to_thread(self._indexed_image_query, image_id)
+            query = await asyncio.to_thread(self.stored.indexed_image_query, image_id)
         else:
             raise InvalidRequest("send an image file or an image_id", "invalid_request")
         timer.lap("encode")
-        scored, found = await self._candidates(TEXTS, query, opts, timer)
+        scored, reranked = await self._candidates(TEXTS, query, opts, timer)
         results, page = page_of(scored, opts.offset, opts.limit, opts.min_score, TEXTS, self.calibration)
-        await self._explain_page("i2t", query, found, page, results, opts, timer)
+        await self._explain_page("i2t", query, reranked, page, results, opts, timer)
         return Outcome(results, timer.done())
 
-    async def _explain_page(self, direction: str, query: QueryFeatures, found: Fetched | None, page: list[int],
+    async def _explain_page(self, direction: str, query: QueryFeatures, reranked: Reranked | None, page: list[int],
                             results: list[dict[str, Any]], opts: SearchOptions, timer: Timer,
                             text: str | None = None) -> None:
         """With `explain`, each reranked result of the page gets its word → patch explanation
@@ -266,10 +263,10 @@ class Engine:
         if not opts.explain:
             return
         # a top_k matcher keeps no places of its kept patches: nothing to draw
-        if found is not None and page and not self.scorer.matcher.config.top_k:
+        if reranked is not None and page and not self.scorer.matcher.config.top_k:
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self.model_thread, self.scorer.explain, direction, query, found, page,
-                                             results, text)
+            out = await loop.run_in_executor(self.model_thread, self.scorer.explain, direction, query,
+                                             reranked.query, reranked.found, page, results, text)
             for r, e in zip(results, out, strict=True):
                 r["explanation"] = e
         for r in results:
@@ -284,34 +281,6 @@ class Engine:
             return load_for_model(data, self.backbone.image_size, self.settings.max_image_pixels)
         except ImageRejected as exc:
             raise IMAGE_REFUSALS.get(exc.code, BadInput)(str(exc), exc.code) from exc
-
-    def _indexed_image_query(self, image_id: str) -> QueryFeatures:
-        problem = id_problem(image_id, self.settings.max_id_chars)
-        if problem:
-            raise InvalidRequest(f"image_id: {problem}", "invalid_id")
-        if self.indexer.features_in_store:
-            got = self.store.retrieve_features(IMAGES, [image_id])
-            vec = self.store.retrieve(IMAGES, [image_id], with_vectors=True).get(image_id)
-            fp = self.indexer.preparer.fingerprint  # type: ignore[union-attr]
-            if image_id in got and got[image_id][0].get(FEATURES_FP) != fp:
-                raise Conflict(f"image {image_id!r} was indexed with another matcher's features: run "
-                               "`finesearch index reprepare`, or send the image itself", "features_stale")
-            if vec is not None and image_id not in got:
-                raise Conflict(f"image {image_id!r} has no matcher features (indexed without the model): "
-                               "run `finesearch index reprepare`, or send the image itself", "features_stale")
-            if image_id in got and vec is not None:
-                return QueryFeatures(torch.from_numpy(vec[1]).to(self.device),
-                                     torch.from_numpy(got[image_id][1]).to(self.device), prepared=True)
-            raise NotFound(f"no image with id {image_id!r}", "not_found")
-        for _ in range(3):  # a concurrent replace may tombstone the row between retrieve and gather: look again
-            found = self.store.retrieve(IMAGES, [image_id], with_vectors=True)
-            if image_id not in found:
-                break
-            payload, vec = found[image_id]
-            tokens, _, kept = self.indexer.serving_bank(IMAGES).gather_live([payload.get("row", -1)])
-            if len(kept):  # its prepared patches: the matcher already did its per-image work at indexing
-                return QueryFeatures(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device), prepared=True)
-        raise NotFound(f"no image with id {image_id!r}", "not_found")
 
     # ------------------------------------------------------------- operations
     def stats(self) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""What a search asks of the model: query encoding, the query's own preparation, the matcher's rerank of
-every candidate in one call, and explanations of a page. The engine (engine.py) decides what to search and
+"""What a search asks of the model: query encoding, the query's own preparation (a call of its own, so the
+engine runs it while Qdrant recalls the candidates), the matcher's rerank of every candidate in one call,
+and explanations of a page. The engine (engine.py) decides what to search and
 runs these on its model thread, micro-batched (batching.py); nothing here knows about stores or requests.
 """
 
@@ -29,10 +30,13 @@ class QueryFeatures:
     prepared: bool = False
 
 
+PreparedQuery = PreparedTexts | PreparedImages
+
+
 @dataclass
 class RerankJob:
     direction: str  # "t2i": text query vs image candidates; "i2t": image query vs text candidates
-    query: QueryFeatures
+    query: PreparedQuery  # one row, from `Scorer.prepare_queries` (a caption padded to max_words)
     tokens: torch.Tensor  # candidates' prepared features [k, L, d] (fp16)
     mask: torch.Tensor  # [k, L]
     extras: torch.Tensor | None  # [k, e]: text candidates' LDA weights
@@ -65,8 +69,9 @@ class Scorer:
         pi = preparer.prepare("images", img.tokens[None], np.array([img.tokens.shape[0]]), img.globals[None])
         pt = preparer.prepare("texts", q.tokens[None], np.array([q.tokens.shape[0]]), None)
         ones = lambda p: torch.ones(1, p.tokens.shape[1], dtype=torch.bool)  # noqa: E731
-        self.rerank([RerankJob("t2i", q, pi.tokens.half(), ones(pi), None, torch.zeros(1))])
-        self.rerank([RerankJob("i2t", img, pt.tokens.half(), ones(pt), pt.extras, torch.zeros(1))])
+        pq, pimg = self.prepare_queries([("t2i", q), ("i2t", img)])
+        self.rerank([RerankJob("t2i", pq, pi.tokens.half(), ones(pi), None, torch.zeros(1))])
+        self.rerank([RerankJob("i2t", pimg, pt.tokens.half(), ones(pt), pt.extras, torch.zeros(1))])
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> list[QueryFeatures]:
@@ -79,13 +84,33 @@ class Scorer:
         f = self.backbone.encode_images(np.stack(pixels))
         return [QueryFeatures(f.globals[i], f.tokens[i]) for i in range(len(pixels))]
 
+    @torch.inference_mode()
+    def prepare_queries(self, queries: list[tuple[str, QueryFeatures]]) -> list[PreparedQuery]:
+        """(direction, query) → the query prepared as the indexer prepared the items it is compared with: a
+        caption's word context, adapter and LDA weights; an image's positions, patch context and adapter (an
+        indexed image's come prepared from the bank). One matcher call per kind for the whole micro-batch; it
+        depends on the query alone, so the engine runs it while Qdrant recalls the candidates."""
+        out: list[PreparedQuery | None] = [None] * len(queries)
+        texts = [k for k, (d, _) in enumerate(queries) if d == "t2i"]
+        images = [k for k, (d, _) in enumerate(queries) if d != "t2i"]
+        if texts:
+            prepared = self._text_queries([queries[k][1] for k in texts])
+            for j, k in enumerate(texts):
+                out[k] = prepared.take(torch.tensor([j], device=self.device))
+        if images:
+            patches = self._image_queries([queries[k][1] for k in images])
+            for j, k in enumerate(images):
+                out[k] = patches.take(torch.tensor([j], device=self.device))
+        return out  # type: ignore[return-value]
+
     def _text_queries(self, queries: list[QueryFeatures]) -> PreparedTexts:
-        """Captions typed at query time, prepared as the bank's captions were at indexing."""
+        """Captions typed at query time, prepared as the bank's captions were at indexing (padded to
+        max_words, so captions prepared in different calls can be joined)."""
         words = pad_sequence([q.tokens.float() for q in queries], batch_first=True)
         lengths = torch.tensor([q.tokens.shape[0] for q in queries])
         mask = torch.arange(words.shape[1])[None] < lengths[:, None]
         glob = torch.stack([q.globals for q in queries])
-        return self.matcher.prepare_texts(words.to(self.device), mask.to(self.device), glob.to(self.device)).trimmed()
+        return self.matcher.prepare_texts(words.to(self.device), mask.to(self.device), glob.to(self.device))
 
     def _image_queries(self, queries: list[QueryFeatures]) -> PreparedImages:
         """Query images prepared here, except indexed ones, whose prepared patches the bank already holds."""
@@ -120,32 +145,34 @@ class Scorer:
             s_global = torch.cat([j.scores for j in group]).to(dev)
             owner = None if len(group) == 1 else torch.repeat_interleave(  # one query: paired by broadcast
                 torch.arange(len(group), device=dev), torch.tensor(sizes, device=dev))
-            queries = [j.query for j in group]
-            if direction == "t2i":  # the caption is prepared here; the images were at indexing
-                fused, fine = self.matcher.rerank(self._text_queries(queries), PreparedImages.of_patches(
+            if direction == "t2i":  # the captions were prepared by `prepare_queries`, the images at indexing
+                queries = PreparedTexts.cat([j.query for j in group]).trimmed()  # type: ignore[misc]
+                fused, fine = self.matcher.rerank(queries, PreparedImages.of_patches(
                     torch.cat([j.tokens for j in group]).to(dev)), owner, s_global)
-            else:  # the image is prepared here (unless it is an indexed one); the captions were at indexing
+            else:  # the images were prepared by `prepare_queries`, the captions at indexing
                 width = max(int(j.tokens.shape[1]) for j in group)
                 padded = [pad_words(j.tokens, j.mask, width) for j in group]
                 lda = torch.cat([j.extras for j in group])  # type: ignore[misc]
                 stored = self._stored_texts(torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded]), lda)
-                fused, fine = self.matcher.rerank(self._image_queries(queries), stored, owner, s_global)
+                images = PreparedImages.cat([j.query for j in group])  # type: ignore[misc]
+                fused, fine = self.matcher.rerank(images, stored, owner, s_global)
             for i, f, p in zip(idx, fused.float().cpu().split(sizes), fine.float().cpu().split(sizes), strict=True):
                 out[i] = (f, p)
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def explain(self, direction: str, query: QueryFeatures, found: Fetched, page: list[int],
-                results: list[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
-        """Each result of the page explained (training/model/explain.py), from one matcher call over it."""
+    def explain(self, direction: str, query: QueryFeatures, prepared: PreparedQuery, found: Fetched,
+                page: list[int], results: list[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
+        """Each result of the page explained (training/model/explain.py), from one matcher call over it;
+        `prepared` is the query as the rerank scored it."""
         dev = self.device
         idx = torch.tensor(page, device=found.tokens.device)
         if direction == "t2i":
-            txt = self._text_queries([query]).expand(len(page))
+            txt = prepared.trimmed().expand(len(page))  # type: ignore[union-attr]
             img = PreparedImages.of_patches(found.tokens[idx].to(dev))
             pieces = [self.backbone.word_pieces(text or "", query.tokens.shape[0])] * len(page)
         else:
-            img = self._image_queries([query]).expand(len(page))
+            img = prepared.expand(len(page))
             extras = found.extras[idx] if found.extras is not None else None
             txt = self._stored_texts(found.tokens[idx], found.mask[idx], extras)
             lengths = found.mask[idx].sum(1).tolist()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -68,3 +69,24 @@ def test_out_of_memory_splits_the_batch_and_retries() -> None:
 
     with pytest.raises(OutOfMemory, match="single request"):
         call_splitting_on_oom(never, [1, 2])
+
+
+def test_an_idle_batcher_starts_the_call_before_enqueue_returns_and_survives_a_cancelled_caller() -> None:
+    """The engine enqueues the query's preparation, then blocks in a store call: the model thread must
+    already be working on it, with no event-loop turn in between; a caller that gives up (its recall
+    failed) cancels its future, and the batcher still serves the next request."""
+    started = threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        started.set()
+        return [i + 1 for i in items]
+
+    async def main() -> int:
+        b = MicroBatcher("t", slow, ThreadPoolExecutor(1), max_batch=4, window_ms=2)
+        fut = b.enqueue(1)
+        assert started.wait(5), "the call was not handed to the executor by enqueue itself"
+        fut.cancel()
+        await asyncio.sleep(0.01)
+        return await b.submit(2)
+
+    assert asyncio.run(main()) == 3

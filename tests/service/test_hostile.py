@@ -200,6 +200,29 @@ def test_3_an_unexpected_error_is_a_500_that_keeps_the_connection(box: Box, monk
     box.restart()
 
 
+def test_3b_a_recall_that_fails_while_the_query_is_prepared_leaves_search_working(
+        box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The query's preparation runs on the model thread while the store recalls: a recall that fails must
+    answer a clean 500, drop the preparation it started, and leave the next searches exactly as before."""
+    body = {"text": "a red circle above a blue square", "limit": 5, "candidates": 20}
+    with box.client() as c:
+        before = c.post("/v1/search/images", json=body).json()["results"]
+        real = box.srv.engine.store.search
+
+        def down(*args: object, **kwargs: object) -> object:
+            raise RuntimeError("store unreachable")
+
+        monkeypatch.setattr(box.srv.engine.store, "search", down)
+        error(c.post("/v1/search/images", json=body), 500, "internal_error")
+        error(c.post("/v1/search/texts", json={"image_id": box.items[0].image_id}), 500, "internal_error")
+        monkeypatch.setattr(box.srv.engine.store, "search", real)
+        for _ in range(3):
+            again = c.post("/v1/search/images", json=body).json()["results"]
+            assert [(r["id"], r["score"]) for r in again] == [(r["id"], r["score"]) for r in before]
+        assert c.post("/v1/search/texts", json={"image_id": box.items[0].image_id}).status_code == 200
+    monkeypatch.undo()
+
+
 def test_4_one_id_rule_refused_ids_and_ids_that_need_encoding(box: Box) -> None:
     with box.client() as c:
         before = state(c)
