@@ -66,8 +66,7 @@ class MicroBatcher(Generic[T, R]):
 
     def enqueue(self, item: T) -> asyncio.Future[R]:
         """Queue `item`; its future gets the result. An idle batcher hands the item to the executor before
-        this returns, so the model thread is already working on it while the caller goes on (the engine
-        recalls candidates meanwhile) and no event-loop turn passes first."""
+        this returns: no event-loop turn (other requests' Python) passes before the model thread starts."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[R] = loop.create_future()
         self._pending.append((item, fut))

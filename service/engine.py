@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +47,12 @@ from .exceptions import (
 )
 from .metrics import CANDIDATES, Timer
 from .results import Outcome, Scored, SearchOptions, describe, page_of
-from .scoring import PreparedQuery, QueryFeatures, RerankJob, Scorer
+from .scoring import QueryFeatures, RerankJob, Scorer
 from .stored_features import StoredFeatures
 
 log = logging.getLogger("finesearch.engine")
 IMAGE_REFUSALS: dict[str, type[ServiceError]] = {"image_too_large": TooLarge,
                                                  "unsupported_media_type": UnsupportedMedia}
-
-
-@dataclass
-class Reranked:
-    """What an explanation of a reranked page reads: the candidates' prepared features (in the order of the
-    scored candidates) and the query as the rerank scored it."""
-
-    found: Fetched
-    query: PreparedQuery
 
 
 def _without_paths(info: dict[str, Any]) -> dict[str, Any]:
@@ -119,12 +110,11 @@ class Engine:
         self.model_thread = ThreadPoolExecutor(1, thread_name_prefix="model", initializer=torch.set_num_threads,
                                                initargs=(threads,))
         window = settings.batch_window_ms
-        self.text_encoder: MicroBatcher[str, QueryFeatures] = MicroBatcher(
-            "encode_text", self.scorer.encode_texts, self.model_thread, settings.encode_batch, window)
-        self.image_encoder: MicroBatcher[np.ndarray, QueryFeatures] = MicroBatcher(
-            "encode_image", self.scorer.encode_images, self.model_thread, settings.encode_batch, window)
-        self.query_preparer: MicroBatcher[tuple[str, QueryFeatures], PreparedQuery] = MicroBatcher(
-            "prepare_query", self.scorer.prepare_queries, self.model_thread, settings.rerank_batch, window)
+        # (query, will rerank): a query that will rerank is prepared for the matcher in its encoding call
+        self.text_encoder: MicroBatcher[tuple[str, bool], QueryFeatures] = MicroBatcher(
+            "encode_text", self.scorer.encode_text_queries, self.model_thread, settings.encode_batch, window)
+        self.image_encoder: MicroBatcher[tuple[np.ndarray, bool], QueryFeatures] = MicroBatcher(
+            "encode_image", self.scorer.encode_image_queries, self.model_thread, settings.encode_batch, window)
         self.reranker: MicroBatcher[RerankJob, tuple[torch.Tensor, torch.Tensor]] = MicroBatcher(
             "rerank", self.scorer.rerank, self.model_thread, settings.rerank_batch, window)
         self.scorer.warm(self.indexer.preparer)
@@ -149,16 +139,15 @@ class Engine:
         except ValueError as exc:
             raise InvalidRequest(f"filter: {exc}", "invalid_request") from exc
 
-    async def _candidates(self, collection: str, query: QueryFeatures, opts: SearchOptions, timer: Timer
-                          ) -> tuple[Scored, Reranked | None]:
-        """(hit, fused score, patch score) for the recalled candidates, scores None without rerank; and for a
-        rerank, what an explanation of the page needs: the candidates' prepared features in the same order and
-        the prepared query.
+    def _reranks(self, opts: SearchOptions) -> bool:
+        return opts.rerank and self._matcher is not None
 
-        The query's own preparation depends on nothing else, so it runs on the model thread while the store
-        recalls the candidates and the bank gathers their features (two cores busy instead of one)."""
+    async def _candidates(self, collection: str, query: QueryFeatures, opts: SearchOptions, timer: Timer
+                          ) -> tuple[Scored, Fetched | None]:
+        """(hit, fused score, patch score) for the recalled candidates, scores None without rerank; and the
+        reranked candidates' prepared features, in the same order (for explanations)."""
         want = opts.offset + opts.limit
-        if self._matcher is None:
+        if not self._reranks(opts):
             opts = replace(opts, rerank=False)
         n = max(opts.candidates, want) if opts.rerank else want
         vec = query.globals.float().cpu().numpy()
@@ -168,28 +157,20 @@ class Engine:
             for stage in ("gather", "rerank"):
                 timer.marks.setdefault(stage, 0.0)
             return [(h, None, None) for h in hits], None
+        hits, found = await asyncio.to_thread(self.stored.recall_and_gather, collection, vec, n, opts.filter, timer)
+        if not hits:
+            timer.marks.setdefault("rerank", 0.0)
+            return [], None
+        CANDIDATES.observe(len(hits))
+        scores = torch.tensor([h.score for h in hits], dtype=torch.float32)
         direction = "t2i" if collection == IMAGES else "i2t"
-        preparing = self.query_preparer.enqueue((direction, query))  # on the model thread from here on
         try:
-            hits, found = await asyncio.to_thread(self.stored.recall_and_gather, collection, vec, n, opts.filter,
-                                                  timer)
-            if not hits:
-                timer.marks.setdefault("rerank", 0.0)
-                return [], None
-            CANDIDATES.observe(len(hits))
-            scores = torch.tensor([h.score for h in hits], dtype=torch.float32)
-            prepared = await preparing  # the rerank stage's time includes any wait for it
-            fused, patch = await self.reranker.submit(RerankJob(direction, prepared, found.tokens, found.mask,
+            fused, patch = await self.reranker.submit(RerankJob(direction, query, found.tokens, found.mask,
                                                                 found.extras, scores))
         except OutOfMemory as exc:
             raise Unavailable(str(exc), "out_of_memory") from exc
-        finally:
-            if not preparing.done():  # the recall failed or found nothing: the preparation is not wanted
-                preparing.cancel()
-            elif not preparing.cancelled():
-                preparing.exception()  # seen here, so asyncio does not log a failed, unwanted one as lost
         timer.lap("rerank")
-        return list(zip(hits, fused.tolist(), patch.tolist(), strict=True)), Reranked(found, prepared)
+        return list(zip(hits, fused.tolist(), patch.tolist(), strict=True)), found
 
     async def search_images(self, text: str, opts: SearchOptions) -> Outcome:
         self._check(opts)
@@ -198,11 +179,11 @@ class Engine:
         except ValueError as exc:
             raise InvalidRequest(f"text: {exc}", "invalid_text") from exc
         timer = Timer()
-        query = await self.text_encoder.submit(text)
+        query = await self.text_encoder.submit((text, self._reranks(opts)))
         timer.lap("encode")
-        scored, reranked = await self._candidates(IMAGES, query, opts, timer)
+        scored, found = await self._candidates(IMAGES, query, opts, timer)
         results, page = page_of(scored, opts.offset, opts.limit, opts.min_score, IMAGES, self.calibration)
-        await self._explain_page("t2i", query, reranked, page, results, opts, timer, text)
+        await self._explain_page("t2i", query, found, page, results, opts, timer, text)
         return Outcome(results, timer.done())
 
     async def search_similar_images(self, opts: SearchOptions, image: bytes | None = None,
@@ -214,7 +195,7 @@ class Engine:
         timer = Timer()
         if image is not None:
             pixels = await asyncio.to_thread(self.decode_upload, image)
-            vec = (await self.image_encoder.submit(pixels)).globals
+            vec = (await self.image_encoder.submit((pixels, False))).globals
         elif image_id is not None:
             problem = id_problem(image_id, self.settings.max_id_chars)
             if problem:
@@ -244,18 +225,18 @@ class Engine:
         timer = Timer()
         if image is not None:
             pixels = await asyncio.to_thread(self.decode_upload, image)
-            query = await self.image_encoder.submit(pixels)
+            query = await self.image_encoder.submit((pixels, self._reranks(opts)))
         elif image_id is not None:
             query = await asyncio.to_thread(self.stored.indexed_image_query, image_id)
         else:
             raise InvalidRequest("send an image file or an image_id", "invalid_request")
         timer.lap("encode")
-        scored, reranked = await self._candidates(TEXTS, query, opts, timer)
+        scored, found = await self._candidates(TEXTS, query, opts, timer)
         results, page = page_of(scored, opts.offset, opts.limit, opts.min_score, TEXTS, self.calibration)
-        await self._explain_page("i2t", query, reranked, page, results, opts, timer)
+        await self._explain_page("i2t", query, found, page, results, opts, timer)
         return Outcome(results, timer.done())
 
-    async def _explain_page(self, direction: str, query: QueryFeatures, reranked: Reranked | None, page: list[int],
+    async def _explain_page(self, direction: str, query: QueryFeatures, found: Fetched | None, page: list[int],
                             results: list[dict[str, Any]], opts: SearchOptions, timer: Timer,
                             text: str | None = None) -> None:
         """With `explain`, each reranked result of the page gets its word → patch explanation
@@ -263,10 +244,10 @@ class Engine:
         if not opts.explain:
             return
         # a top_k matcher keeps no places of its kept patches: nothing to draw
-        if reranked is not None and page and not self.scorer.matcher.config.top_k:
+        if found is not None and page and not self.scorer.matcher.config.top_k:
             loop = asyncio.get_running_loop()
-            out = await loop.run_in_executor(self.model_thread, self.scorer.explain, direction, query,
-                                             reranked.query, reranked.found, page, results, text)
+            out = await loop.run_in_executor(self.model_thread, self.scorer.explain, direction, query, found, page,
+                                             results, text)
             for r, e in zip(results, out, strict=True):
                 r["explanation"] = e
         for r in results:

@@ -1,12 +1,12 @@
-"""What a search asks of the model: query encoding, the query's own preparation (a call of its own, so the
-engine runs it while Qdrant recalls the candidates), the matcher's rerank of every candidate in one call,
-and explanations of a page. The engine (engine.py) decides what to search and
+"""What a search asks of the model: query encoding with the query's own preparation (in the same model
+call, when the search reranks), the matcher's rerank of every candidate in one call (the similarity
+interaction alone), and explanations of a page. The engine (engine.py) decides what to search and
 runs these on its model thread, micro-batched (batching.py); nothing here knows about stores or requests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -20,23 +20,24 @@ from training.model.explain import explain_pairs
 from training.model.matcher import Matcher, PreparedImages, PreparedTexts
 from training.model.tokens import pad_words
 
+PreparedQuery = PreparedTexts | PreparedImages
+
 
 @dataclass
 class QueryFeatures:
-    """Query features on the model device: global [d] and tokens [n, d] (an indexed image's come prepared)."""
+    """Query features on the model device: global [d] and tokens [n, d] (an indexed image's come prepared);
+    `ready`: the query prepared for the matcher (one row; a caption padded to max_words), when it was asked for."""
 
     globals: torch.Tensor
     tokens: torch.Tensor
     prepared: bool = False
-
-
-PreparedQuery = PreparedTexts | PreparedImages
+    ready: PreparedQuery | None = None
 
 
 @dataclass
 class RerankJob:
     direction: str  # "t2i": text query vs image candidates; "i2t": image query vs text candidates
-    query: PreparedQuery  # one row, from `Scorer.prepare_queries` (a caption padded to max_words)
+    query: QueryFeatures  # prepared by its encoding call (`ready`), or here
     tokens: torch.Tensor  # candidates' prepared features [k, L, d] (fp16)
     mask: torch.Tensor  # [k, L]
     extras: torch.Tensor | None  # [k, e]: text candidates' LDA weights
@@ -62,16 +63,15 @@ class Scorer:
 
     def warm(self, preparer: Preparer | None) -> None:
         """One tiny pass through every model path, so the first request pays no lazy-init cost."""
-        q = self.encode_texts(["warm up"])[0]
-        img = self.encode_images([np.zeros((self.backbone.image_size,) * 2 + (3,), np.uint8)])[0]
+        q = self.encode_text_queries([("warm up", True)])[0]
+        img = self.encode_image_queries([(np.zeros((self.backbone.image_size,) * 2 + (3,), np.uint8), True)])[0]
         if preparer is None:  # a stock backbone: nothing to rerank with
             return
         pi = preparer.prepare("images", img.tokens[None], np.array([img.tokens.shape[0]]), img.globals[None])
         pt = preparer.prepare("texts", q.tokens[None], np.array([q.tokens.shape[0]]), None)
         ones = lambda p: torch.ones(1, p.tokens.shape[1], dtype=torch.bool)  # noqa: E731
-        pq, pimg = self.prepare_queries([("t2i", q), ("i2t", img)])
-        self.rerank([RerankJob("t2i", pq, pi.tokens.half(), ones(pi), None, torch.zeros(1))])
-        self.rerank([RerankJob("i2t", pimg, pt.tokens.half(), ones(pt), pt.extras, torch.zeros(1))])
+        self.rerank([RerankJob("t2i", q, pi.tokens.half(), ones(pi), None, torch.zeros(1))])
+        self.rerank([RerankJob("i2t", img, pt.tokens.half(), ones(pt), pt.extras, torch.zeros(1))])
 
     @torch.inference_mode()
     def encode_texts(self, texts: list[str]) -> list[QueryFeatures]:
@@ -84,12 +84,28 @@ class Scorer:
         f = self.backbone.encode_images(np.stack(pixels))
         return [QueryFeatures(f.globals[i], f.tokens[i]) for i in range(len(pixels))]
 
+    def encode_text_queries(self, items: list[tuple[str, bool]]) -> list[QueryFeatures]:
+        """(caption, will rerank) → its features, prepared for the matcher when it will rerank: one model-thread
+        call for the micro-batch. (Preparing on the model thread while a worker thread recalls the candidates
+        was measured too: on 2 cores the two threads' Python contends for the GIL and it gained nothing.)"""
+        return self._with_ready("t2i", self.encode_texts([t for t, _ in items]), [r for _, r in items])
+
+    def encode_image_queries(self, items: list[tuple[np.ndarray, bool]]) -> list[QueryFeatures]:
+        """(pixels, will rerank) → its features, prepared for the matcher when it will rerank."""
+        return self._with_ready("i2t", self.encode_images([p for p, _ in items]), [r for _, r in items])
+
+    def _with_ready(self, direction: str, queries: list[QueryFeatures], want: list[bool]) -> list[QueryFeatures]:
+        picked = [k for k, w in enumerate(want) if w and self._matcher is not None]
+        if picked:
+            for k, ready in zip(picked, self.prepare_queries([(direction, queries[k]) for k in picked]), strict=True):
+                queries[k] = replace(queries[k], ready=ready)
+        return queries
+
     @torch.inference_mode()
     def prepare_queries(self, queries: list[tuple[str, QueryFeatures]]) -> list[PreparedQuery]:
         """(direction, query) → the query prepared as the indexer prepared the items it is compared with: a
         caption's word context, adapter and LDA weights; an image's positions, patch context and adapter (an
-        indexed image's come prepared from the bank). One matcher call per kind for the whole micro-batch; it
-        depends on the query alone, so the engine runs it while Qdrant recalls the candidates."""
+        indexed image's come prepared from the bank). One matcher call per kind for the whole batch."""
         out: list[PreparedQuery | None] = [None] * len(queries)
         texts = [k for k, (d, _) in enumerate(queries) if d == "t2i"]
         images = [k for k, (d, _) in enumerate(queries) if d != "t2i"]
@@ -131,6 +147,13 @@ class Scorer:
         return self.matcher.texts_from_words(tokens.to(dev), mask.to(dev), None,
                                              None if extras is None else extras.to(dev)).trimmed()
 
+    def _ready(self, direction: str, queries: list[QueryFeatures]) -> list[PreparedQuery]:
+        """The queries as prepared for the matcher: by their encoding call, or here (an indexed image as the
+        query, whose patches the bank holds prepared)."""
+        missing = [k for k, q in enumerate(queries) if q.ready is None]
+        done = dict(zip(missing, self.prepare_queries([(direction, queries[k]) for k in missing]), strict=True))
+        return [q.ready if q.ready is not None else done[k] for k, q in enumerate(queries)]
+
     @torch.inference_mode()
     def rerank(self, jobs: list[RerankJob]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every candidate of every job scored in one matcher call per direction."""
@@ -141,31 +164,32 @@ class Scorer:
             if not idx:
                 continue
             group = [jobs[i] for i in idx]
+            ready = self._ready(direction, [j.query for j in group])
             sizes = [j.tokens.shape[0] for j in group]
             s_global = torch.cat([j.scores for j in group]).to(dev)
             owner = None if len(group) == 1 else torch.repeat_interleave(  # one query: paired by broadcast
                 torch.arange(len(group), device=dev), torch.tensor(sizes, device=dev))
-            if direction == "t2i":  # the captions were prepared by `prepare_queries`, the images at indexing
-                queries = PreparedTexts.cat([j.query for j in group]).trimmed()  # type: ignore[misc]
+            if direction == "t2i":  # the captions were prepared when encoded, the images at indexing
+                queries = PreparedTexts.cat(ready).trimmed()  # type: ignore[arg-type]
                 fused, fine = self.matcher.rerank(queries, PreparedImages.of_patches(
                     torch.cat([j.tokens for j in group]).to(dev)), owner, s_global)
-            else:  # the images were prepared by `prepare_queries`, the captions at indexing
+            else:  # the images were prepared when encoded (or at indexing: an indexed image), the captions at indexing
                 width = max(int(j.tokens.shape[1]) for j in group)
                 padded = [pad_words(j.tokens, j.mask, width) for j in group]
                 lda = torch.cat([j.extras for j in group])  # type: ignore[misc]
                 stored = self._stored_texts(torch.cat([w for w, _ in padded]), torch.cat([k for _, k in padded]), lda)
-                images = PreparedImages.cat([j.query for j in group])  # type: ignore[misc]
+                images = PreparedImages.cat(ready)  # type: ignore[arg-type]
                 fused, fine = self.matcher.rerank(images, stored, owner, s_global)
             for i, f, p in zip(idx, fused.float().cpu().split(sizes), fine.float().cpu().split(sizes), strict=True):
                 out[i] = (f, p)
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def explain(self, direction: str, query: QueryFeatures, prepared: PreparedQuery, found: Fetched,
-                page: list[int], results: list[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
-        """Each result of the page explained (training/model/explain.py), from one matcher call over it;
-        `prepared` is the query as the rerank scored it."""
+    def explain(self, direction: str, query: QueryFeatures, found: Fetched, page: list[int],
+                results: list[dict[str, Any]], text: str | None) -> list[dict[str, Any]]:
+        """Each result of the page explained (training/model/explain.py), from one matcher call over it."""
         dev = self.device
+        prepared = self._ready(direction, [query])[0]
         idx = torch.tensor(page, device=found.tokens.device)
         if direction == "t2i":
             txt = prepared.trimmed().expand(len(page))  # type: ignore[union-attr]

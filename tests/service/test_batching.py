@@ -72,9 +72,9 @@ def test_out_of_memory_splits_the_batch_and_retries() -> None:
 
 
 def test_an_idle_batcher_starts_the_call_before_enqueue_returns_and_survives_a_cancelled_caller() -> None:
-    """The engine enqueues the query's preparation, then blocks in a store call: the model thread must
-    already be working on it, with no event-loop turn in between; a caller that gives up (its recall
-    failed) cancels its future, and the batcher still serves the next request."""
+    """A lone request reaches the model thread without waiting for an event-loop turn (the loop may be
+    busy with other requests' Python); a caller that gives up cancels its future, and the batcher still
+    serves the next request."""
     started = threading.Event()
 
     def slow(items: list[int]) -> list[int]:

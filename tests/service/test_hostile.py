@@ -200,10 +200,10 @@ def test_3_an_unexpected_error_is_a_500_that_keeps_the_connection(box: Box, monk
     box.restart()
 
 
-def test_3b_a_recall_that_fails_while_the_query_is_prepared_leaves_search_working(
+def test_3b_a_recall_that_fails_after_the_query_was_prepared_leaves_search_working(
         box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The query's preparation runs on the model thread while the store recalls: a recall that fails must
-    answer a clean 500, drop the preparation it started, and leave the next searches exactly as before."""
+    """A reranking query is prepared for the matcher in its encoding call, before the store recalls: a recall
+    that fails then must answer a clean 500 and leave the next searches exactly as before."""
     body = {"text": "a red circle above a blue square", "limit": 5, "candidates": 20}
     with box.client() as c:
         before = c.post("/v1/search/images", json=body).json()["results"]
