@@ -2,9 +2,10 @@
 
     python bench/bench_rerank.py [--candidates 100] [--repeats 200] [--threads 2] [--match "UARDA,views,CAMP"]
 
-This is what `Scorer.rerank` (service/scoring.py) runs for one request, without HTTP, recall or the token
-gather, so configurations can be compared in one run on the same machine: "prepared" is the service's path (the query
-prepared here, the candidates' features prepared at indexing: the interaction and the fusion alone);
+This is the model work of one request after its encoding, without HTTP, recall or the token gather, so
+configurations can be compared in one run on the same machine: "prepared" is the service's path (the query's
+own preparation, which the service runs in its encoding call, then `Scorer.rerank`'s interaction and fusion
+over candidates prepared at indexing);
 "on the fly" also prepares the 100 candidates per query, as the service did before index-time preparation.
 Weights are random (same compute as trained ones); captions have 12 words.
 """

@@ -62,7 +62,7 @@ def parts(engine: Engine, texts: list[str], repeats: int, candidates: int) -> di
         f"recall {candidates}": timed(lambda i: store.search(IMAGES, vecs[i % n], candidates, None, 0, False),
                                       repeats),
         f"gather {candidates}": timed(lambda i: bank.fetch(picks[i % 64]), repeats),
-        "prepare caption": timed(lambda i: s.prepare_queries([("t2i", queries[i % n])]), repeats),
+        "prepare caption": timed(lambda i: s.prepare_queries("t2i", [queries[i % n]]), repeats),
         f"interaction over {candidates}": timed(lambda i: s.rerank([RerankJob(
             "t2i", queries[i % n], fetched[i % 64].tokens, fetched[i % 64].mask, None, zeros)]), repeats),
     }

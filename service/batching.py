@@ -4,7 +4,9 @@ While a model call runs, newly arriving requests queue up and the next call
 takes them all (up to `max_batch`), so throughput grows with concurrency. A lone
 request on an idle server is dispatched at once; the collection window is only
 waited for while the server is under load (the previous batch held several
-requests), so micro-batching costs an idle server no latency. Model calls run on one dedicated thread:
+requests), so micro-batching costs an idle server no latency: the lone request is handed to the model
+thread before `enqueue` returns, so a burst that reaches an idle server in one event-loop turn is served as
+that first request alone and then the rest together. Model calls run on one dedicated thread:
 they never block the event loop and never race each other for the device. A
 CUDA out-of-memory error splits the batch and retries the halves, so one large
 batch degrades to smaller ones instead of failing every request in it.
@@ -38,7 +40,7 @@ def call_splitting_on_oom(fn: Callable[[list[T]], list[R]], items: list[T]) -> l
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if len(items) == 1:
-            raise OutOfMemory("the device ran out of memory for a single request; lower the candidates") from None
+            raise OutOfMemory("the device ran out of memory for a single request") from None
         half = len(items) // 2
         log.warning("out of device memory on a batch of %d; retrying as %d + %d", len(items), half,
                     len(items) - half)
@@ -46,7 +48,7 @@ def call_splitting_on_oom(fn: Callable[[list[T]], list[R]], items: list[T]) -> l
 
 
 # a batch handed to the executor: its requests with their futures, and the call's own future
-Started = tuple[list[tuple[T, "asyncio.Future[R]"]], "asyncio.Future[list[R]]"]
+Started = tuple[list[tuple[T, asyncio.Future[R]]], asyncio.Future[list[R]]]
 
 
 class MicroBatcher(Generic[T, R]):
@@ -88,7 +90,12 @@ class MicroBatcher(Generic[T, R]):
         BATCH_SIZE.labels(stage=self.name).observe(len(batch))
         self._last_batch = len(batch)
         items = [i for i, _ in batch]
-        return batch, loop.run_in_executor(self.executor, call_splitting_on_oom, self.fn, items)
+        try:
+            return batch, loop.run_in_executor(self.executor, call_splitting_on_oom, self.fn, items)
+        except Exception as exc:  # the executor is shut down (the engine closing): fail these, do not hang them
+            for _, f in batch:
+                f.set_exception(exc)
+            return None
 
     async def _drain(self, started: Started[T, R] | None) -> None:
         loop = asyncio.get_running_loop()

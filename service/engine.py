@@ -1,6 +1,7 @@
 """The two-stage search and the write paths, independent of HTTP.
 
-Query flow (DESIGN.md): encode the query (global + tokens, micro-batched) →
+Query flow (DESIGN.md): encode the query (global + tokens, micro-batched; a query that reranks is prepared
+for the matcher in the same call) →
 Qdrant top-`candidates` with the filter → gather the candidates' features,
 prepared by the matcher when they were indexed (indexer/preparation.py) →
 the similarity interaction scores every candidate of every query in the
@@ -11,12 +12,11 @@ thread; store and bank calls on the default thread pool.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -50,7 +50,8 @@ from .results import Outcome, Scored, SearchOptions, describe, page_of
 from .scoring import QueryFeatures, RerankJob, Scorer
 from .stored_features import StoredFeatures
 
-log = logging.getLogger("finesearch.engine")
+T = TypeVar("T")
+R = TypeVar("R")
 IMAGE_REFUSALS: dict[str, type[ServiceError]] = {"image_too_large": TooLarge,
                                                  "unsupported_media_type": UnsupportedMedia}
 
@@ -139,6 +140,14 @@ class Engine:
         except ValueError as exc:
             raise InvalidRequest(f"filter: {exc}", "invalid_request") from exc
 
+    @staticmethod
+    async def _model(batcher: MicroBatcher[T, R], item: T, hint: str = "") -> R:
+        """A model call through its micro-batcher; a device out of memory even for this request alone is a 503."""
+        try:
+            return await batcher.submit(item)
+        except OutOfMemory as exc:
+            raise Unavailable(f"{exc}{hint}", "out_of_memory") from exc
+
     def _reranks(self, opts: SearchOptions) -> bool:
         return opts.rerank and self._matcher is not None
 
@@ -164,11 +173,8 @@ class Engine:
         CANDIDATES.observe(len(hits))
         scores = torch.tensor([h.score for h in hits], dtype=torch.float32)
         direction = "t2i" if collection == IMAGES else "i2t"
-        try:
-            fused, patch = await self.reranker.submit(RerankJob(direction, query, found.tokens, found.mask,
-                                                                found.extras, scores))
-        except OutOfMemory as exc:
-            raise Unavailable(str(exc), "out_of_memory") from exc
+        fused, patch = await self._model(self.reranker, RerankJob(direction, query, found.tokens, found.mask,
+                                                                  found.extras, scores), "; lower the candidates")
         timer.lap("rerank")
         return list(zip(hits, fused.tolist(), patch.tolist(), strict=True)), found
 
@@ -179,7 +185,7 @@ class Engine:
         except ValueError as exc:
             raise InvalidRequest(f"text: {exc}", "invalid_text") from exc
         timer = Timer()
-        query = await self.text_encoder.submit((text, self._reranks(opts)))
+        query = await self._model(self.text_encoder, (text, self._reranks(opts)))
         timer.lap("encode")
         scored, found = await self._candidates(IMAGES, query, opts, timer)
         results, page = page_of(scored, opts.offset, opts.limit, opts.min_score, IMAGES, self.calibration)
@@ -195,7 +201,7 @@ class Engine:
         timer = Timer()
         if image is not None:
             pixels = await asyncio.to_thread(self.decode_upload, image)
-            vec = (await self.image_encoder.submit((pixels, False))).globals
+            vec = (await self._model(self.image_encoder, (pixels, False))).globals
         elif image_id is not None:
             problem = id_problem(image_id, self.settings.max_id_chars)
             if problem:
@@ -225,7 +231,7 @@ class Engine:
         timer = Timer()
         if image is not None:
             pixels = await asyncio.to_thread(self.decode_upload, image)
-            query = await self.image_encoder.submit((pixels, self._reranks(opts)))
+            query = await self._model(self.image_encoder, (pixels, self._reranks(opts)))
         elif image_id is not None:
             query = await asyncio.to_thread(self.stored.indexed_image_query, image_id)
         else:

@@ -90,6 +90,8 @@ class SearchResult(BaseModel):
 
 
 class Timing(BaseModel):
+    """Milliseconds per stage; `encode` includes a reranking query's own preparation for the matcher."""
+
     encode: float
     recall: float
     gather: float

@@ -37,7 +37,7 @@ class QueryFeatures:
 @dataclass
 class RerankJob:
     direction: str  # "t2i": text query vs image candidates; "i2t": image query vs text candidates
-    query: QueryFeatures  # prepared by its encoding call (`ready`), or here
+    query: QueryFeatures  # prepared by its encoding call (`ready`), or by `Scorer.rerank` (an indexed image)
     tokens: torch.Tensor  # candidates' prepared features [k, L, d] (fp16)
     mask: torch.Tensor  # [k, L]
     extras: torch.Tensor | None  # [k, e]: text candidates' LDA weights
@@ -97,27 +97,19 @@ class Scorer:
     def _with_ready(self, direction: str, queries: list[QueryFeatures], want: list[bool]) -> list[QueryFeatures]:
         picked = [k for k, w in enumerate(want) if w and self._matcher is not None]
         if picked:
-            for k, ready in zip(picked, self.prepare_queries([(direction, queries[k]) for k in picked]), strict=True):
+            for k, ready in zip(picked, self.prepare_queries(direction, [queries[k] for k in picked]), strict=True):
                 queries[k] = replace(queries[k], ready=ready)
         return queries
 
     @torch.inference_mode()
-    def prepare_queries(self, queries: list[tuple[str, QueryFeatures]]) -> list[PreparedQuery]:
-        """(direction, query) → the query prepared as the indexer prepared the items it is compared with: a
-        caption's word context, adapter and LDA weights; an image's positions, patch context and adapter (an
-        indexed image's come prepared from the bank). One matcher call per kind for the whole batch."""
-        out: list[PreparedQuery | None] = [None] * len(queries)
-        texts = [k for k, (d, _) in enumerate(queries) if d == "t2i"]
-        images = [k for k, (d, _) in enumerate(queries) if d != "t2i"]
-        if texts:
-            prepared = self._text_queries([queries[k][1] for k in texts])
-            for j, k in enumerate(texts):
-                out[k] = prepared.take(torch.tensor([j], device=self.device))
-        if images:
-            patches = self._image_queries([queries[k][1] for k in images])
-            for j, k in enumerate(images):
-                out[k] = patches.take(torch.tensor([j], device=self.device))
-        return out  # type: ignore[return-value]
+    def prepare_queries(self, direction: str, queries: list[QueryFeatures]) -> list[PreparedQuery]:
+        """Queries of one direction → each prepared as the indexer prepared the items it is compared with: a
+        caption's word context, adapter and LDA weights (t2i); an image's positions, patch context and adapter
+        (i2t; an indexed image's come prepared from the bank). One matcher call for the whole batch."""
+        if not queries:
+            return []
+        batch = self._text_queries(queries) if direction == "t2i" else self._image_queries(queries)
+        return [batch.take(slice(j, j + 1)) for j in range(len(queries))]
 
     def _text_queries(self, queries: list[QueryFeatures]) -> PreparedTexts:
         """Captions typed at query time, prepared as the bank's captions were at indexing (padded to
@@ -151,7 +143,7 @@ class Scorer:
         """The queries as prepared for the matcher: by their encoding call, or here (an indexed image as the
         query, whose patches the bank holds prepared)."""
         missing = [k for k, q in enumerate(queries) if q.ready is None]
-        done = dict(zip(missing, self.prepare_queries([(direction, queries[k]) for k in missing]), strict=True))
+        done = dict(zip(missing, self.prepare_queries(direction, [queries[k] for k in missing]), strict=True))
         return [q.ready if q.ready is not None else done[k] for k, q in enumerate(queries)]
 
     @torch.inference_mode()

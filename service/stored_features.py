@@ -22,7 +22,7 @@ from .exceptions import Conflict, InvalidRequest, NotFound
 from .metrics import Timer
 from .scoring import QueryFeatures
 
-log = logging.getLogger("finesearch.engine")
+log = logging.getLogger("finesearch.engine")  # the search's log, under the name it has always had
 
 
 class StoredFeatures:
@@ -92,4 +92,3 @@ class StoredFeatures:
             if len(kept):  # its prepared patches: the matcher already did its per-image work at indexing
                 return QueryFeatures(torch.from_numpy(vec).to(self.device), tokens[0].to(self.device), prepared=True)
         raise NotFound(f"no image with id {image_id!r}", "not_found")
-

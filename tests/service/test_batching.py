@@ -90,3 +90,16 @@ def test_an_idle_batcher_starts_the_call_before_enqueue_returns_and_survives_a_c
         return await b.submit(2)
 
     assert asyncio.run(main()) == 3
+
+
+def test_a_batch_the_executor_refuses_fails_its_requests_instead_of_hanging_them() -> None:
+    """After the engine closed its model thread a late request gets the executor's error, not a hang."""
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+
+    async def main() -> None:
+        b = MicroBatcher("t", lambda items: items, pool, max_batch=4, window_ms=2)
+        with pytest.raises(RuntimeError, match="shutdown"):
+            await asyncio.wait_for(b.submit(1), 5)
+
+    asyncio.run(main())

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from PIL import Image
 
 from indexer.items import ImageItem, TextItem
@@ -200,10 +201,10 @@ def test_3_an_unexpected_error_is_a_500_that_keeps_the_connection(box: Box, monk
     box.restart()
 
 
-def test_3b_a_recall_that_fails_after_the_query_was_prepared_leaves_search_working(
+def test_3b_a_failed_recall_is_a_500_and_the_next_searches_are_unchanged(
         box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A reranking query is prepared for the matcher in its encoding call, before the store recalls: a recall
-    that fails then must answer a clean 500 and leave the next searches exactly as before."""
+    """Recall and gather run in one worker-thread call after the query was encoded and prepared: a store that
+    fails there answers a clean 500, and the searches after it give exactly the results from before."""
     body = {"text": "a red circle above a blue square", "limit": 5, "candidates": 20}
     with box.client() as c:
         before = c.post("/v1/search/images", json=body).json()["results"]
@@ -221,6 +222,20 @@ def test_3b_a_recall_that_fails_after_the_query_was_prepared_leaves_search_worki
             assert [(r["id"], r["score"]) for r in again] == [(r["id"], r["score"]) for r in before]
         assert c.post("/v1/search/texts", json={"image_id": box.items[0].image_id}).status_code == 200
     monkeypatch.undo()
+
+
+def test_3c_a_device_out_of_memory_while_encoding_is_a_503(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reranking query is prepared for the matcher in its encoding call, so that call can run out of device
+    memory too: the client gets the 503 `out_of_memory`, not an internal error, and search works after it."""
+    def no_memory(items: list[object]) -> list[object]:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    with box.client() as c:
+        monkeypatch.setattr(box.srv.engine.text_encoder, "fn", no_memory)
+        msg = error(c.post("/v1/search/images", json={"text": "a red circle"}), 503, "out_of_memory")
+        assert "ran out of memory for a single request" in msg and "candidates" not in msg
+        monkeypatch.undo()
+        assert c.post("/v1/search/images", json={"text": "a red circle", "limit": 3}).status_code == 200
 
 
 def test_4_one_id_rule_refused_ids_and_ids_that_need_encoding(box: Box) -> None:

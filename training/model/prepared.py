@@ -25,7 +25,7 @@ class PreparedImages:
         patches = patches.float()
         return PreparedImages(patches, patches.new_zeros(patches.shape[0], patches.shape[-1]))
 
-    def take(self, idx: torch.Tensor) -> PreparedImages:
+    def take(self, idx: torch.Tensor | slice) -> PreparedImages:
         return PreparedImages(self.patches[idx], self.globals[idx], None if self.views is None else self.views[idx])
 
     def expand(self, n: int) -> PreparedImages:
@@ -52,7 +52,7 @@ class PreparedTexts:
     lda: torch.Tensor  # [B, 2] (w_sum, w_mean), or [B, 3] (w_sum, w_mean, w_min) with softmin
     importance: torch.Tensor  # [B, max_words] word weights of the sum branch, summing to 1 over real words
 
-    def take(self, idx: torch.Tensor) -> PreparedTexts:
+    def take(self, idx: torch.Tensor | slice) -> PreparedTexts:
         return PreparedTexts(self.words[idx], self.mask[idx], self.globals[idx], self.lda[idx], self.importance[idx])
 
     def expand(self, n: int) -> PreparedTexts:
