@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -150,3 +151,45 @@ def test_image_to_image_search_errors(client: httpx.Client) -> None:
     assert junk.status_code in (400, 415, 422) and "image" in junk.json()["error"]["message"]
     plain = client.post("/v1/search/images", content=b"a red circle", headers={"content-type": "text/plain"})
     assert plain.status_code == 415 and "'image_id'" in plain.json()["error"]["message"]
+
+
+def test_concurrent_mixed_searches_answer_as_they_do_alone(server: Server, monkeypatch: pytest.MonkeyPatch,
+                                                           synth: tuple[Path, list[CaptionedImage]]) -> None:
+    """Requests that share a micro-batch may differ: some rerank (their encoding call prepares them for the
+    matcher), some do not, an indexed image as the query is prepared by the rerank call itself. Fired
+    together, each must get the answer it gets alone, and the model calls must really have been shared."""
+    root, items = synth
+    png = (root / "images" / items[2].filename).read_bytes()
+    requests: list[tuple[str, dict, bool]] = []
+    for k, it in enumerate(items[:6]):
+        requests.append(("/v1/search/images", {"text": it.captions[k % len(it.captions)], "limit": 5,
+                                               "candidates": 40, "rerank": k % 2 == 0}, False))
+        requests.append(("/v1/search/texts", {"image_id": it.image_id, "limit": 5, "rerank": k % 2 == 1}, False))
+        requests.append(("/v1/search/texts", {"limit": "5", "rerank": str(k % 2 == 0).lower()}, True))
+
+    def answer(req: tuple[str, dict, bool]) -> list[tuple[str, float, float | None]]:
+        path, body, upload = req
+        with server.client() as c:
+            r = (c.post(path, files={"image": ("q.png", png, "image/png")}, data=body) if upload
+                 else c.post(path, json=body))
+        assert r.status_code == 200, r.text
+        return [(x["id"], x["score"], x["fine_score"]) for x in r.json()["results"]]
+
+    alone = [answer(r) for r in requests]
+    sizes: dict[str, list[int]] = {}
+    for name in ("text_encoder", "image_encoder", "reranker"):
+        batcher = getattr(server.engine, name)
+
+        def counted(items: list, fn: Callable = batcher.fn, name: str = name) -> list:
+            sizes.setdefault(name, []).append(len(items))
+            return fn(items)
+
+        monkeypatch.setattr(batcher, "fn", counted)
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(answer, requests))
+    monkeypatch.undo()
+    for a, b in zip(alone, together, strict=True):
+        assert [x[0] for x in a] == [x[0] for x in b]
+        assert all(abs(x[1] - y[1]) < 1e-5 for x, y in zip(a, b, strict=True))
+        assert all((x[2] is None) == (y[2] is None) for x, y in zip(a, b, strict=True))
+    assert max(sizes["text_encoder"] + sizes["image_encoder"] + sizes["reranker"]) > 1, sizes
