@@ -35,11 +35,13 @@ from training.synth import generate
 
 
 def timed(fn: Callable[[int], Any], repeats: int) -> float:
-    """Median ms of fn(i) over `repeats` calls, after 10 untimed ones."""
+    """Median ms of fn(i) over `repeats` calls, after 10 untimed ones (on a GPU, each waits for its kernels)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     ms = []
     for i in range(repeats + 10):
         t = time.perf_counter()
         fn(i)
+        sync()
         ms.append((time.perf_counter() - t) * 1000)
     return round(statistics.median(ms[10:]), 3)
 
@@ -48,7 +50,7 @@ def parts(engine: Engine, texts: list[str], repeats: int, candidates: int) -> di
     """Each piece alone, on this thread (one torch thread, as the model thread runs)."""
     s, store = engine.scorer, engine.store
     queries = s.encode_text_queries([(t, True) for t in texts])
-    vecs = [q.globals.float().numpy() for q in queries]
+    vecs = [q.globals.float().cpu().numpy() for q in queries]
     bank = engine.indexer.serving_bank(IMAGES)
     rows = bank.live_rows()
     g = torch.Generator().manual_seed(0)
@@ -110,7 +112,9 @@ def main() -> None:
     rows.append({"piece": "least a rerank adds (recall difference + gather + preparation + interaction)",
                  "ms": round(floor, 3)})
     rows.append({"piece": "engine on − off", "ms": round(got["engine, rerank on"] - got["engine, rerank off"], 3)})
-    print(f"backbone {a.backbone}, {a.items} items, {k} candidates, one torch thread\n" + table(rows, ["piece", "ms"]))
+    device = str(engine.device) + (f" ({torch.cuda.get_device_name(0)})" if engine.device.type == "cuda" else "")
+    print(f"backbone {a.backbone}, {a.items} items, {k} candidates, one torch thread, {device}\n"
+          + table(rows, ["piece", "ms"]))
     print("results:", write(f"serving-parts-{a.backbone}", {"args": vars(a), "parts": got, "floor_ms": floor}))
 
 
