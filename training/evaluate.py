@@ -47,6 +47,12 @@ class PreparedSet:
     # ties with each other stay exact ties (as in the global and exhaustive rankers), and are scored once
     same_text: torch.Tensor | None = None
 
+    def text_ids(self) -> torch.Tensor:
+        """[Nt] each caption's text as a caption index (`same_text`; each caption its own without it)."""
+        if self.same_text is not None:
+            return self.same_text
+        return torch.arange(self.txt.words.shape[0], device=self.txt.words.device)
+
 
 def first_of_same_text(texts: list[str]) -> torch.Tensor:
     """[Nt] index of the first caption whose text equals each caption's."""
@@ -167,7 +173,7 @@ def candidate_scores(matcher: Matcher, p: PreparedSet, candidates: int, pairs_pe
     ni, nt = g.shape
     t2i_g, t2i_top = g.T.topk(min(candidates, ni), dim=1)
     i2t_g, i2t_top = g.topk(min(candidates, nt), dim=1)
-    text = p.same_text if p.same_text is not None else torch.arange(nt, device=g.device)
+    text = p.text_ids()
     t2i_keys = t2i_top * nt + text[:, None]
     i2t_keys = torch.arange(ni, device=g.device)[:, None] * nt + text[i2t_top]
     keys, where = torch.unique(torch.cat([t2i_keys.flatten(), i2t_keys.flatten()]), return_inverse=True)
@@ -220,8 +226,8 @@ def exhaustive_ranks(matcher: Matcher, p: PreparedSet, txt_img: torch.Tensor, bl
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """The matcher over every pair; each direction ranks by its own fusion share. Like two-stage, it scores
     each distinct caption text once (see `PreparedSet.same_text`)."""
-    ni, nt = p.img.patches.shape[0], p.txt.words.shape[0]
-    text = p.same_text if p.same_text is not None else torch.arange(nt, device=p.txt.words.device)
+    ni = p.img.patches.shape[0]
+    text = p.text_ids()
     distinct, column = torch.unique(text, return_inverse=True)
     by_length = torch.argsort(p.txt.mask[distinct].sum(1), stable=True)  # each block trimmed to its longest
     column = torch.argsort(by_length)[column]
