@@ -98,6 +98,17 @@ def build_index(bundle: Path, n: int, out: Path) -> Path:
     return out
 
 
+def queries() -> tuple[list[str], Path]:
+    """The benchmarks' queries: the first caption of each of 50 synthetic test images, and the first image
+    (generated once into the cache)."""
+    synth = CACHE / "synth-queries"
+    if not (synth / "dataset.json").is_file():
+        generate(synth, seed=5, train=0, val=0, test=50)
+    doc = json.loads((synth / "dataset.json").read_text())
+    texts = [s["raw"] for im in doc["images"] for s in im["sentences"][:1]]
+    return texts, synth / "images" / "test" / doc["images"][0]["filename"]
+
+
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -160,12 +171,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=100)
     a = ap.parse_args()
     bundle = bundle_for(a.backbone)
-    synth = CACHE / "synth-queries"
-    if not (synth / "dataset.json").is_file():
-        generate(synth, seed=5, train=0, val=0, test=50)
-    doc = json.loads((synth / "dataset.json").read_text())
-    texts = [s["raw"] for im in doc["images"] for s in im["sentences"][:1]]
-    query_image = synth / "images" / "test" / doc["images"][0]["filename"]
+    texts, query_image = queries()
     t2i_bodies = lambda rerank: [{"text": t, "limit": 10, "candidates": a.candidates, "rerank": rerank}  # noqa: E731
                                  for t in texts]
     latency, memory, sweep = [], [], []

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_query import CACHE, build_index, bundle_for, index_dir
+from bench_query import build_index, bundle_for, index_dir, queries
 from common import table, write
 
 from indexer.stores import IMAGES
@@ -31,7 +30,6 @@ from service.config import Settings
 from service.engine import Engine
 from service.results import SearchOptions
 from service.scoring import RerankJob
-from training.synth import generate
 
 
 def timed(fn: Callable[[int], Any], repeats: int) -> float:
@@ -92,11 +90,7 @@ def main() -> None:
     a = ap.parse_args()
     bundle = bundle_for(a.backbone)
     data = build_index(bundle, a.items, index_dir(bundle, a.backbone, a.items))
-    synth = CACHE / "synth-queries"
-    if not (synth / "dataset.json").is_file():
-        generate(synth, seed=5, train=0, val=0, test=50)
-    doc = json.loads((synth / "dataset.json").read_text())
-    texts = [s["raw"] for im in doc["images"] for s in im["sentences"][:1]]
+    texts, _ = queries()
     engine = Engine(Settings(model=Path(bundle), data_dir=data))
     try:
         torch.set_num_threads(1)
