@@ -8,7 +8,10 @@ rerank adds, each timed alone on one thread with different candidates every quer
 them, not the same hot rows): recalling 100 candidates with their payloads instead of the page's 10, reading
 their prepared features from the bank, preparing the query caption (in its encoding call), and the
 interaction over the 100. Their sum is the least a rerank can add on this machine, whatever the glue
-around it; the engine's own search, rerank off and on, is timed last.
+around it; the engine's own searches, rerank off and on in both directions, are timed last.
+`--engine-only` times those alone, so the same command measures another checkout's serving code:
+
+    PYTHONPATH=<worktree of another commit> python bench/bench_serving_parts.py --engine-only --items 10000
 """
 
 from __future__ import annotations
@@ -68,15 +71,21 @@ def parts(engine: Engine, texts: list[str], repeats: int, candidates: int) -> di
     }
 
 
-def engine_totals(engine: Engine, texts: list[str], repeats: int, candidates: int) -> dict[str, float]:
-    """The engine's own text→image search (its timer's total), rerank off and on, alternating."""
+def engine_totals(engine: Engine, texts: list[str], image: bytes, repeats: int, candidates: int
+                  ) -> dict[str, float]:
+    """The engine's own searches (its timer's total): text→image and image→text (an uploaded image), rerank
+    off and on, the four in turn, `repeats` of each after 5 untimed rounds."""
+    kinds = [(d, on) for d in ("text→image", "image→text") for on in (False, True)]
+
     async def run() -> dict[str, float]:
-        out: dict[str, list[float]] = {"engine, rerank off": [], "engine, rerank on": []}
-        for i in range(2 * (repeats + 10)):
-            on = bool(i % 2)
-            res = await engine.search_images(texts[i % len(texts)], SearchOptions(10, candidates, on))
+        out: dict[str, list[float]] = {}
+        for i in range(4 * (repeats + 5)):
+            direction, on = kinds[i % 4]
+            opts = SearchOptions(10, candidates, on)
+            res = await (engine.search_images(texts[i % len(texts)], opts) if direction == "text→image"
+                         else engine.search_texts(opts, image=image))
             if i >= 20:
-                out[f"engine, rerank {'on' if on else 'off'}"].append(res.timing_ms["total"])
+                out.setdefault(f"engine {direction}, rerank {'on' if on else 'off'}", []).append(res.timing_ms["total"])
         return {k: round(statistics.median(v), 3) for k, v in out.items()}
     return asyncio.run(run())
 
@@ -87,25 +96,33 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=10000)
     ap.add_argument("--candidates", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--engine-only", action="store_true",
+                    help="only the engine's searches: runs against another checkout's serving code too "
+                         "(PYTHONPATH=<checkout>), for an A/B of it")
     a = ap.parse_args()
     bundle = bundle_for(a.backbone)
     data = build_index(bundle, a.items, index_dir(bundle, a.backbone, a.items))
-    texts, _ = queries()
+    texts, image = queries()
     engine = Engine(Settings(model=Path(bundle), data_dir=data))
+    got: dict[str, float] = {}
     try:
         torch.set_num_threads(1)
-        with torch.inference_mode():
-            got = parts(engine, texts, a.repeats, a.candidates)
-        got |= engine_totals(engine, texts, a.repeats // 2, a.candidates)
+        if not a.engine_only:
+            with torch.inference_mode():
+                got = parts(engine, texts, a.repeats, a.candidates)
+        got |= engine_totals(engine, texts, image.read_bytes(), a.repeats // 2, a.candidates)
     finally:
         engine.close()
-    k = a.candidates
-    floor = (got[f"recall {k}"] - got["recall 10 (rerank off)"] + got[f"gather {k}"] + got["prepare caption"]
-             + got[f"interaction over {k}"])
     rows = [{"piece": name, "ms": v} for name, v in got.items()]
-    rows.append({"piece": "least a rerank adds (recall difference + gather + preparation + interaction)",
-                 "ms": round(floor, 3)})
-    rows.append({"piece": "engine on − off", "ms": round(got["engine, rerank on"] - got["engine, rerank off"], 3)})
+    k, floor = a.candidates, None
+    if not a.engine_only:
+        floor = (got[f"recall {k}"] - got["recall 10 (rerank off)"] + got[f"gather {k}"] + got["prepare caption"]
+                 + got[f"interaction over {k}"])
+        rows.append({"piece": "least a rerank adds (recall difference + gather + preparation + interaction)",
+                     "ms": round(floor, 3)})
+    for d in ("text→image", "image→text"):
+        on, off = got[f"engine {d}, rerank on"], got[f"engine {d}, rerank off"]
+        rows.append({"piece": f"engine {d}: on − off (on / off)", "ms": f"{on - off:.3f} ({on / off:.2f}×)"})
     device = str(engine.device) + (f" ({torch.cuda.get_device_name(0)})" if engine.device.type == "cuda" else "")
     print(f"backbone {a.backbone}, {a.items} items, {k} candidates, one torch thread, {device}\n"
           + table(rows, ["piece", "ms"]))
