@@ -95,6 +95,7 @@ class Scorer:
         return self._with_ready("i2t", self.encode_images([p for p, _ in items]), [r for _, r in items])
 
     def _with_ready(self, direction: str, queries: list[QueryFeatures], want: list[bool]) -> list[QueryFeatures]:
+        """`queries` with those `want` marks prepared for the matcher (in place), in one matcher call."""
         picked = [k for k, w in enumerate(want) if w and self._matcher is not None]
         if picked:
             for k, ready in zip(picked, self.prepare_queries(direction, [queries[k] for k in picked]), strict=True):
@@ -142,9 +143,8 @@ class Scorer:
     def _ready(self, direction: str, queries: list[QueryFeatures]) -> list[PreparedQuery]:
         """The queries as prepared for the matcher: by their encoding call, or here (an indexed image as the
         query, whose patches the bank holds prepared)."""
-        missing = [k for k, q in enumerate(queries) if q.ready is None]
-        done = dict(zip(missing, self.prepare_queries(direction, [queries[k] for k in missing]), strict=True))
-        return [q.ready if q.ready is not None else done[k] for k, q in enumerate(queries)]
+        ready = self._with_ready(direction, list(queries), [q.ready is None for q in queries])
+        return [q.ready for q in ready]  # type: ignore[misc]
 
     @torch.inference_mode()
     def rerank(self, jobs: list[RerankJob]) -> list[tuple[torch.Tensor, torch.Tensor]]:
